@@ -1,0 +1,88 @@
+// Where a query keeps what it has done: its identity (metadata), the plan of every batch written
+// *before* the batch runs (offsets log) and a record written *after* the sink succeeded (commit
+// log). The engine's restart rule: the newest offsets entry without a commit is re-run with the
+// same batch id and the same offsets.
+//
+// Implementations: a directory store with Spark's layout, an in-memory store for tests, and (in
+// connectors/postgres) a store in the warehouse that commits in the sink's transaction.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dataflow/batch.h"
+
+namespace dataflow {
+
+// The identity of a query, written once when the query first starts.
+struct QueryMetadata {
+  std::string id;                               // stable across restarts
+  std::vector<std::string> sourceDescriptions;  // to refuse a checkpoint of another query
+};
+
+// The plan of one batch.
+struct OffsetLogEntry {
+  int64_t batchId = 0;
+  int64_t batchTimestampMs = 0;
+  std::vector<SourceRange> sources;  // in the plan's source order
+};
+
+// Written after the sink has accepted a batch.
+struct CommitLogEntry {
+  int64_t batchId = 0;
+  int64_t commitTimestampMs = 0;
+};
+
+// Thread-safety: a store is used by one query's driver thread at a time. Every write must be
+// durable when it returns. Read errors and damaged entries throw CheckpointError naming the entry.
+class CheckpointStore {
+ public:
+  virtual ~CheckpointStore() = default;
+
+  // Where the store lives, for messages ("dir:/tmp/x", "memory").
+  virtual std::string describe() const = 0;
+
+  virtual std::optional<QueryMetadata> readMetadata() = 0;
+  virtual void writeMetadata(const QueryMetadata& metadata) = 0;
+
+  virtual void writeOffsets(const OffsetLogEntry& entry) = 0;
+  virtual std::optional<OffsetLogEntry> latestOffsets() = 0;
+  virtual std::optional<OffsetLogEntry> readOffsets(int64_t batchId) = 0;
+
+  virtual void writeCommit(const CommitLogEntry& entry) = 0;
+  virtual std::optional<CommitLogEntry> latestCommit() = 0;
+};
+
+// Options of the directory store.
+struct DirectoryCheckpointOptions {
+  // Keep at least this many of the newest offsets and commit entries; older ones are deleted
+  // after each commit. Like spark.sql.streaming.minBatchesToRetain. Default: 100.
+  int retainBatches = 100;
+  // fsync files and directories. Turning it off is only for benchmarks. Default: true.
+  bool sync = true;
+};
+
+// A directory with Spark's layout: `metadata`, `offsets/N`, `commits/N`. Each file is written to a
+// temporary name, fsynced, renamed into place, and the directory fsynced, so a crash leaves either
+// the old state or the new one.
+std::shared_ptr<CheckpointStore> directoryCheckpoint(const std::filesystem::path& dir,
+                                                     const DirectoryCheckpointOptions& options = {});
+
+// Kept in memory: for tests and benchmarks. Survives a query restart when the same shared_ptr is
+// passed to the new query.
+std::shared_ptr<CheckpointStore> memoryCheckpoint();
+
+// The text forms the directory store writes (also used by other stores for their payloads).
+// `parse*` throws CheckpointError naming `origin` when the text is damaged.
+std::string serializeOffsetLogEntry(const OffsetLogEntry& entry);
+OffsetLogEntry parseOffsetLogEntry(std::string_view text, const std::string& origin);
+std::string serializeCommitLogEntry(const CommitLogEntry& entry);
+CommitLogEntry parseCommitLogEntry(std::string_view text, const std::string& origin);
+std::string serializeMetadata(const QueryMetadata& metadata);
+QueryMetadata parseMetadata(std::string_view text, const std::string& origin);
+
+}  // namespace dataflow

@@ -1,0 +1,20 @@
+// Everything a job needs: include this one header.
+#pragma once
+
+#include "dataflow/batch.h"
+#include "dataflow/checkpoint.h"
+#include "dataflow/error.h"
+#include "dataflow/offsets.h"
+#include "dataflow/progress.h"
+#include "dataflow/query.h"
+#include "dataflow/query_options.h"
+#include "dataflow/result.h"
+#include "dataflow/session.h"
+#include "dataflow/sink.h"
+#include "dataflow/sinks/console_sink.h"
+#include "dataflow/sinks/memory_sink.h"
+#include "dataflow/source.h"
+#include "dataflow/sources/memory_stream.h"
+#include "dataflow/sources/rate_source.h"
+#include "dataflow/stream.h"
+#include "dataflow/trigger.h"

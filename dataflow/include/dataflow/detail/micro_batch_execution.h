@@ -1,0 +1,118 @@
+// The untyped driver of a query: plans each batch from the sources' offsets, writes the offsets
+// log, runs the physical plan on the session's oneTBB arena, writes the commit log and reports
+// progress. One driver thread per query; the batch itself runs in parallel on the arena.
+#pragma once
+
+#include <oneapi/tbb/task_arena.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dataflow/checkpoint.h"
+#include "dataflow/detail/operators.h"
+#include "dataflow/detail/plan.h"
+#include "dataflow/progress.h"
+#include "dataflow/query.h"
+#include "dataflow/query_options.h"
+#include "dataflow/source.h"
+
+namespace dataflow::detail {
+
+// State shared by every query of a session.
+struct SessionState {
+  explicit SessionState(int workerThreads, size_t chunkSize);
+  tbb::task_arena arena;
+  size_t chunkSize;
+};
+
+struct PhysicalPlan {
+  std::vector<std::shared_ptr<Source>> sources;
+  std::unique_ptr<RootOperator> root;
+  LogicalNodePtr logical;  // includes the sink node
+};
+
+class MicroBatchExecution {
+ public:
+  MicroBatchExecution(std::shared_ptr<SessionState> session, PhysicalPlan plan,
+                      QueryOptions options);
+  ~MicroBatchExecution();
+
+  // Reads or creates the checkpoint's metadata, opens sources and sink. Throws on a bad
+  // checkpoint. Called by start(); benchmarks call it and then runBatch() themselves.
+  void initialize();
+  // Starts the driver thread (calls initialize() first).
+  void start();
+  // Runs at most one batch on the calling thread: the uncommitted batch of a previous run if
+  // there is one, else a new batch if data is available. Returns whether a batch ran.
+  bool runBatch();
+
+  void stop();
+  void awaitTermination();
+  bool awaitTermination(std::chrono::milliseconds timeout);
+  void processAllAvailable();
+
+  const std::string& id() const { return id_; }
+  const std::string& runId() const { return runId_; }
+  const std::string& name() const { return options_.name; }
+  bool isActive() const;
+  std::exception_ptr exception() const;
+  std::optional<QueryProgress> lastProgress() const;
+  std::vector<QueryProgress> recentProgress() const;
+  QueryStatus status() const;
+  std::string explain() const;
+
+ private:
+  struct PlannedBatch {
+    OffsetLogEntry entry;
+    std::vector<Offsets> latest;
+    bool replay = false;
+  };
+
+  void driverLoop();
+  std::optional<PlannedBatch> planNextBatch(std::map<std::string, int64_t>& durations);
+  void executeBatch(PlannedBatch batch, std::map<std::string, int64_t> durations,
+                    std::chrono::steady_clock::time_point triggerStart);
+  void setStatus(const char* message, bool dataAvailable, bool triggerActive);
+  void sleepUntil(std::chrono::steady_clock::time_point deadline);
+  void notifyIdle();
+  void finish(std::exception_ptr error);
+
+  std::shared_ptr<SessionState> session_;
+  PhysicalPlan plan_;
+  QueryOptions options_;
+  std::string id_;
+  std::string runId_;
+
+  // Driver-thread state.
+  bool initialized_ = false;
+  std::optional<OffsetLogEntry> pendingReplay_;  // uncommitted batch found at start
+  int64_t nextBatchId_ = 0;
+  std::vector<Offsets> committedEnd_;  // per source
+  std::vector<Offsets> availableNowTarget_;
+  std::chrono::steady_clock::time_point lastTriggerEnd_{};
+  std::chrono::steady_clock::time_point lastIdleEvent_{};
+  bool wasIdle_ = false;
+
+  // Shared with other threads, under mu_.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopRequested_ = false;
+  bool active_ = false;
+  bool terminated_ = false;
+  std::exception_ptr error_;
+  std::deque<QueryProgress> progress_;
+  QueryStatus status_;
+  uint64_t idleTriggers_ = 0;  // incremented on each trigger that found no new data
+  std::thread driver_;
+};
+
+}  // namespace dataflow::detail

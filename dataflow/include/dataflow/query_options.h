@@ -1,0 +1,43 @@
+// Options of one streaming query, filled by DataStreamWriter (queryName, trigger, checkpoint,
+// option(key, value)).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dataflow/checkpoint.h"
+#include "dataflow/query.h"
+#include "dataflow/trigger.h"
+
+namespace dataflow {
+
+struct QueryOptions {
+  // Shown in progress and logs. Default: empty (Spark's null name).
+  std::string name;
+  // When to run the next batch. Default: as soon as the previous one ends.
+  Trigger trigger = Trigger::defaultTrigger();
+  // Where offsets and commits are kept. Default: a fresh in-memory store (nothing survives the
+  // process: fine for tests, wrong for production).
+  std::shared_ptr<CheckpointStore> checkpoint;
+  // Attempts per batch when the sink or a source throws a retriable ConnectorError, including the
+  // first. Option "retry.maxAttempts". Default: 20.
+  int maxBatchAttempts = 20;
+  // First backoff between attempts, doubled each time up to maxBackoff.
+  // Options "retry.initialBackoffMs" / "retry.maxBackoffMs". Defaults: 100 ms / 5 s.
+  std::chrono::milliseconds initialBackoff{100};
+  std::chrono::milliseconds maxBackoff{5000};
+  // How often the default trigger polls the sources while there is no new data.
+  // Option "idlePollIntervalMs". Default: 10 ms.
+  std::chrono::milliseconds idlePollInterval{10};
+  // How many progress records recentProgress() keeps. Option "progress.retained". Default: 100.
+  int retainedProgress = 100;
+  std::vector<std::shared_ptr<QueryListener>> listeners;
+
+  // Sets a field from its option key; throws ConfigurationError naming an unknown key or a bad
+  // value.
+  void set(const std::string& key, const std::string& value);
+};
+
+}  // namespace dataflow

@@ -1,0 +1,78 @@
+// The contract of a replayable, partitioned source. The engine plans every batch as a range of
+// offsets per partition, writes that plan to the checkpoint before reading, and after a restart
+// asks the source for exactly the same range again. Nothing here assumes that one process owns
+// every partition: a source reports the partitions it currently reads.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dataflow/offsets.h"
+
+namespace dataflow {
+
+// Per-source statistics that appear in the progress record (e.g. Kafka's offsets behind latest).
+using SourceMetrics = std::vector<std::pair<std::string, std::string>>;
+
+// Untyped part of a source: offsets and lifecycle. Called from the query's driver thread only,
+// except `TypedSource::read`, see there.
+class Source {
+ public:
+  virtual ~Source() = default;
+
+  // A stable description, kept in the checkpoint: a checkpoint written for other sources is
+  // refused. Must not contain secrets.
+  virtual std::string description() const = 0;
+
+  // Called once before the first batch of a run.
+  virtual void open() {}
+  // Called after open() when the query resumes from a checkpoint: where the next batch starts.
+  // Sources whose availability is computed (the rate source) count from here.
+  virtual void resumeFrom(const Offsets& /*next*/) {}
+  // Called once when the query ends (also after a failure).
+  virtual void close() {}
+
+  // Where a brand-new query starts (no checkpoint): e.g. earliest, latest or given offsets.
+  virtual Offsets initialOffsets() = 0;
+  // The end of what is available now, per partition.
+  virtual Offsets latestOffsets() = 0;
+  // The offset a partition that appears after the query started is read from.
+  virtual int64_t startOfNewPartition(const PartitionId&) { return 0; }
+
+  // The maximum number of records per batch over all partitions; nullopt means unlimited.
+  virtual std::optional<int64_t> maxRecordsPerBatch() const { return std::nullopt; }
+
+  // Called after a batch ending at `end` is committed: a source may acknowledge upstream (e.g.
+  // commit a Kafka consumer group for lag monitoring). Must not throw for a harmless failure.
+  virtual void onBatchCommitted(const Offsets& /*end*/) {}
+
+  // Extra metrics for the progress record, computed after a batch.
+  virtual SourceMetrics metrics(const Offsets& /*end*/, const Offsets& /*latest*/) { return {}; }
+};
+
+// A source of records of type T.
+template <class T>
+class TypedSource : public Source {
+ public:
+  using value_type = T;
+
+  // Appends the records of `partition` with offsets in [from, until) to `out`, in offset order.
+  // Called concurrently for different partitions of one batch: implementations must be safe for
+  // that. Must return exactly the same records when called again with the same range, or throw
+  // (ConnectorError when the data is gone or unreachable).
+  virtual void read(const PartitionId& partition, int64_t from, int64_t until,
+                    std::vector<T>& out) = 0;
+};
+
+// A source record that knows where it came from. A record type that models this lets dead letters
+// carry the exact source position and raw bytes. Kafka records model it.
+template <class R>
+concept SourcePosition = requires(const R& r) {
+  { r.topic } -> std::convertible_to<std::string>;
+  { r.partition } -> std::convertible_to<int32_t>;
+  { r.offset } -> std::convertible_to<int64_t>;
+};
+
+}  // namespace dataflow

@@ -1,0 +1,383 @@
+// The typed, fluent query API: Stream<T> and DataStreamWriter<T>.
+//
+// A whole query, from an in-memory source to a foreachBatch sink:
+//
+//   dataflow::Session session({.workerThreads = 2});
+//   auto orders = std::make_shared<dataflow::MemoryStream<std::string>>("orders");
+//   auto query = session.readStream(orders)
+//       .parse([](const std::string& json) -> dataflow::Result<Order> {
+//         if (json.empty()) return dataflow::parseError("empty", "empty payload");
+//         return Order::fromJson(json);
+//       })
+//       .filter([](const Order& o) { return o.amount > 0; })
+//       .map([](const Order& o) { return Row{o.id, o.amount * 100}; })
+//       .latestByKey([](const Row& r) { return r.id; }, [](const Row& r) { return r.version; })
+//       .deadLetters([](std::span<const dataflow::DeadLetter> bad, const dataflow::BatchInfo&) {
+//         for (const auto& d : bad) std::cerr << d.errorKind << ": " << d.payload << "\n";
+//       })
+//       .writeStream()
+//       .queryName("orders")
+//       .trigger(dataflow::Trigger::processingTime(std::chrono::milliseconds(100)))
+//       .checkpointLocation("/var/lib/app/checkpoints/orders")
+//       .foreachBatch([](const dataflow::Batch<Row>& batch, const dataflow::BatchInfo& info) {
+//         for (const Row& r : batch.rows()) upsert(r, info.batchId);
+//       })
+//       .start();
+//   query.awaitTermination();
+//
+// Each method returns a new handle; handles are cheap values over an immutable plan. Consecutive
+// map/filter/flatMap/parse steps are fused into one loop at compile time (the second template
+// parameter carries the chain); union, latestByKey and the sink are batch boundaries. A lambda of
+// the wrong type fails to compile at the call site with the concept it violates.
+#pragma once
+
+#include <concepts>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <ranges>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "dataflow/batch.h"
+#include "dataflow/checkpoint.h"
+#include "dataflow/detail/fusion.h"
+#include "dataflow/detail/micro_batch_execution.h"
+#include "dataflow/detail/operators.h"
+#include "dataflow/detail/plan.h"
+#include "dataflow/error.h"
+#include "dataflow/query.h"
+#include "dataflow/query_options.h"
+#include "dataflow/result.h"
+#include "dataflow/sink.h"
+#include "dataflow/source.h"
+#include "dataflow/trigger.h"
+
+namespace dataflow {
+
+template <class T>
+inline constexpr bool kIsResult = false;
+template <class T>
+inline constexpr bool kIsResult<Result<T>> = true;
+
+// A per-record transformation T -> U (U not void).
+template <class F, class T>
+concept MapFunction = std::invocable<const F&, const T&> &&
+                      !std::is_void_v<std::invoke_result_t<const F&, const T&>>;
+// A per-record test T -> bool.
+template <class F, class T>
+concept FilterPredicate = std::predicate<const F&, const T&>;
+// T -> a range of U (zero or more records per input record).
+template <class F, class T>
+concept FlatMapFunction = std::invocable<const F&, const T&> &&
+                          std::ranges::input_range<std::invoke_result_t<const F&, const T&>>;
+// T -> Result<U>: a value, or a ParseError that becomes a dead letter.
+template <class F, class T>
+concept ParseFunction = std::invocable<const F&, const T&> &&
+                        kIsResult<std::decay_t<std::invoke_result_t<const F&, const T&>>>;
+// T -> a hashable, equality-comparable key.
+template <class F, class T>
+concept KeyFunction = std::invocable<const F&, const T&> &&
+                      std::equality_comparable<std::decay_t<std::invoke_result_t<const F&, const T&>>>;
+// T -> a totally ordered version (e.g. the source LSN).
+template <class F, class T>
+concept VersionFunction = std::invocable<const F&, const T&> &&
+                          std::totally_ordered<std::decay_t<std::invoke_result_t<const F&, const T&>>>;
+// (const Batch<T>&, const BatchInfo&) -> anything.
+template <class F, class T>
+concept BatchFunction = std::invocable<F&, const Batch<T>&, const BatchInfo&>;
+
+namespace detail {
+
+// Turns logical nodes into runtime operators, deduplicating sources.
+class Planner {
+ public:
+  size_t sourceIndex(const std::shared_ptr<Source>& source) {
+    for (size_t i = 0; i < sources_.size(); ++i) {
+      if (sources_[i] == source) return i;
+    }
+    sources_.push_back(source);
+    return sources_.size() - 1;
+  }
+  std::vector<std::shared_ptr<Source>> takeSources() { return std::move(sources_); }
+
+ private:
+  std::vector<std::shared_ptr<Source>> sources_;
+};
+
+// A batch boundary of element type T: its logical node and how to build its operator.
+template <class T>
+struct Producer {
+  LogicalNodePtr node;
+  std::function<std::unique_ptr<BatchOperator<T>>(Planner&)> build;
+};
+
+// Where the dead letters of fallible steps go.
+struct Routing {
+  bool fallible = false;          // a parse step exists upstream
+  DeadLetterHandler handler;      // set by Stream::deadLetters
+  bool handledBySink = false;     // set by Stream::deadLettersHandledBySink
+  bool routed() const { return !fallible || handler || handledBySink; }
+};
+
+}  // namespace detail
+
+template <class T>
+class DataStreamWriter;
+
+template <class T, class P = detail::Pipe<T>>
+class Stream {
+  using In = typename P::input_type;
+  template <class U, class Q>
+  friend class Stream;
+
+ public:
+  using value_type = T;
+
+  Stream(std::shared_ptr<detail::SessionState> session, detail::Producer<In> input, P pipe,
+         detail::Routing routing)
+      : session_(std::move(session)), input_(std::move(input)), pipe_(std::move(pipe)),
+        routing_(std::move(routing)) {}
+
+  // Any chain converts to a plain Stream<T> (its steps end in a fused stage).
+  operator Stream<T>() const  // NOLINT: implicit by design, like a view
+    requires(!std::is_same_v<P, detail::Pipe<T>>)
+  {
+    return Stream<T>(session_, materialize(), detail::Pipe<T>{}, routing_);
+  }
+
+  // One output record per input record.
+  template <class F>
+    requires MapFunction<F, T>
+  auto map(F fn) const {
+    using U = std::decay_t<std::invoke_result_t<const F&, const T&>>;
+    return next<U>(detail::MapOp<F>{std::move(fn)}, false);
+  }
+
+  // Keeps the records for which `fn` returns true.
+  template <class F>
+    requires FilterPredicate<F, T>
+  auto filter(F fn) const {
+    return next<T>(detail::FilterOp<F>{std::move(fn)}, false);
+  }
+
+  // Zero or more output records per input record; `fn` returns a range.
+  template <class F>
+    requires FlatMapFunction<F, T>
+  auto flatMap(F fn) const {
+    using U = std::decay_t<std::ranges::range_value_t<std::invoke_result_t<const F&, const T&>>>;
+    return next<U>(detail::FlatMapOp<F>{std::move(fn)}, false);
+  }
+
+  // Like map, but `fn` may fail with a ParseError: the record then becomes a dead letter, with its
+  // raw bytes and source position where the record type knows them. Dead letters must be routed
+  // (deadLetters() or deadLettersHandledBySink()) or start() refuses the query.
+  template <class F>
+    requires ParseFunction<F, T>
+  auto parse(F fn) const {
+    using U = typename std::decay_t<std::invoke_result_t<const F&, const T&>>::value_type;
+    return next<U>(detail::ParseOp<F>{std::move(fn)}, true);
+  }
+
+  // Calls `handler` with the batch's dead letters before the sink sees the batch, within the
+  // same attempt (so a failure in either replays both).
+  Stream deadLetters(DeadLetterHandler handler) const {
+    if (!handler) throw ConfigurationError("deadLetters: the handler is empty");
+    Stream copy = *this;
+    copy.routing_.handler = std::move(handler);
+    return copy;
+  }
+
+  // Declares that the sink writes Batch::deadLetters() itself (e.g. in the same transaction as
+  // the rows).
+  Stream deadLettersHandledBySink() const {
+    Stream copy = *this;
+    copy.routing_.handledBySink = true;
+    return copy;
+  }
+
+  // The records of both streams (Spark's union; `union` is a C++ keyword).
+  template <class Q>
+  Stream<T> unionWith(const Stream<T, Q>& other) const {
+    if (routing_.handler && other.routing_.handler) {
+      throw ConfigurationError("unionWith: both inputs route dead letters; route them once, after the union");
+    }
+    auto left = materialize();
+    auto right = other.materialize();
+    auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+        detail::LogicalNode::Kind::kUnion, "Union", {}, {left.node, right.node}, false});
+    detail::Producer<T> out{node, [l = left.build, r = right.build](detail::Planner& planner) {
+                              auto lo = l(planner);
+                              auto ro = r(planner);
+                              return std::unique_ptr<detail::BatchOperator<T>>(
+                                  new detail::UnionOperator<T>(std::move(lo), std::move(ro)));
+                            }};
+    detail::Routing routing;
+    routing.fallible = routing_.fallible || other.routing_.fallible;
+    routing.handler = routing_.handler ? routing_.handler : other.routing_.handler;
+    routing.handledBySink = routing_.handledBySink || other.routing_.handledBySink;
+    return Stream<T>(session_, std::move(out), detail::Pipe<T>{}, std::move(routing));
+  }
+
+  // CDC compaction: within each batch keep only the newest record per key (greatest version;
+  // the later record on a tie).
+  template <class K, class V>
+    requires KeyFunction<K, T> && VersionFunction<V, T>
+  Stream<T> latestByKey(K key, V version) const {
+    auto input = materialize();
+    auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+        detail::LogicalNode::Kind::kLatestByKey, "LatestByKey", {}, {input.node}, false});
+    detail::Producer<T> out{
+        node, [in = input.build, key = std::move(key), version = std::move(version)](
+                  detail::Planner& planner) {
+          return std::unique_ptr<detail::BatchOperator<T>>(
+              new detail::LatestByKeyOperator<T, K, V>(in(planner), key, version));
+        }};
+    return Stream<T>(session_, std::move(out), detail::Pipe<T>{}, routing_);
+  }
+
+  DataStreamWriter<T> writeStream() const {
+    return DataStreamWriter<T>(session_, materialize(), routing_);
+  }
+
+  // Shorthand for writeStream().foreachBatch(fn).
+  template <class F>
+    requires BatchFunction<F, T>
+  DataStreamWriter<T> foreachBatch(F fn) const {
+    return writeStream().foreachBatch(std::move(fn));
+  }
+
+  // The plan up to here.
+  std::string explain() const { return detail::explainPlan(*materialize().node); }
+
+ private:
+  template <class U, class Op>
+  auto next(Op op, bool fallible) const {
+    auto pipe = pipe_.append(std::move(op));
+    detail::Routing routing = routing_;
+    routing.fallible = routing.fallible || fallible;
+    return Stream<U, decltype(pipe)>(session_, input_, std::move(pipe), std::move(routing));
+  }
+
+  detail::Producer<T> materialize() const {
+    if constexpr (P::kIdentity) {
+      return input_;
+    } else {
+      auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+          detail::LogicalNode::Kind::kFused, "", P::names(), {input_.node}, P::kFallible});
+      return detail::Producer<T>{node, [in = input_.build, pipe = pipe_](detail::Planner& planner) {
+                                   return std::unique_ptr<detail::BatchOperator<T>>(
+                                       new detail::FusedOperator<T, P>(in(planner), pipe));
+                                 }};
+    }
+  }
+
+  std::shared_ptr<detail::SessionState> session_;
+  detail::Producer<In> input_;
+  P pipe_;
+  detail::Routing routing_;
+};
+
+// Configures and starts a query (Spark's DataStreamWriter).
+template <class T>
+class DataStreamWriter {
+ public:
+  DataStreamWriter(std::shared_ptr<detail::SessionState> session, detail::Producer<T> input,
+                   detail::Routing routing)
+      : session_(std::move(session)), input_(std::move(input)), routing_(std::move(routing)) {}
+
+  DataStreamWriter& queryName(std::string name) {
+    options_.name = std::move(name);
+    return *this;
+  }
+  DataStreamWriter& trigger(Trigger trigger) {
+    options_.trigger = trigger;
+    return *this;
+  }
+  DataStreamWriter& checkpoint(std::shared_ptr<CheckpointStore> store) {
+    options_.checkpoint = std::move(store);
+    return *this;
+  }
+  // A directory checkpoint at `dir` (Spark's checkpointLocation).
+  DataStreamWriter& checkpointLocation(const std::filesystem::path& dir) {
+    options_.checkpoint = directoryCheckpoint(dir);
+    return *this;
+  }
+  // Sets a QueryOptions field by key; unknown keys and bad values throw ConfigurationError.
+  DataStreamWriter& option(const std::string& key, const std::string& value) {
+    options_.set(key, value);
+    return *this;
+  }
+  DataStreamWriter& options(const QueryOptions& options) {
+    auto store = options_.checkpoint;
+    options_ = options;
+    if (!options_.checkpoint) options_.checkpoint = store;
+    return *this;
+  }
+  DataStreamWriter& addListener(std::shared_ptr<QueryListener> listener) {
+    options_.listeners.push_back(std::move(listener));
+    return *this;
+  }
+
+  template <class F>
+    requires BatchFunction<F, T>
+  DataStreamWriter& foreachBatch(F fn) {
+    sink_ = std::make_shared<ForeachBatchSink<T, F>>(std::move(fn));
+    return *this;
+  }
+  DataStreamWriter& sink(std::shared_ptr<Sink<T>> sink) {
+    sink_ = std::move(sink);
+    return *this;
+  }
+
+  // The logical and physical plan of the query this writer would start.
+  std::string explain() const { return detail::explainPlan(*sinkNode()); }
+
+  // Validates the plan and the checkpoint, then starts the driver thread.
+  StreamingQuery start() {
+    auto execution = build();
+    execution->start();
+    return StreamingQuery(std::move(execution));
+  }
+
+  // Validates and builds the query without starting a thread (benchmarks and tests drive it with
+  // runBatch()).
+  std::shared_ptr<detail::MicroBatchExecution> build() {
+    if (!sink_) throw ConfigurationError("writeStream: no sink; call foreachBatch(...) or sink(...)");
+    if (!routing_.routed()) {
+      throw ConfigurationError(
+          "query '" + options_.name +
+          "': parse() errors are not routed; call deadLetters(handler) or "
+          "deadLettersHandledBySink() on the stream before writeStream()");
+    }
+    detail::Planner planner;
+    auto input = input_.build(planner);
+    detail::PhysicalPlan plan;
+    plan.root = std::make_unique<detail::SinkOperator<T>>(std::move(input), sink_, routing_.handler);
+    plan.sources = planner.takeSources();
+    plan.logical = sinkNode();
+    QueryOptions options = options_;
+    if (!options.checkpoint) options.checkpoint = memoryCheckpoint();
+    return std::make_shared<detail::MicroBatchExecution>(session_, std::move(plan), std::move(options));
+  }
+
+ private:
+  detail::LogicalNodePtr sinkNode() const {
+    std::string label = "WriteToStream " + (sink_ ? sink_->description() : std::string("<no sink>"));
+    if (!options_.name.empty()) label += ", query=" + options_.name;
+    label += ", trigger=" + options_.trigger.toString();
+    if (routing_.handler) label += ", deadLetters=handler";
+    if (routing_.handledBySink) label += ", deadLetters=sink";
+    return std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+        detail::LogicalNode::Kind::kSink, std::move(label), {}, {input_.node}, false});
+  }
+
+  std::shared_ptr<detail::SessionState> session_;
+  detail::Producer<T> input_;
+  detail::Routing routing_;
+  QueryOptions options_;
+  std::shared_ptr<Sink<T>> sink_;
+};
+
+}  // namespace dataflow

@@ -1,0 +1,172 @@
+// The directory checkpoint store: Spark's layout, crash-safe writes, bounded retention.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "dataflow/checkpoint.h"
+#include "dataflow/error.h"
+
+namespace dataflow {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string errnoText() { return std::strerror(errno); }
+
+void fsyncPath(const fs::path& path, bool directory) {
+  int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) throw CheckpointError("cannot open " + path.string() + " to sync: " + errnoText());
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw CheckpointError("fsync " + path.string() + " failed: " + errnoText());
+}
+
+// Writes `content` to `path` so that a crash leaves either no file or the whole file.
+void writeAtomically(const fs::path& path, const std::string& content, bool sync) {
+  fs::path tmp = path;
+  tmp += ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw CheckpointError("cannot create " + tmp.string() + ": " + errnoText());
+  size_t written = 0;
+  while (written < content.size()) {
+    ssize_t n = ::write(fd, content.data() + written, content.size() - written);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      std::string err = errnoText();
+      ::close(fd);
+      throw CheckpointError("cannot write " + tmp.string() + ": " + err);
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (sync && ::fsync(fd) != 0) {
+    std::string err = errnoText();
+    ::close(fd);
+    throw CheckpointError("fsync " + tmp.string() + " failed: " + err);
+  }
+  ::close(fd);
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw CheckpointError("cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message());
+  if (sync) fsyncPath(path.parent_path(), true);
+}
+
+std::optional<std::string> readFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (!fs::exists(path)) return std::nullopt;
+    throw CheckpointError("cannot read " + path.string());
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Batch ids present in a log folder, ascending. Temporary files are ignored.
+std::vector<int64_t> listBatchIds(const fs::path& dir) {
+  std::vector<int64_t> ids;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    std::string name = entry.path().filename().string();
+    int64_t id = 0;
+    auto [ptr, err] = std::from_chars(name.data(), name.data() + name.size(), id);
+    if (err == std::errc() && ptr == name.data() + name.size()) ids.push_back(id);
+  }
+  if (ec) throw CheckpointError("cannot list " + dir.string() + ": " + ec.message());
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+class DirectoryCheckpointStore final : public CheckpointStore {
+ public:
+  DirectoryCheckpointStore(fs::path dir, DirectoryCheckpointOptions options)
+      : dir_(std::move(dir)), options_(options) {
+    if (options_.retainBatches < 1) {
+      throw ConfigurationError("DirectoryCheckpointOptions.retainBatches must be >= 1");
+    }
+    std::error_code ec;
+    fs::create_directories(dir_ / "offsets", ec);
+    if (!ec) fs::create_directories(dir_ / "commits", ec);
+    if (ec) throw CheckpointError("cannot create checkpoint directory " + dir_.string() + ": " + ec.message());
+  }
+
+  std::string describe() const override { return "dir:" + dir_.string(); }
+
+  std::optional<QueryMetadata> readMetadata() override {
+    auto path = dir_ / "metadata";
+    auto text = readFile(path);
+    if (!text) return std::nullopt;
+    return parseMetadata(*text, path.string());
+  }
+  void writeMetadata(const QueryMetadata& metadata) override {
+    writeAtomically(dir_ / "metadata", serializeMetadata(metadata), options_.sync);
+  }
+
+  void writeOffsets(const OffsetLogEntry& entry) override {
+    writeAtomically(dir_ / "offsets" / std::to_string(entry.batchId), serializeOffsetLogEntry(entry),
+                    options_.sync);
+  }
+  std::optional<OffsetLogEntry> latestOffsets() override {
+    auto ids = listBatchIds(dir_ / "offsets");
+    if (ids.empty()) return std::nullopt;
+    return readOffsets(ids.back());
+  }
+  std::optional<OffsetLogEntry> readOffsets(int64_t batchId) override {
+    auto path = dir_ / "offsets" / std::to_string(batchId);
+    auto text = readFile(path);
+    if (!text) return std::nullopt;
+    auto entry = parseOffsetLogEntry(*text, path.string());
+    if (entry.batchId != batchId) {
+      throw CheckpointError("corrupt checkpoint entry " + path.string() + ": holds batch " +
+                            std::to_string(entry.batchId));
+    }
+    return entry;
+  }
+
+  void writeCommit(const CommitLogEntry& entry) override {
+    writeAtomically(dir_ / "commits" / std::to_string(entry.batchId), serializeCommitLogEntry(entry),
+                    options_.sync);
+    purge(entry.batchId);
+  }
+  std::optional<CommitLogEntry> latestCommit() override {
+    auto ids = listBatchIds(dir_ / "commits");
+    if (ids.empty()) return std::nullopt;
+    auto path = dir_ / "commits" / std::to_string(ids.back());
+    auto text = readFile(path);
+    if (!text) return std::nullopt;
+    return parseCommitLogEntry(*text, path.string());
+  }
+
+ private:
+  // Deletes entries older than the retention window. Never touches the newest entries, so a crash
+  // here loses nothing that a restart needs.
+  void purge(int64_t committed) {
+    int64_t threshold = committed - options_.retainBatches;
+    if (threshold < 0 || committed % 10 != 0) return;  // amortise the directory scans
+    for (const char* log : {"offsets", "commits"}) {
+      for (int64_t id : listBatchIds(dir_ / log)) {
+        if (id > threshold) break;
+        std::error_code ec;
+        fs::remove(dir_ / log / std::to_string(id), ec);
+      }
+    }
+  }
+
+  fs::path dir_;
+  DirectoryCheckpointOptions options_;
+};
+
+}  // namespace
+
+std::shared_ptr<CheckpointStore> directoryCheckpoint(const std::filesystem::path& dir,
+                                                     const DirectoryCheckpointOptions& options) {
+  if (dir.empty()) throw ConfigurationError("checkpoint directory is empty");
+  return std::make_shared<DirectoryCheckpointStore>(dir, options);
+}
+
+}  // namespace dataflow

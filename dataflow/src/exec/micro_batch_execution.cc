@@ -1,0 +1,507 @@
+// The micro-batch driver. The order of effects is what gives Spark's restart semantics:
+//   1. plan the batch's ranges from the sources' offsets,
+//   2. write them to the offsets log (durable before any record is read),
+//   3. run the plan and hand the batch to the sink (retried on retriable errors),
+//   4. write the commit log, then tell the sources.
+// A crash between 2 and 4 leaves an offsets entry without a commit: the next run replays it with
+// the same batch id and exactly the same ranges.
+#include "dataflow/detail/micro_batch_execution.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <random>
+
+#include "dataflow/error.h"
+#include "time_util.h"
+
+namespace dataflow::detail {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t elapsedMs(Clock::time_point since) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since).count();
+}
+
+std::string newUuid() {
+  static thread_local std::mt19937_64 rng{std::random_device{}() ^
+                                          static_cast<uint64_t>(Clock::now().time_since_epoch().count())};
+  uint64_t hi = rng(), lo = rng();
+  hi = (hi & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL;  // version 4
+  lo = (lo & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL;  // variant 1
+  char buf[37];
+  std::snprintf(buf, sizeof buf, "%08x-%04x-%04x-%04x-%012llx", static_cast<unsigned>(hi >> 32),
+                static_cast<unsigned>((hi >> 16) & 0xFFFF), static_cast<unsigned>(hi & 0xFFFF),
+                static_cast<unsigned>(lo >> 48), static_cast<unsigned long long>(lo & 0xFFFFFFFFFFFFULL));
+  return buf;
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i];
+  return out + "]";
+}
+
+// Ends at `target`, but reads at most `limit` records over all partitions, shared in proportion
+// to what each partition has available (Spark's maxOffsetsPerTrigger rule).
+Offsets limitRange(const Offsets& start, const Offsets& target, std::optional<int64_t> limit) {
+  Offsets end;
+  int64_t total = 0;
+  for (const auto& [p, t] : target.partitions()) {
+    int64_t s = start.get(p, t);
+    if (t > s) total += t - s;
+  }
+  for (const auto& [p, s] : start.partitions()) end.set(p, s);
+  if (!limit || total <= *limit) {
+    for (const auto& [p, t] : target.partitions()) end.set(p, std::max(t, start.get(p, t)));
+    return end;
+  }
+  int64_t budget = *limit;
+  int64_t assigned = 0;
+  for (const auto& [p, t] : target.partitions()) {
+    int64_t s = start.get(p, t);
+    if (t <= s) continue;
+    int64_t share = static_cast<int64_t>(static_cast<long double>(budget) * (t - s) / total);
+    end.set(p, s + share);
+    assigned += share;
+  }
+  // Hand out the rounding remainder one record at a time so every batch makes progress.
+  for (const auto& [p, t] : target.partitions()) {
+    if (assigned >= budget) break;
+    int64_t e = end.get(p, t);
+    if (e < t) {
+      end.set(p, e + 1);
+      ++assigned;
+    }
+  }
+  return end;
+}
+
+// Thrown inside the driver when stop() interrupts a retry backoff: the batch is abandoned
+// uncommitted (it will be replayed) and the query ends without error.
+struct StopDuringBackoff {};
+
+}  // namespace
+
+SessionState::SessionState(int workerThreads, size_t chunk)
+    : arena(workerThreads > 0 ? workerThreads : tbb::task_arena::automatic), chunkSize(chunk) {}
+
+MicroBatchExecution::MicroBatchExecution(std::shared_ptr<SessionState> session, PhysicalPlan plan,
+                                         QueryOptions options)
+    : session_(std::move(session)), plan_(std::move(plan)), options_(std::move(options)),
+      runId_(newUuid()) {
+  if (!options_.checkpoint) throw ConfigurationError("query has no checkpoint store");
+  status_.message = "Initializing";
+}
+
+MicroBatchExecution::~MicroBatchExecution() {
+  stop();
+  if (driver_.joinable()) driver_.join();
+}
+
+void MicroBatchExecution::initialize() {
+  if (initialized_) return;
+  CheckpointStore& store = *options_.checkpoint;
+  std::vector<std::string> descriptions;
+  for (const auto& s : plan_.sources) descriptions.push_back(s->description());
+
+  if (auto meta = store.readMetadata()) {
+    if (meta->sourceDescriptions != descriptions) {
+      throw CheckpointError("checkpoint " + store.describe() + " belongs to a query reading " +
+                            joined(meta->sourceDescriptions) + ", but this query reads " +
+                            joined(descriptions) + "; use a new checkpoint location");
+    }
+    id_ = meta->id;
+  } else {
+    id_ = newUuid();
+    store.writeMetadata({id_, descriptions});
+  }
+
+  auto lastOffsets = store.latestOffsets();
+  auto lastCommit = store.latestCommit();
+  committedEnd_.assign(plan_.sources.size(), Offsets{});
+  for (auto& s : plan_.sources) s->open();
+  plan_.root->open();
+  if (lastOffsets) {
+    if (lastOffsets->sources.size() != plan_.sources.size()) {
+      throw CheckpointError("checkpoint " + store.describe() + " batch " +
+                            std::to_string(lastOffsets->batchId) + " has " +
+                            std::to_string(lastOffsets->sources.size()) + " sources, the query has " +
+                            std::to_string(plan_.sources.size()));
+    }
+    bool committed = lastCommit && lastCommit->batchId >= lastOffsets->batchId;
+    for (size_t i = 0; i < plan_.sources.size(); ++i) {
+      committedEnd_[i] = committed ? lastOffsets->sources[i].end : lastOffsets->sources[i].start;
+      plan_.sources[i]->resumeFrom(committedEnd_[i]);
+    }
+    if (committed) {
+      nextBatchId_ = lastOffsets->batchId + 1;
+    } else {
+      pendingReplay_ = *lastOffsets;
+      nextBatchId_ = lastOffsets->batchId;
+      spdlog::info("query {} [{}]: replaying uncommitted batch {} from {}", options_.name, id_,
+                   nextBatchId_, store.describe());
+    }
+  } else {
+    for (size_t i = 0; i < plan_.sources.size(); ++i) committedEnd_[i] = plan_.sources[i]->initialOffsets();
+  }
+  if (options_.trigger.kind() == Trigger::Kind::kAvailableNow) {
+    for (auto& s : plan_.sources) availableNowTarget_.push_back(s->latestOffsets());
+  }
+  initialized_ = true;
+}
+
+std::optional<MicroBatchExecution::PlannedBatch> MicroBatchExecution::planNextBatch(
+    std::map<std::string, int64_t>& durations) {
+  PlannedBatch batch;
+  auto t0 = Clock::now();
+  for (auto& s : plan_.sources) batch.latest.push_back(s->latestOffsets());
+  durations["latestOffset"] = elapsedMs(t0);
+
+  if (pendingReplay_) {
+    batch.entry = std::move(*pendingReplay_);
+    pendingReplay_.reset();
+    batch.replay = true;
+    return batch;
+  }
+
+  bool hasData = false;
+  batch.entry.batchId = nextBatchId_;
+  batch.entry.batchTimestampMs = nowEpochMs();
+  for (size_t i = 0; i < plan_.sources.size(); ++i) {
+    Source& source = *plan_.sources[i];
+    Offsets start = committedEnd_[i];
+    Offsets target = batch.latest[i];
+    if (!availableNowTarget_.empty()) {
+      Offsets capped;
+      for (const auto& [p, t] : availableNowTarget_[i].partitions()) capped.set(p, std::min(t, target.get(p, t)));
+      target = std::move(capped);
+    }
+    for (const auto& [p, t] : target.partitions()) {
+      if (!start.partitions().contains(p)) start.set(p, source.startOfNewPartition(p));
+    }
+    std::optional<int64_t> limit =
+        options_.trigger.kind() == Trigger::Kind::kOnce ? std::nullopt : source.maxRecordsPerBatch();
+    Offsets end = limitRange(start, target, limit);
+    if (start.distanceTo(end) > 0) hasData = true;
+    batch.entry.sources.push_back({source.description(), std::move(start), std::move(end)});
+  }
+  if (!hasData) return std::nullopt;
+  return batch;
+}
+
+bool MicroBatchExecution::runBatch() {
+  initialize();
+  auto triggerStart = Clock::now();
+  std::map<std::string, int64_t> durations;
+  setStatus("Checking for new data", false, true);
+  auto batch = planNextBatch(durations);
+  if (!batch) {
+    setStatus("Waiting for data to arrive", false, false);
+    return false;
+  }
+  setStatus("Processing new data", true, true);
+  if (!batch->replay) {
+    auto t = Clock::now();
+    options_.checkpoint->writeOffsets(batch->entry);
+    durations["walCommit"] = elapsedMs(t);
+  } else {
+    durations["walCommit"] = 0;
+  }
+  executeBatch(std::move(*batch), std::move(durations), triggerStart);
+  setStatus("Waiting for next trigger", false, false);
+  return true;
+}
+
+void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string, int64_t> durations,
+                                       Clock::time_point triggerStart) {
+  const OffsetLogEntry& entry = batch.entry;
+  ExecContext ctx;
+  ctx.chunkSize = session_->chunkSize;
+  ctx.ranges.resize(plan_.sources.size());
+  for (size_t i = 0; i < entry.sources.size(); ++i) {
+    const auto& range = entry.sources[i];
+    for (const auto& [p, until] : range.end.partitions()) {
+      int64_t from = range.start.get(p, until);
+      if (until > from) ctx.ranges[i].push_back({p, from, until});
+    }
+  }
+  ctx.inputRows = std::make_unique<std::atomic<int64_t>[]>(plan_.sources.size());
+  ctx.info.batchId = entry.batchId;
+  ctx.info.queryId = id_;
+  ctx.info.runId = runId_;
+  ctx.info.queryName = options_.name;
+  ctx.info.batchTimestampMs = entry.batchTimestampMs;
+  ctx.info.sources = entry.sources;
+
+  auto t = Clock::now();
+  RootOperator::Result result;
+  auto backoff = options_.initialBackoff;
+  for (int attempt = 1;; ++attempt) {
+    for (size_t i = 0; i < plan_.sources.size(); ++i) ctx.inputRows[i].store(0);
+    try {
+      session_->arena.execute([&] { result = plan_.root->execute(ctx); });
+      break;
+    } catch (const ConnectorError& e) {
+      if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
+      spdlog::warn("query {} batch {}: attempt {}/{} failed, retrying in {} ms: {}", options_.name,
+                   entry.batchId, attempt, options_.maxBatchAttempts, backoff.count(), e.what());
+      std::unique_lock lock(mu_);
+      if (cv_.wait_for(lock, backoff, [&] { return stopRequested_; })) throw StopDuringBackoff{};
+      backoff = std::min(backoff * 2, options_.maxBackoff);
+    }
+  }
+  durations["addBatch"] = elapsedMs(t);
+
+  t = Clock::now();
+  options_.checkpoint->writeCommit({entry.batchId, nowEpochMs()});
+  for (size_t i = 0; i < plan_.sources.size(); ++i) {
+    committedEnd_[i] = entry.sources[i].end;
+    plan_.sources[i]->onBatchCommitted(committedEnd_[i]);
+  }
+  nextBatchId_ = entry.batchId + 1;
+  durations["commitOffsets"] = elapsedMs(t);
+  durations["triggerExecution"] = elapsedMs(triggerStart);
+
+  QueryProgress progress;
+  progress.id = id_;
+  progress.runId = runId_;
+  progress.name = options_.name;
+  progress.timestamp = isoTimestamp(entry.batchTimestampMs);
+  progress.batchId = entry.batchId;
+  double sinceLastTrigger =
+      lastTriggerEnd_ == Clock::time_point{}
+          ? 0.0
+          : std::chrono::duration<double>(Clock::now() - lastTriggerEnd_).count();
+  double execSeconds = std::max(1e-6, durations["triggerExecution"] / 1000.0);
+  for (size_t i = 0; i < plan_.sources.size(); ++i) {
+    SourceProgress sp;
+    sp.description = entry.sources[i].description;
+    sp.startOffset = entry.sources[i].start.toJson();
+    sp.endOffset = entry.sources[i].end.toJson();
+    sp.latestOffset = batch.latest[i].toJson();
+    sp.numInputRows = ctx.inputRows[i].load();
+    sp.inputRowsPerSecond = sinceLastTrigger > 0 ? sp.numInputRows / sinceLastTrigger : 0.0;
+    sp.processedRowsPerSecond = sp.numInputRows / execSeconds;
+    sp.metrics = plan_.sources[i]->metrics(entry.sources[i].end, batch.latest[i]);
+    progress.numInputRows += sp.numInputRows;
+    progress.sources.push_back(std::move(sp));
+  }
+  progress.inputRowsPerSecond = sinceLastTrigger > 0 ? progress.numInputRows / sinceLastTrigger : 0.0;
+  progress.processedRowsPerSecond = progress.numInputRows / execSeconds;
+  progress.durationMs = std::move(durations);
+  progress.sink.description = plan_.logical->label;
+  progress.sink.numOutputRows = result.outputRows;
+  progress.sink.numDeadLetters = result.deadLetters;
+  lastTriggerEnd_ = Clock::now();
+  wasIdle_ = false;
+
+  spdlog::debug("query {} batch {}: {} rows in, {} out, {} dead letters, {} ms", options_.name,
+                entry.batchId, progress.numInputRows, result.outputRows, result.deadLetters,
+                progress.durationMs["triggerExecution"]);
+  {
+    std::lock_guard lock(mu_);
+    progress_.push_back(progress);
+    while (static_cast<int>(progress_.size()) > std::max(1, options_.retainedProgress)) progress_.pop_front();
+  }
+  for (auto& l : options_.listeners) {
+    try {
+      l->onQueryProgress(progress);
+    } catch (const std::exception& e) {
+      spdlog::error("query {}: listener onQueryProgress threw: {}", options_.name, e.what());
+    }
+  }
+}
+
+void MicroBatchExecution::setStatus(const char* message, bool dataAvailable, bool triggerActive) {
+  std::lock_guard lock(mu_);
+  status_.message = message;
+  status_.isDataAvailable = dataAvailable;
+  status_.isTriggerActive = triggerActive;
+}
+
+void MicroBatchExecution::sleepUntil(Clock::time_point deadline) {
+  std::unique_lock lock(mu_);
+  cv_.wait_until(lock, deadline, [&] { return stopRequested_; });
+}
+
+void MicroBatchExecution::notifyIdle() {
+  {
+    std::lock_guard lock(mu_);
+    ++idleTriggers_;
+  }
+  cv_.notify_all();
+  // Like Spark's noDataProgressEventInterval: report the first idle trigger, then every 10 s.
+  auto now = Clock::now();
+  if (wasIdle_ && now - lastIdleEvent_ < std::chrono::seconds(10)) return;
+  wasIdle_ = true;
+  lastIdleEvent_ = now;
+  QueryListener::Idle event{id_, runId_, options_.name, isoTimestamp(nowEpochMs())};
+  for (auto& l : options_.listeners) {
+    try {
+      l->onQueryIdle(event);
+    } catch (const std::exception& e) {
+      spdlog::error("query {}: listener onQueryIdle threw: {}", options_.name, e.what());
+    }
+  }
+}
+
+void MicroBatchExecution::start() {
+  initialize();
+  {
+    std::lock_guard lock(mu_);
+    if (active_ || terminated_) throw ConfigurationError("query " + options_.name + " was already started");
+    active_ = true;
+  }
+  QueryListener::Started event{id_, runId_, options_.name, isoTimestamp(nowEpochMs())};
+  for (auto& l : options_.listeners) {
+    try {
+      l->onQueryStarted(event);
+    } catch (const std::exception& e) {
+      spdlog::error("query {}: listener onQueryStarted threw: {}", options_.name, e.what());
+    }
+  }
+  spdlog::info("query {} started: id={} runId={} trigger={} checkpoint={}", options_.name, id_, runId_,
+               options_.trigger.toString(), options_.checkpoint->describe());
+  driver_ = std::thread([this] { driverLoop(); });
+}
+
+void MicroBatchExecution::driverLoop() {
+  std::exception_ptr error;
+  try {
+    const Trigger& trigger = options_.trigger;
+    while (true) {
+      {
+        std::lock_guard lock(mu_);
+        if (stopRequested_) break;
+      }
+      auto triggerStart = Clock::now();
+      bool replay = pendingReplay_.has_value();
+      bool ran = runBatch();
+      if (trigger.kind() == Trigger::Kind::kOnce) {
+        if (!ran || !replay) break;
+        continue;
+      }
+      if (trigger.kind() == Trigger::Kind::kAvailableNow) {
+        if (!ran) break;
+        continue;
+      }
+      if (!ran) {
+        notifyIdle();
+        sleepUntil(std::max(triggerStart + trigger.interval(), Clock::now() + options_.idlePollInterval));
+      } else if (trigger.interval().count() > 0) {
+        sleepUntil(triggerStart + trigger.interval());
+      }
+    }
+  } catch (const StopDuringBackoff&) {
+    spdlog::info("query {}: stopped during a retry backoff; the batch will be replayed", options_.name);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  finish(error);
+}
+
+void MicroBatchExecution::finish(std::exception_ptr error) {
+  try {
+    plan_.root->close();
+  } catch (const std::exception& e) {
+    spdlog::warn("query {}: closing the sink failed: {}", options_.name, e.what());
+  }
+  for (auto& s : plan_.sources) {
+    try {
+      s->close();
+    } catch (const std::exception& e) {
+      spdlog::warn("query {}: closing source {} failed: {}", options_.name, s->description(), e.what());
+    }
+  }
+  std::optional<std::string> what;
+  if (error) {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+      what = "unknown exception";
+    }
+    spdlog::error("query {} [{}] terminated with error: {}", options_.name, id_, *what);
+  } else {
+    spdlog::info("query {} [{}] stopped", options_.name, id_);
+  }
+  for (auto& l : options_.listeners) {
+    try {
+      l->onQueryTerminated({id_, runId_, options_.name, what});
+    } catch (const std::exception& e) {
+      spdlog::error("query {}: listener onQueryTerminated threw: {}", options_.name, e.what());
+    }
+  }
+  {
+    std::lock_guard lock(mu_);
+    error_ = error;
+    active_ = false;
+    terminated_ = true;
+    status_ = {"Stopped", false, false};
+  }
+  cv_.notify_all();
+}
+
+void MicroBatchExecution::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopRequested_ = true;
+  }
+  cv_.notify_all();
+  if (driver_.joinable() && driver_.get_id() != std::this_thread::get_id()) driver_.join();
+}
+
+void MicroBatchExecution::awaitTermination() {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return !active_; });
+  if (error_) std::rethrow_exception(error_);
+}
+
+bool MicroBatchExecution::awaitTermination(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  bool done = cv_.wait_for(lock, timeout, [&] { return !active_; });
+  if (done && error_) std::rethrow_exception(error_);
+  return done;
+}
+
+void MicroBatchExecution::processAllAvailable() {
+  std::unique_lock lock(mu_);
+  // An idle trigger that *started* after this call proves that everything available now was
+  // committed; the second idle trigger from here is the first one guaranteed to have started later.
+  uint64_t target = idleTriggers_ + 2;
+  cv_.wait(lock, [&] { return terminated_ || idleTriggers_ >= target; });
+  if (error_) std::rethrow_exception(error_);
+}
+
+bool MicroBatchExecution::isActive() const {
+  std::lock_guard lock(mu_);
+  return active_;
+}
+
+std::exception_ptr MicroBatchExecution::exception() const {
+  std::lock_guard lock(mu_);
+  return error_;
+}
+
+std::optional<QueryProgress> MicroBatchExecution::lastProgress() const {
+  std::lock_guard lock(mu_);
+  if (progress_.empty()) return std::nullopt;
+  return progress_.back();
+}
+
+std::vector<QueryProgress> MicroBatchExecution::recentProgress() const {
+  std::lock_guard lock(mu_);
+  return {progress_.begin(), progress_.end()};
+}
+
+QueryStatus MicroBatchExecution::status() const {
+  std::lock_guard lock(mu_);
+  return status_;
+}
+
+std::string MicroBatchExecution::explain() const { return explainPlan(*plan_.logical); }
+
+}  // namespace dataflow::detail

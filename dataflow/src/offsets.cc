@@ -1,0 +1,60 @@
+// Offsets arithmetic and Spark's JSON form.
+#include "dataflow/offsets.h"
+
+#include <boost/json.hpp>
+
+#include <charconv>
+
+#include "dataflow/error.h"
+
+namespace dataflow {
+
+int64_t Offsets::get(const PartitionId& partition, int64_t fallback) const {
+  auto it = offsets_.find(partition);
+  return it == offsets_.end() ? fallback : it->second;
+}
+
+int64_t Offsets::distanceTo(const Offsets& other) const {
+  int64_t total = 0;
+  for (const auto& [partition, end] : other.offsets_) {
+    int64_t start = get(partition, 0);
+    if (end > start) total += end - start;
+  }
+  return total;
+}
+
+std::string Offsets::toJson() const {
+  boost::json::object root;
+  for (const auto& [partition, offset] : offsets_) {
+    auto& topic = root[partition.topic];
+    if (!topic.is_object()) topic = boost::json::object();
+    topic.as_object()[std::to_string(partition.partition)] = offset;
+  }
+  return boost::json::serialize(root);
+}
+
+Offsets Offsets::fromJson(std::string_view json) {
+  boost::json::error_code ec;
+  boost::json::value root = boost::json::parse(json, ec);
+  if (ec || !root.is_object()) {
+    throw CheckpointError("offsets are not a JSON object of topics: " + std::string(json.substr(0, 200)));
+  }
+  Offsets out;
+  for (const auto& [topic, partitions] : root.as_object()) {
+    if (!partitions.is_object()) {
+      throw CheckpointError("offsets of topic '" + std::string(topic) + "' are not an object");
+    }
+    for (const auto& [key, value] : partitions.as_object()) {
+      int32_t partition = 0;
+      auto [ptr, err] = std::from_chars(key.data(), key.data() + key.size(), partition);
+      if (err != std::errc() || ptr != key.data() + key.size() || !value.is_int64()) {
+        throw CheckpointError("bad offset entry '" + std::string(key) + "' in topic '" +
+                              std::string(topic) + "'");
+      }
+      out.set({std::string(topic), partition}, value.as_int64());
+    }
+  }
+  return out;
+}
+
+}  // namespace dataflow

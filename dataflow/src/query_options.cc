@@ -1,0 +1,44 @@
+// Spark-style string options for a query. Every key is known here; anything else fails fast.
+#include "dataflow/query_options.h"
+
+#include <charconv>
+
+#include "dataflow/error.h"
+
+namespace dataflow {
+namespace {
+
+int64_t parsePositive(const std::string& key, const std::string& value, int64_t min) {
+  int64_t out = 0;
+  auto [ptr, err] = std::from_chars(value.data(), value.data() + value.size(), out);
+  if (err != std::errc() || ptr != value.data() + value.size() || out < min) {
+    throw ConfigurationError("option '" + key + "': expected an integer >= " + std::to_string(min) +
+                             ", got '" + value + "'");
+  }
+  return out;
+}
+
+}  // namespace
+
+void QueryOptions::set(const std::string& key, const std::string& value) {
+  using std::chrono::milliseconds;
+  if (key == "retry.maxAttempts") {
+    maxBatchAttempts = static_cast<int>(parsePositive(key, value, 1));
+  } else if (key == "retry.initialBackoffMs") {
+    initialBackoff = milliseconds(parsePositive(key, value, 0));
+  } else if (key == "retry.maxBackoffMs") {
+    maxBackoff = milliseconds(parsePositive(key, value, 0));
+  } else if (key == "idlePollIntervalMs") {
+    idlePollInterval = milliseconds(parsePositive(key, value, 1));
+  } else if (key == "progress.retained") {
+    retainedProgress = static_cast<int>(parsePositive(key, value, 1));
+  } else if (key == "queryName") {
+    name = value;
+  } else {
+    throw ConfigurationError("unknown query option '" + key +
+                             "' (known: queryName, retry.maxAttempts, retry.initialBackoffMs, "
+                             "retry.maxBackoffMs, idlePollIntervalMs, progress.retained)");
+  }
+}
+
+}  // namespace dataflow

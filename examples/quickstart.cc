@@ -1,0 +1,40 @@
+// The README's example: an in-memory source, a fused chain, dead letters, and foreachBatch.
+#include <dataflow/dataflow.h>
+
+#include <charconv>
+#include <iostream>
+
+struct Order { int64_t id; int64_t cents; };
+
+int main() {
+  dataflow::Session session({.workerThreads = 2});
+  auto input = std::make_shared<dataflow::MemoryStream<std::string>>("orders");
+  input->addData({"1:250", "2:-5", "oops", "3:1200"});
+
+  int64_t total = 0;
+  auto query = session.readStream(input)
+      .parse([](const std::string& line) -> dataflow::Result<Order> {
+        Order o{};
+        auto colon = line.find(':');
+        if (colon == std::string::npos) return dataflow::parseError("malformed", "no ':' in '" + line + "'");
+        std::from_chars(line.data(), line.data() + colon, o.id);
+        std::from_chars(line.data() + colon + 1, line.data() + line.size(), o.cents);
+        return o;
+      })
+      .filter([](const Order& o) { return o.cents > 0; })
+      .map([](const Order& o) { return o.cents; })
+      .deadLetters([](std::span<const dataflow::DeadLetter> bad, const dataflow::BatchInfo&) {
+        for (const auto& d : bad) std::cout << "dead letter: " << d.payload << " (" << d.errorMessage << ")\n";
+      })
+      .writeStream()
+      .queryName("quickstart")
+      .trigger(dataflow::Trigger::availableNow())
+      .foreachBatch([&](const dataflow::Batch<int64_t>& batch, const dataflow::BatchInfo& info) {
+        for (int64_t cents : batch.rows()) total += cents;
+        std::cout << "batch " << info.batchId << ": " << batch.numRows() << " rows\n";
+      })
+      .start();
+  query.awaitTermination();
+  std::cout << "total cents: " << total << "\n";
+  return total == 1450 ? 0 : 1;
+}

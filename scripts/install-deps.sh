@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the build and test dependencies from Debian bookworm packages. Idempotent: packages that
+# are already installed are skipped, and apt-get is not called at all when nothing is missing.
+# Used by the README's commands, .ci/run (through the test command) and docker/Dockerfile.
+#
+#   scripts/install-deps.sh            build + test dependencies
+#   scripts/install-deps.sh --runtime  only the shared libraries the binaries need at run time
+set -euo pipefail
+
+build_packages=(
+  build-essential cmake ninja-build pkg-config ccache git
+  libtbb-dev libabsl-dev libboost-json1.81-dev libboost1.81-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  librdkafka-dev libpq-dev libspdlog-dev libfmt-dev libcli11-dev
+  postgresql-15 postgresql-client-15
+)
+runtime_packages=(
+  libtbb12 libboost-json1.81.0 librdkafka1 libpq5 libspdlog1.10 libfmt9
+)
+
+packages=("${build_packages[@]}")
+if [[ "${1:-}" == "--runtime" ]]; then packages=("${runtime_packages[@]}"); fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
