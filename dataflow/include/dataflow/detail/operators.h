@@ -120,12 +120,22 @@ class FusedOperator final : public BatchOperator<T> {
       for (size_t r = c.begin; r < c.end; ++r) pipe_.run(part.rows[r], cc, emit);
     });
 
+    // Stitch chunks back into partitions in order: a lone chunk is moved, several are moved into
+    // one exactly-sized vector.
     auto& parts = out.partitions();
     parts.resize(in.partitions().size());
-    for (size_t p = 0; p < parts.size(); ++p) parts[p].id = in.partitions()[p].id;
+    std::vector<size_t> totals(parts.size(), 0), counts(parts.size(), 0);
+    for (const Chunk& c : chunks) {
+      totals[c.partition] += c.rows.size();
+      ++counts[c.partition];
+    }
+    for (size_t p = 0; p < parts.size(); ++p) {
+      parts[p].id = in.partitions()[p].id;
+      if (counts[p] > 1) parts[p].rows.reserve(totals[p]);
+    }
     for (Chunk& c : chunks) {
       auto& rows = parts[c.partition].rows;
-      if (rows.empty()) {
+      if (counts[c.partition] == 1) {
         rows = std::move(c.rows);
       } else {
         rows.insert(rows.end(), std::make_move_iterator(c.rows.begin()),
