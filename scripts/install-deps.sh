@@ -4,6 +4,7 @@
 # Used by the README's commands, .ci/run (through the test command) and docker/Dockerfile.
 #
 #   scripts/install-deps.sh            build + test dependencies
+#   scripts/install-deps.sh --stack    also what scripts/stack needs (JRE, Maven, kcat, jq, curl)
 #   scripts/install-deps.sh --runtime  only the shared libraries the binaries need at run time
 set -euo pipefail
 
@@ -14,12 +15,21 @@ build_packages=(
   librdkafka-dev libpq-dev libspdlog-dev libfmt-dev libcli11-dev
   postgresql-15 postgresql-client-15
 )
+stack_packages=(
+  postgresql-15 postgresql-client-15 openjdk-17-jre-headless maven kcat jq curl procps iproute2
+)
 runtime_packages=(
   libtbb12 libboost-json1.81.0 librdkafka1 libpq5 libspdlog1.10 libfmt9
 )
 
 packages=("${build_packages[@]}")
-if [[ "${1:-}" == "--runtime" ]]; then packages=("${runtime_packages[@]}"); fi
+case "${1:-}" in
+  "") ;;
+  --runtime) packages=("${runtime_packages[@]}") ;;
+  --stack) packages=("${stack_packages[@]}") ;;
+  --all) packages+=("${stack_packages[@]}") ;;
+  *) echo "install-deps: unknown argument '$1' (use --stack, --runtime or --all)" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do

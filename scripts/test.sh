@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 preset="${PRESET:-release}"
-scripts/install-deps.sh
+scripts/install-deps.sh --all
 
 cmake --preset "$preset" >/dev/null
 cmake --build "build/$preset" -j "${JOBS:-2}"
