@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <concepts>
 #include <vector>
 
 #include "dataflow/offsets.h"
@@ -70,7 +72,7 @@ class TypedSource : public Source {
 // carry the exact source position and raw bytes. Kafka records model it.
 template <class R>
 concept SourcePosition = requires(const R& r) {
-  { r.topic } -> std::convertible_to<std::string>;
+  { r.topic } -> std::convertible_to<std::string_view>;
   { r.partition } -> std::convertible_to<int32_t>;
   { r.offset } -> std::convertible_to<int64_t>;
 };

@@ -196,19 +196,35 @@ bool MicroBatchExecution::runBatch() {
   auto triggerStart = Clock::now();
   std::map<std::string, int64_t> durations;
   setStatus("Checking for new data", false, true);
-  auto batch = planNextBatch(durations);
+  lastTriggerFailed_ = false;
+  std::optional<PlannedBatch> batch;
+  try {
+    batch = planNextBatch(durations);
+    if (batch && !batch->replay) {
+      auto t = Clock::now();
+      options_.checkpoint->writeOffsets(batch->entry);
+      durations["walCommit"] = elapsedMs(t);
+    }
+    planFailures_ = 0;
+  } catch (const ConnectorError& e) {
+    // A source or the checkpoint store is unreachable before anything was read: nothing to undo.
+    // Retry on a later trigger, after a backoff, up to maxBatchAttempts times in a row.
+    if (!e.retriable() || ++planFailures_ >= options_.maxBatchAttempts) throw;
+    if (batch && batch->replay) pendingReplay_ = std::move(batch->entry);
+    auto backoff = std::min(options_.maxBackoff, options_.initialBackoff * (1 << std::min(planFailures_ - 1, 16)));
+    spdlog::warn("query {}: planning batch {} failed (attempt {}/{}), retrying in {} ms: {}", options_.name,
+                 nextBatchId_, planFailures_, options_.maxBatchAttempts, backoff.count(), e.what());
+    setStatus("Retrying after a source error", false, false);
+    lastTriggerFailed_ = true;
+    sleepUntil(Clock::now() + backoff);
+    return false;
+  }
   if (!batch) {
     setStatus("Waiting for data to arrive", false, false);
     return false;
   }
   setStatus("Processing new data", true, true);
-  if (!batch->replay) {
-    auto t = Clock::now();
-    options_.checkpoint->writeOffsets(batch->entry);
-    durations["walCommit"] = elapsedMs(t);
-  } else {
-    durations["walCommit"] = 0;
-  }
+  if (batch->replay) durations["walCommit"] = 0;
   executeBatch(std::move(*batch), std::move(durations), triggerStart);
   setStatus("Waiting for next trigger", false, false);
   return true;
@@ -255,7 +271,18 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
   durations["addBatch"] = elapsedMs(t);
 
   t = Clock::now();
-  options_.checkpoint->writeCommit({entry.batchId, nowEpochMs()});
+  for (int attempt = 1;; ++attempt) {
+    try {
+      options_.checkpoint->writeCommit({entry.batchId, nowEpochMs()});
+      break;
+    } catch (const ConnectorError& e) {
+      // The sink has its data; without the commit the batch would be replayed. Keep trying.
+      if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
+      spdlog::warn("query {} batch {}: writing the commit failed, retrying: {}", options_.name, entry.batchId, e.what());
+      std::unique_lock lock(mu_);
+      if (cv_.wait_for(lock, options_.initialBackoff * attempt, [&] { return stopRequested_; })) throw StopDuringBackoff{};
+    }
+  }
   for (size_t i = 0; i < plan_.sources.size(); ++i) {
     committedEnd_[i] = entry.sources[i].end;
     plan_.sources[i]->onBatchCommitted(committedEnd_[i]);
@@ -379,6 +406,7 @@ void MicroBatchExecution::driverLoop() {
       auto triggerStart = Clock::now();
       bool replay = pendingReplay_.has_value();
       bool ran = runBatch();
+      if (!ran && lastTriggerFailed_) continue;  // runBatch has backed off; try again
       if (trigger.kind() == Trigger::Kind::kOnce) {
         if (!ran || !replay) break;
         continue;

@@ -35,7 +35,7 @@ void describeRecord(const R& record, const PartitionId& partition, DeadLetter& o
     record.fillDeadLetter(out);
   } else {
     if constexpr (SourcePosition<R>) {
-      out.topic = record.topic;
+      out.topic = std::string(record.topic);
       out.partition = record.partition;
       out.offset = record.offset;
     }

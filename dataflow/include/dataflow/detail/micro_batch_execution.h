@@ -101,6 +101,8 @@ class MicroBatchExecution {
   std::chrono::steady_clock::time_point lastTriggerEnd_{};
   std::chrono::steady_clock::time_point lastIdleEvent_{};
   bool wasIdle_ = false;
+  int planFailures_ = 0;          // consecutive triggers whose planning failed retriably
+  bool lastTriggerFailed_ = false;
 
   // Shared with other threads, under mu_.
   mutable std::mutex mu_;

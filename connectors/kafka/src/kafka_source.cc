@@ -1,0 +1,530 @@
+// The Kafka source. Each partition is read by its own cached consumer handle, assigned (never
+// subscribed) at the planned offset, the way Spark caches one consumer per partition: reads of
+// different partitions run in parallel without sharing a handle, and a consecutive batch
+// continues where the previous one stopped without a seek.
+#include "dataflow/kafka/kafka_source.h"
+
+#include <boost/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <charconv>
+#include <mutex>
+#include <random>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include "rdkafka_util.h"
+
+namespace dataflow::kafka {
+
+using detail::Handle;
+using detail::Message;
+using detail::PartitionList;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::vector<std::string> splitCommas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find(',', start);
+    if (end == std::string::npos) end = s.size();
+    std::string item = s.substr(start, end - start);
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    if (!item.empty()) out.push_back(item);
+    start = end + 1;
+  }
+  return out;
+}
+
+int64_t parseInt(const std::string& key, const std::string& value, int64_t min) {
+  int64_t out = 0;
+  auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), out);
+  if (ec != std::errc() || p != value.data() + value.size() || out < min) {
+    throw ConfigurationError("Kafka source option '" + key + "': expected an integer >= " + std::to_string(min) +
+                             ", got '" + value + "'");
+  }
+  return out;
+}
+
+bool parseBool(const std::string& key, const std::string& value) {
+  if (value == "true") return true;
+  if (value == "false") return false;
+  throw ConfigurationError("Kafka source option '" + key + "': expected true or false, got '" + value + "'");
+}
+
+std::string randomSuffix() {
+  std::random_device rd;
+  return std::to_string(rd()) + std::to_string(rd());
+}
+
+}  // namespace
+
+void KafkaSourceOptions::set(const std::string& key, const std::string& value) {
+  if (key == "kafka.bootstrap.servers" || key == "bootstrapServers") {
+    bootstrapServers = value;
+  } else if (key == "subscribe") {
+    subscribe = splitCommas(value);
+  } else if (key == "subscribePattern") {
+    subscribePattern = value;
+  } else if (key == "assign") {
+    boost::json::error_code ec;
+    auto v = boost::json::parse(value, ec);
+    if (ec || !v.is_object()) throw ConfigurationError("Kafka source option 'assign': expected {\"topic\":[0,1]}, got '" + value + "'");
+    assign.clear();
+    for (const auto& [topic, parts] : v.as_object()) {
+      if (!parts.is_array()) throw ConfigurationError("Kafka source option 'assign': partitions of '" + std::string(topic) + "' are not a list");
+      for (const auto& p : parts.as_array()) {
+        if (!p.is_int64()) throw ConfigurationError("Kafka source option 'assign': bad partition in '" + std::string(topic) + "'");
+        assign.push_back({std::string(topic), static_cast<int32_t>(p.as_int64())});
+      }
+    }
+  } else if (key == "startingOffsets") {
+    startingOffsets = value;
+  } else if (key == "maxOffsetsPerTrigger") {
+    maxOffsetsPerTrigger = parseInt(key, value, 1);
+  } else if (key == "failOnDataLoss") {
+    failOnDataLoss = parseBool(key, value);
+  } else if (key == "commitOffsetsToGroup") {
+    commitOffsetsToGroup = value;
+  } else if (key == "kafkaConsumer.pollTimeoutMs") {
+    pollTimeout = std::chrono::milliseconds(parseInt(key, value, 1));
+  } else if (key == "partitionDiscoveryIntervalMs") {
+    partitionDiscoveryInterval = std::chrono::milliseconds(parseInt(key, value, 0));
+  } else if (key.starts_with("kafka.")) {
+    kafka[key.substr(6)] = value;
+  } else {
+    throw ConfigurationError("unknown Kafka source option '" + key + "'");
+  }
+}
+
+void KafkaSourceOptions::validate() const {
+  if (bootstrapServers.empty() && !kafka.contains("bootstrap.servers")) {
+    throw ConfigurationError("Kafka source: kafka.bootstrap.servers is required");
+  }
+  int modes = !subscribe.empty() + !subscribePattern.empty() + !assign.empty();
+  if (modes != 1) {
+    throw ConfigurationError("Kafka source: set exactly one of subscribe, subscribePattern and assign (" +
+                             std::to_string(modes) + " set)");
+  }
+  if (!subscribePattern.empty()) {
+    try {
+      std::regex re(subscribePattern);
+    } catch (const std::regex_error& e) {
+      throw ConfigurationError("Kafka source option 'subscribePattern': invalid regular expression '" +
+                               subscribePattern + "': " + e.what());
+    }
+  }
+  for (const char* forbidden : {"group.id", "enable.auto.commit", "auto.offset.reset", "enable.auto.offset.store"}) {
+    if (kafka.contains(forbidden)) {
+      throw ConfigurationError(std::string("Kafka source option 'kafka.") + forbidden +
+                               "' is not supported: the source keeps offsets in the query's checkpoint "
+                               "(use commitOffsetsToGroup to expose lag to a consumer group)");
+    }
+  }
+  if (startingOffsets != "earliest" && startingOffsets != "latest") {
+    try {
+      Offsets::fromJson(startingOffsets);
+    } catch (const Error& e) {
+      throw ConfigurationError("Kafka source option 'startingOffsets': expected earliest, latest or "
+                               "{\"topic\":{\"0\":23}}, got '" + startingOffsets + "'");
+    }
+  }
+}
+
+struct KafkaSource::Impl {
+  struct Reader {
+    std::mutex mu;
+    Handle rk;
+    int64_t next = -1;  // the offset the handle's fetch position stands at
+    std::optional<KafkaRecord> lookahead;
+  };
+
+  KafkaSourceOptions options;
+  std::optional<std::regex> pattern;
+  Handle meta;
+  Handle committer;
+  std::mutex mu;  // guards everything below
+  std::map<PartitionId, std::unique_ptr<Reader>> readers;
+  std::set<std::string, std::less<>> topicNames;  // interned: KafkaRecord::topic points here
+  std::vector<PartitionId> partitions;
+  Clock::time_point lastDiscovery{};
+
+  std::map<std::string, std::string> consumerProperties(const std::string& groupId) const {
+    std::map<std::string, std::string> p = {
+        {"queued.max.messages.kbytes", "16384"},  // prefetch per partition reader: bounded memory
+        {"fetch.wait.max.ms", "100"},
+        {"socket.nagle.disable", "true"},
+    };
+    for (const auto& [k, v] : options.kafka) p[k] = v;
+    if (!options.bootstrapServers.empty()) p["bootstrap.servers"] = options.bootstrapServers;
+    p["group.id"] = groupId;
+    p["enable.auto.commit"] = "false";
+    p["enable.auto.offset.store"] = "false";
+    p["auto.offset.reset"] = "error";  // a position that no longer exists is reported, never skipped
+    p["enable.partition.eof"] = "false";
+    return p;
+  }
+
+  int timeoutMs() const { return static_cast<int>(options.requestTimeout.count()); }
+
+  std::string_view intern(std::string_view topic) {
+    auto it = topicNames.find(topic);
+    if (it == topicNames.end()) it = topicNames.emplace(topic).first;
+    return *it;
+  }
+
+  std::vector<PartitionId> discover() {
+    std::lock_guard lock(mu);
+    auto now = Clock::now();
+    if (!partitions.empty() && now - lastDiscovery < options.partitionDiscoveryInterval) return partitions;
+    std::vector<PartitionId> found;
+    if (!options.assign.empty()) {
+      found = options.assign;
+    } else {
+      const rd_kafka_metadata_t* md = nullptr;
+      detail::check(rd_kafka_metadata(meta.get(), 1, nullptr, &md, timeoutMs()), "metadata request");
+      for (int t = 0; t < md->topic_cnt; ++t) {
+        const auto& topic = md->topics[t];
+        if (topic.err != RD_KAFKA_RESP_ERR_NO_ERROR) continue;
+        std::string name = topic.topic;
+        bool wanted = pattern ? std::regex_match(name, *pattern)
+                              : std::find(options.subscribe.begin(), options.subscribe.end(), name) != options.subscribe.end();
+        if (!wanted) continue;
+        for (int p = 0; p < topic.partition_cnt; ++p) found.push_back({name, topic.partitions[p].id});
+      }
+      rd_kafka_metadata_destroy(md);
+    }
+    std::sort(found.begin(), found.end());
+    partitions = found;
+    lastDiscovery = now;
+    return partitions;
+  }
+
+  std::pair<int64_t, int64_t> watermarks(const PartitionId& p) {
+    int64_t low = 0, high = 0;
+    detail::check(rd_kafka_query_watermark_offsets(meta.get(), p.topic.c_str(), p.partition, &low, &high, timeoutMs()),
+                  "watermarks of " + p.toString());
+    return {low, high};
+  }
+
+  Reader& reader(const PartitionId& p) {
+    std::lock_guard lock(mu);
+    auto& slot = readers[p];
+    if (!slot) {
+      slot = std::make_unique<Reader>();
+      slot->rk = detail::createHandle(RD_KAFKA_CONSUMER, consumerProperties("dataflow-reader-" + randomSuffix()));
+      rd_kafka_poll_set_consumer(slot->rk.get());
+    }
+    return *slot;
+  }
+
+  void seek(Reader& r, const PartitionId& p, int64_t offset) {
+    PartitionList list(rd_kafka_topic_partition_list_new(1));
+    rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), p.partition)->offset = offset;
+    detail::check(rd_kafka_assign(r.rk.get(), list.get()), "assign " + p.toString());
+    r.next = offset;
+    r.lookahead.reset();
+  }
+
+  int64_t fetchPosition(Reader& r, const PartitionId& p) {
+    PartitionList list(rd_kafka_topic_partition_list_new(1));
+    rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), p.partition);
+    if (rd_kafka_position(r.rk.get(), list.get()) != RD_KAFKA_RESP_ERR_NO_ERROR) return -1;
+    return list->elems[0].offset;
+  }
+
+  KafkaRecord convert(const rd_kafka_message_t* m, std::string_view topic) {
+    KafkaRecord r;
+    r.topic = topic;
+    r.partition = m->partition;
+    r.offset = m->offset;
+    rd_kafka_timestamp_type_t type;
+    r.timestamp = rd_kafka_message_timestamp(m, &type);
+    r.timestampType = type == RD_KAFKA_TIMESTAMP_CREATE_TIME      ? TimestampType::kCreateTime
+                      : type == RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME ? TimestampType::kLogAppendTime
+                                                                   : TimestampType::kNone;
+    if (m->key) {
+      r.key.assign(static_cast<const char*>(m->key), m->key_len);
+      r.hasKey = true;
+    }
+    if (m->payload) {
+      r.value.assign(static_cast<const char*>(m->payload), m->len);
+      r.hasValue = true;
+    }
+    rd_kafka_headers_t* headers = nullptr;
+    if (rd_kafka_message_headers(m, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR && headers) {
+      const char* name;
+      const void* value;
+      size_t size;
+      for (size_t i = 0; rd_kafka_header_get_all(headers, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; ++i) {
+        r.headers.emplace_back(name, value ? std::optional<std::string>(std::string(static_cast<const char*>(value), size))
+                                           : std::nullopt);
+      }
+    }
+    return r;
+  }
+};
+
+KafkaSource::KafkaSource(KafkaSourceOptions options) : impl_(std::make_unique<Impl>()) {
+  options.validate();
+  impl_->options = std::move(options);
+  if (!impl_->options.subscribePattern.empty()) impl_->pattern.emplace(impl_->options.subscribePattern);
+}
+
+KafkaSource::~KafkaSource() = default;
+
+std::string KafkaSource::description() const {
+  const auto& o = impl_->options;
+  std::string inner;
+  if (!o.subscribe.empty()) {
+    inner = "Subscribe[";
+    for (size_t i = 0; i < o.subscribe.size(); ++i) inner += (i ? "," : "") + o.subscribe[i];
+  } else if (!o.subscribePattern.empty()) {
+    inner = "SubscribePattern[" + o.subscribePattern;
+  } else {
+    inner = "Assign[";
+    for (size_t i = 0; i < o.assign.size(); ++i) inner += (i ? ", " : "") + o.assign[i].toString();
+  }
+  return "KafkaV2[" + inner + "]]";
+}
+
+void KafkaSource::open() {
+  impl_->meta = detail::createHandle(RD_KAFKA_CONSUMER, impl_->consumerProperties("dataflow-meta-" + randomSuffix()));
+  if (!impl_->options.commitOffsetsToGroup.empty()) {
+    impl_->committer = detail::createHandle(RD_KAFKA_CONSUMER, impl_->consumerProperties(impl_->options.commitOffsetsToGroup));
+  }
+}
+
+void KafkaSource::close() {
+  std::lock_guard lock(impl_->mu);
+  impl_->readers.clear();
+  impl_->committer.reset();
+  impl_->meta.reset();
+}
+
+Offsets KafkaSource::initialOffsets() {
+  Offsets out;
+  const std::string& start = impl_->options.startingOffsets;
+  std::optional<Offsets> given;
+  if (start != "earliest" && start != "latest") given = Offsets::fromJson(start);
+  for (const auto& p : impl_->discover()) {
+    auto [low, high] = impl_->watermarks(p);
+    int64_t offset;
+    if (given) {
+      int64_t want = given->get(p, -3);
+      if (want == -3) {
+        throw ConfigurationError("Kafka source option 'startingOffsets' has no offset for partition " + p.toString());
+      }
+      offset = want == -2 ? low : want == -1 ? high : want;
+    } else {
+      offset = start == "earliest" ? low : high;
+    }
+    out.set(p, offset);
+  }
+  return out;
+}
+
+Offsets KafkaSource::latestOffsets() {
+  Offsets out;
+  for (const auto& p : impl_->discover()) out.set(p, impl_->watermarks(p).second);
+  return out;
+}
+
+int64_t KafkaSource::startOfNewPartition(const PartitionId& partition) { return impl_->watermarks(partition).first; }
+
+std::optional<int64_t> KafkaSource::maxRecordsPerBatch() const {
+  if (impl_->options.maxOffsetsPerTrigger <= 0) return std::nullopt;
+  return impl_->options.maxOffsetsPerTrigger;
+}
+
+void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until, std::vector<KafkaRecord>& out) {
+  Impl::Reader& r = impl_->reader(partition);
+  std::lock_guard lock(r.mu);
+  std::string_view topic;
+  {
+    std::lock_guard g(impl_->mu);
+    topic = impl_->intern(partition.topic);
+  }
+  int64_t expected = from;
+  if (r.lookahead && r.lookahead->offset >= from && r.next == from) {
+    // The previous read fetched one record past its range: it starts this one.
+    if (r.lookahead->offset < until) {
+      expected = r.lookahead->offset + 1;
+      out.push_back(std::move(*r.lookahead));
+      r.lookahead.reset();
+    }
+  } else if (r.next != from) {
+    impl_->seek(r, partition, from);
+  }
+  auto deadline = Clock::now() + impl_->options.pollTimeout;
+  while (expected < until) {
+    Message m(rd_kafka_consumer_poll(r.rk.get(), 100));
+    if (!m) {
+      // Offsets can be missing for good (transaction markers, compaction): the fetch position
+      // tells when everything up to `until` has been seen.
+      if (impl_->fetchPosition(r, partition) >= until) break;
+      if (Clock::now() > deadline) {
+        r.next = -1;
+        throw ConnectorError("Kafka: timed out reading " + partition.toString() + " offsets [" +
+                                 std::to_string(expected) + ", " + std::to_string(until) + ")",
+                             true);
+      }
+      continue;
+    }
+    if (m->err) {
+      if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET || m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+        auto [low, high] = impl_->watermarks(partition);
+        if (low <= expected) {
+          // Nothing is gone (e.g. a transient out-of-range answer during a leader change).
+          if (Clock::now() > deadline) detail::check(m->err, "reading " + partition.toString());
+          impl_->seek(r, partition, expected);
+          continue;
+        }
+        std::string lost = partition.toString() + " offsets [" + std::to_string(expected) + ", " +
+                           std::to_string(std::min(low, until)) + ") are no longer available (earliest is " +
+                           std::to_string(low) + ", probably deleted by retention)";
+        if (impl_->options.failOnDataLoss) {
+          r.next = -1;
+          throw ConnectorError("Kafka: data loss: " + lost + "; set failOnDataLoss=false to continue from the earliest offset", false);
+        }
+        spdlog::warn("Kafka: data loss: {}; continuing from offset {} (failOnDataLoss=false)", lost, low);
+        if (low >= until) break;
+        impl_->seek(r, partition, low);
+        expected = low;
+        continue;
+      }
+      if (detail::isRetriable(m->err)) {
+        if (Clock::now() > deadline) detail::check(m->err, "reading " + partition.toString());
+        continue;  // librdkafka reconnects by itself
+      }
+      r.next = -1;
+      detail::check(m->err, "reading " + partition.toString());
+    }
+    if (m->offset < expected) continue;
+    if (m->offset >= until) {
+      r.lookahead = impl_->convert(m.get(), topic);
+      break;
+    }
+    out.push_back(impl_->convert(m.get(), topic));
+    expected = m->offset + 1;
+  }
+  r.next = until;
+}
+
+void KafkaSource::onBatchCommitted(const Offsets& end) {
+  if (!impl_->committer) return;
+  PartitionList list(rd_kafka_topic_partition_list_new(static_cast<int>(end.partitions().size())));
+  for (const auto& [p, offset] : end.partitions()) {
+    rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), p.partition)->offset = offset;
+  }
+  rd_kafka_resp_err_t err = rd_kafka_commit(impl_->committer.get(), list.get(), 0);
+  if (err) spdlog::warn("Kafka: committing offsets to group '{}' failed: {}", impl_->options.commitOffsetsToGroup, rd_kafka_err2str(err));
+}
+
+SourceMetrics KafkaSource::metrics(const Offsets& end, const Offsets& latest) {
+  if (latest.empty()) return {};
+  int64_t minBehind = INT64_MAX, maxBehind = 0, total = 0;
+  for (const auto& [p, high] : latest.partitions()) {
+    int64_t behind = std::max<int64_t>(0, high - end.get(p, 0));
+    minBehind = std::min(minBehind, behind);
+    maxBehind = std::max(maxBehind, behind);
+    total += behind;
+  }
+  char avg[32];
+  std::snprintf(avg, sizeof avg, "%.1f", static_cast<double>(total) / static_cast<double>(latest.partitions().size()));
+  return {{"minOffsetsBehindLatest", std::to_string(minBehind)},
+          {"maxOffsetsBehindLatest", std::to_string(maxBehind)},
+          {"avgOffsetsBehindLatest", avg}};
+}
+
+// ---------------------------------------------------------------------------------------- sink
+
+struct KafkaSink::Impl {
+  KafkaSinkOptions options;
+  Handle producer;
+  std::mutex mu;
+  std::atomic<int> failures{0};
+  std::string firstError;
+
+  static void onDelivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
+    if (!m->err) return;
+    auto* self = static_cast<Impl*>(opaque);
+    if (self->failures++ == 0) self->firstError = rd_kafka_err2str(m->err);
+  }
+};
+
+KafkaSink::KafkaSink(KafkaSinkOptions options) : impl_(std::make_unique<Impl>()) {
+  if (options.bootstrapServers.empty()) throw ConfigurationError("Kafka sink: bootstrapServers is required");
+  impl_->options = std::move(options);
+  std::map<std::string, std::string> props = {{"enable.idempotence", "true"}, {"acks", "all"}, {"linger.ms", "5"}};
+  for (const auto& [k, v] : impl_->options.kafka) props[k] = v;
+  props["bootstrap.servers"] = impl_->options.bootstrapServers;
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  char err[512];
+  for (const auto& [k, v] : props) {
+    if (rd_kafka_conf_set(conf, k.c_str(), v.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      throw ConfigurationError("Kafka property '" + k + "': " + err);
+    }
+  }
+  rd_kafka_conf_set_dr_msg_cb(conf, &Impl::onDelivery);
+  rd_kafka_conf_set_opaque(conf, impl_.get());
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  if (!rk) {
+    rd_kafka_conf_destroy(conf);
+    throw ConfigurationError(std::string("Kafka: cannot create a producer: ") + err);
+  }
+  impl_->producer.reset(rk);
+}
+
+KafkaSink::~KafkaSink() {
+  if (impl_ && impl_->producer) rd_kafka_flush(impl_->producer.get(), 10000);
+}
+
+std::string KafkaSink::description() const { return "KafkaSink[" + impl_->options.topic + "]"; }
+
+void KafkaSink::addBatch(const Batch<ProducerRecord>& batch, const BatchInfo&) { write(batch.collect()); }
+
+void KafkaSink::write(const std::vector<ProducerRecord>& records) {
+  std::lock_guard lock(impl_->mu);
+  impl_->failures = 0;
+  impl_->firstError.clear();
+  rd_kafka_t* rk = impl_->producer.get();
+  for (const auto& rec : records) {
+    const std::string& topic = rec.topic.empty() ? impl_->options.topic : rec.topic;
+    if (topic.empty()) throw ConfigurationError("Kafka sink: a record has no topic and the sink has no default topic");
+    rd_kafka_headers_t* headers = rd_kafka_headers_new(rec.headers.size());
+    for (const auto& [k, v] : rec.headers) rd_kafka_header_add(headers, k.data(), static_cast<ssize_t>(k.size()), v.data(), static_cast<ssize_t>(v.size()));
+    while (true) {
+      // The macros cast their arguments: compute them first.
+      const void* key = rec.key ? rec.key->data() : nullptr;
+      size_t keyLen = rec.key ? rec.key->size() : 0;
+      void* value = rec.value ? const_cast<char*>(rec.value->data()) : nullptr;
+      size_t valueLen = rec.value ? rec.value->size() : 0;
+      rd_kafka_resp_err_t err = rd_kafka_producev(
+          rk, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_KEY(key, keyLen), RD_KAFKA_V_VALUE(value, valueLen),
+          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
+      if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        rd_kafka_poll(rk, 50);
+        continue;
+      }
+      if (err) {
+        rd_kafka_headers_destroy(headers);
+        detail::check(err, "producing to " + topic);
+      }
+      break;  // the message owns the headers now
+    }
+  }
+  rd_kafka_resp_err_t err = rd_kafka_flush(rk, static_cast<int>(impl_->options.flushTimeout.count()));
+  if (err) detail::check(err, "flushing " + std::to_string(records.size()) + " records");
+  if (impl_->failures > 0) {
+    throw ConnectorError("Kafka: " + std::to_string(impl_->failures.load()) + " records were not delivered: " + impl_->firstError, true);
+  }
+}
+
+}  // namespace dataflow::kafka

@@ -1,0 +1,73 @@
+#include "rdkafka_util.h"
+
+#include <spdlog/spdlog.h>
+
+namespace dataflow::kafka::detail {
+
+bool isRetriable(rd_kafka_resp_err_t err) {
+  switch (err) {
+    case RD_KAFKA_RESP_ERR__TRANSPORT:
+    case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__RESOLVE:
+    case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+    case RD_KAFKA_RESP_ERR_BROKER_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION:
+    case RD_KAFKA_RESP_ERR_NOT_COORDINATOR:
+    case RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE:
+    case RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS:
+    case RD_KAFKA_RESP_ERR__WAIT_COORD:
+    case RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR:
+    case RD_KAFKA_RESP_ERR_FETCH_SESSION_ID_NOT_FOUND:
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void check(rd_kafka_resp_err_t err, const std::string& what) {
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return;
+  throw ConnectorError("Kafka: " + what + ": " + rd_kafka_err2str(err), isRetriable(err));
+}
+
+namespace {
+
+void logCallback(const rd_kafka_t*, int level, const char* facility, const char* message) {
+  if (level <= 3) {
+    spdlog::error("librdkafka {}: {}", facility, message);
+  } else if (level <= 4) {
+    spdlog::warn("librdkafka {}: {}", facility, message);
+  } else {
+    spdlog::debug("librdkafka {}: {}", facility, message);
+  }
+}
+
+}  // namespace
+
+Handle createHandle(rd_kafka_type_t type, const std::map<std::string, std::string>& properties) {
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  char err[512];
+  for (const auto& [key, value] : properties) {
+    if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      // The message names the property; the value may be a secret and is not repeated.
+      throw ConfigurationError("Kafka property '" + key + "': " + err);
+    }
+  }
+  rd_kafka_conf_set_log_cb(conf, logCallback);
+  rd_kafka_t* rk = rd_kafka_new(type, conf, err, sizeof err);
+  if (!rk) {
+    rd_kafka_conf_destroy(conf);
+    throw ConfigurationError(std::string("Kafka: cannot create a client: ") + err);
+  }
+  return Handle(rk);
+}
+
+}  // namespace dataflow::kafka::detail

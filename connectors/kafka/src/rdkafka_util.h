@@ -1,0 +1,40 @@
+// librdkafka handles owned by unique_ptr, and the one place where its error codes become
+// exceptions (internal to connectors/kafka).
+#pragma once
+
+#include <librdkafka/rdkafka.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "dataflow/error.h"
+
+namespace dataflow::kafka::detail {
+
+struct HandleDeleter {
+  void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
+};
+using Handle = std::unique_ptr<rd_kafka_t, HandleDeleter>;
+
+struct MessageDeleter {
+  void operator()(rd_kafka_message_t* m) const { rd_kafka_message_destroy(m); }
+};
+using Message = std::unique_ptr<rd_kafka_message_t, MessageDeleter>;
+
+struct PartitionListDeleter {
+  void operator()(rd_kafka_topic_partition_list_t* l) const { rd_kafka_topic_partition_list_destroy(l); }
+};
+using PartitionList = std::unique_ptr<rd_kafka_topic_partition_list_t, PartitionListDeleter>;
+
+// Transient errors: a broker may come back, a leader may be elected, a request may time out.
+bool isRetriable(rd_kafka_resp_err_t err);
+
+// Throws ConnectorError (retriable per isRetriable) unless err is NO_ERROR.
+void check(rd_kafka_resp_err_t err, const std::string& what);
+
+// Creates a handle from properties; throws ConfigurationError naming a rejected property. Logs go
+// to spdlog; secrets never appear (librdkafka does not log them, and we never log properties).
+Handle createHandle(rd_kafka_type_t type, const std::map<std::string, std::string>& properties);
+
+}  // namespace dataflow::kafka::detail

@@ -1,0 +1,331 @@
+// The Kafka source and sink against librdkafka's mock cluster (label: kafka): reads, rate limits,
+// replay after a failure, broker outages, pattern subscriptions, option validation.
+#include <dataflow/dataflow.h>
+#include <dataflow/kafka/kafka_source.h>
+#include <gtest/gtest.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include <filesystem>
+#include <thread>
+
+namespace dataflow::kafka {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A mock cluster with one broker, and a producer to fill it.
+class MockKafka {
+ public:
+  MockKafka() {
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
+    handle_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    cluster_ = rd_kafka_mock_cluster_new(handle_, 1);
+    bootstrap_ = rd_kafka_mock_cluster_bootstraps(cluster_);
+    rd_kafka_conf_t* pconf = rd_kafka_conf_new();
+    rd_kafka_conf_set(pconf, "bootstrap.servers", bootstrap_.c_str(), err, sizeof err);
+    rd_kafka_conf_set(pconf, "linger.ms", "1", err, sizeof err);
+    rd_kafka_conf_set(pconf, "log_level", "0", err, sizeof err);
+    producer_ = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, err, sizeof err);
+  }
+  ~MockKafka() {
+    rd_kafka_flush(producer_, 5000);
+    rd_kafka_destroy(producer_);
+    rd_kafka_mock_cluster_destroy(cluster_);
+    rd_kafka_destroy(handle_);
+  }
+  const std::string& bootstrap() const { return bootstrap_; }
+  void createTopic(const std::string& topic, int partitions) {
+    ASSERT_EQ(rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+  }
+  void produce(const std::string& topic, int partition, const std::string& key, const std::optional<std::string>& value) {
+    void* v = value ? const_cast<char*>(value->data()) : nullptr;
+    size_t len = value ? value->size() : 0;
+    ASSERT_EQ(rd_kafka_producev(producer_, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(partition),
+                                RD_KAFKA_V_KEY(key.data(), key.size()), RD_KAFKA_V_VALUE(v, len),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+              RD_KAFKA_RESP_ERR_NO_ERROR);
+  }
+  void flush() { ASSERT_EQ(rd_kafka_flush(producer_, 10000), RD_KAFKA_RESP_ERR_NO_ERROR); }
+  void brokerDown() { rd_kafka_mock_broker_set_down(cluster_, 1); }
+  void brokerUp() { rd_kafka_mock_broker_set_up(cluster_, 1); }
+
+ private:
+  rd_kafka_t* handle_;
+  rd_kafka_mock_cluster_t* cluster_;
+  rd_kafka_t* producer_;
+  std::string bootstrap_;
+};
+
+KafkaSourceOptions optionsFor(const MockKafka& kafka, std::vector<std::string> topics) {
+  KafkaSourceOptions o;
+  o.bootstrapServers = kafka.bootstrap();
+  o.subscribe = std::move(topics);
+  o.startingOffsets = "earliest";
+  o.kafka["log_level"] = "0";
+  return o;
+}
+
+struct Seen {
+  std::string topic;
+  int32_t partition;
+  int64_t offset;
+  std::string value;
+  bool operator==(const Seen&) const = default;
+};
+
+auto toSeen(const KafkaRecord& r) { return Seen{std::string(r.topic), r.partition, r.offset, r.value}; }
+
+TEST(KafkaSource, ReadsEveryPartitionInOffsetOrder) {
+  MockKafka kafka;
+  kafka.createTopic("events", 3);
+  for (int i = 0; i < 300; ++i) kafka.produce("events", i % 3, "k" + std::to_string(i), "v" + std::to_string(i));
+  kafka.flush();
+  Session session({.workerThreads = 2});
+  auto sink = std::make_shared<MemorySink<Seen>>();
+  auto q = session.readStream(std::make_shared<KafkaSource>(optionsFor(kafka, {"events"})))
+               .map(toSeen).writeStream().trigger(Trigger::availableNow()).sink(sink).start();
+  q.awaitTermination();
+  auto rows = sink->rows();
+  ASSERT_EQ(rows.size(), 300u);
+  std::map<int32_t, int64_t> next;
+  for (const auto& r : rows) {
+    EXPECT_EQ(r.offset, next[r.partition]++) << "partition " << r.partition;
+    EXPECT_EQ(r.topic, "events");
+  }
+  auto p = q.lastProgress();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->sources[0].description, "KafkaV2[Subscribe[events]]");
+  EXPECT_EQ(p->sources[0].endOffset, R"({"events":{"0":100,"1":100,"2":100}})");
+  ASSERT_EQ(p->sources[0].metrics.size(), 3u);
+  EXPECT_EQ(p->sources[0].metrics[1].first, "maxOffsetsBehindLatest");
+  EXPECT_EQ(p->sources[0].metrics[1].second, "0");
+}
+
+TEST(KafkaSource, MaxOffsetsPerTriggerBoundsEachBatch) {
+  MockKafka kafka;
+  kafka.createTopic("events", 2);
+  for (int i = 0; i < 100; ++i) kafka.produce("events", i % 2, "k", "v");
+  kafka.flush();
+  auto options = optionsFor(kafka, {"events"});
+  options.set("maxOffsetsPerTrigger", "30");
+  Session session;
+  auto sink = std::make_shared<MemorySink<Seen>>();
+  session.readStream(std::make_shared<KafkaSource>(options)).map(toSeen).writeStream()
+      .trigger(Trigger::availableNow()).sink(sink).start().awaitTermination();
+  auto sizes = sink->batchSizes();
+  EXPECT_EQ(sizes, (std::vector<int64_t>{30, 30, 30, 10}));
+}
+
+TEST(KafkaSource, RestartAfterAFailedBatchReadsExactlyTheSameRange) {
+  MockKafka kafka;
+  kafka.createTopic("events", 2);
+  for (int i = 0; i < 40; ++i) kafka.produce("events", i % 2, "k", "v" + std::to_string(i));
+  kafka.flush();
+  auto dir = std::filesystem::temp_directory_path() / ("kafka-replay-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  auto options = optionsFor(kafka, {"events"});
+  options.maxOffsetsPerTrigger = 10;
+  Session session;
+  std::vector<std::vector<Seen>> attempts;
+  {
+    auto q = session.readStream(std::make_shared<KafkaSource>(options)).map(toSeen)
+                 .foreachBatch([&](const Batch<Seen>& b, const BatchInfo& info) {
+                   attempts.push_back(b.collect());
+                   if (info.batchId == 1) throw std::runtime_error("crash in the sink");
+                 })
+                 .checkpointLocation(dir).start();
+    EXPECT_THROW(q.awaitTermination(), std::runtime_error);
+  }
+  ASSERT_EQ(attempts.size(), 2u);
+  for (int i = 40; i < 60; ++i) kafka.produce("events", i % 2, "k", "v" + std::to_string(i));
+  kafka.flush();
+  std::vector<std::pair<int64_t, std::vector<Seen>>> replay;
+  auto q = session.readStream(std::make_shared<KafkaSource>(options)).map(toSeen)
+               .foreachBatch([&](const Batch<Seen>& b, const BatchInfo& info) { replay.emplace_back(info.batchId, b.collect()); })
+               .checkpointLocation(dir).trigger(Trigger::availableNow()).start();
+  q.awaitTermination();
+  ASSERT_FALSE(replay.empty());
+  EXPECT_EQ(replay[0].first, 1);
+  EXPECT_EQ(replay[0].second, attempts[1]);
+  std::set<std::pair<int32_t, int64_t>> all;
+  size_t total = attempts[0].size();
+  for (const auto& s : attempts[0]) all.insert({s.partition, s.offset});
+  for (const auto& [id, rows] : replay) {
+    total += rows.size();
+    for (const auto& s : rows) all.insert({s.partition, s.offset});
+  }
+  EXPECT_EQ(total, 60u) << "no record lost or duplicated";
+  EXPECT_EQ(all.size(), 60u);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(KafkaSource, SurvivesABrokerOutageWithoutLossOrDuplicates) {
+  MockKafka kafka;
+  kafka.createTopic("events", 1);
+  for (int i = 0; i < 50; ++i) kafka.produce("events", 0, "k", "v" + std::to_string(i));
+  kafka.flush();
+  auto options = optionsFor(kafka, {"events"});
+  options.requestTimeout = 500ms;
+  Session session;
+  auto sink = std::make_shared<MemorySink<Seen>>();
+  auto q = session.readStream(std::make_shared<KafkaSource>(options)).map(toSeen).writeStream()
+               .option("retry.initialBackoffMs", "50").option("retry.maxBackoffMs", "200").option("retry.maxAttempts", "100")
+               .sink(sink).start();
+  q.processAllAvailable();
+  kafka.brokerDown();
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_TRUE(q.isActive());
+  kafka.brokerUp();
+  for (int i = 50; i < 80; ++i) kafka.produce("events", 0, "k", "v" + std::to_string(i));
+  kafka.flush();
+  for (int i = 0; i < 100 && sink->rows().size() < 80; ++i) std::this_thread::sleep_for(100ms);
+  q.stop();
+  EXPECT_EQ(q.exception(), nullptr);
+  auto rows = sink->rows();
+  ASSERT_EQ(rows.size(), 80u);
+  for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(rows[i].offset, static_cast<int64_t>(i));
+}
+
+TEST(KafkaSource, SubscribePatternPicksUpTopicsCreatedLater) {
+  MockKafka kafka;
+  kafka.createTopic("dbserver1.public.customers", 1);
+  kafka.createTopic("other", 1);
+  kafka.produce("dbserver1.public.customers", 0, "k", "c1");
+  kafka.produce("other", 0, "k", "x");
+  kafka.flush();
+  KafkaSourceOptions options = optionsFor(kafka, {});
+  options.subscribe.clear();
+  options.set("subscribePattern", "dbserver1\\.public\\..*");
+  options.set("partitionDiscoveryIntervalMs", "50");
+  Session session;
+  auto sink = std::make_shared<MemorySink<Seen>>();
+  auto q = session.readStream(std::make_shared<KafkaSource>(options)).map(toSeen).writeStream().sink(sink).start();
+  q.processAllAvailable();
+  kafka.createTopic("dbserver1.public.orders", 2);
+  kafka.produce("dbserver1.public.orders", 1, "k", "o1");
+  kafka.flush();
+  for (int i = 0; i < 100 && sink->rows().size() < 2; ++i) std::this_thread::sleep_for(50ms);
+  q.stop();
+  auto rows = sink->rows();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].value, "c1");
+  EXPECT_EQ(rows[1].topic, "dbserver1.public.orders");
+  EXPECT_EQ(rows[1].value, "o1");
+}
+
+TEST(KafkaSource, LatestStartsAtTheEndAndTombstonesKeepNullValues) {
+  MockKafka kafka;
+  kafka.createTopic("events", 1);
+  kafka.produce("events", 0, "old", "before start");
+  kafka.flush();
+  auto options = optionsFor(kafka, {"events"});
+  options.startingOffsets = "latest";
+  Session session;
+  auto sink = std::make_shared<MemorySink<KafkaRecord>>();
+  auto q = session.readStream(std::make_shared<KafkaSource>(options)).writeStream().sink(sink).start();
+  q.processAllAvailable();
+  kafka.produce("events", 0, "{\"id\":1}", std::nullopt);
+  kafka.flush();
+  for (int i = 0; i < 100 && sink->rows().empty(); ++i) std::this_thread::sleep_for(50ms);
+  q.stop();
+  auto rows = sink->rows();
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_FALSE(rows[0].hasValue);
+  EXPECT_EQ(rows[0].key, "{\"id\":1}");
+  EXPECT_EQ(rows[0].offset, 1);
+  DeadLetter d;
+  rows[0].fillDeadLetter(d);
+  EXPECT_EQ(d.topic, "events");
+  EXPECT_EQ(d.offset, 1);
+  EXPECT_FALSE(d.hasPayload);
+}
+
+TEST(KafkaSource, CommitsProcessedOffsetsToAGroupForLagTools) {
+  MockKafka kafka;
+  kafka.createTopic("events", 1);
+  for (int i = 0; i < 5; ++i) kafka.produce("events", 0, "k", "v");
+  kafka.flush();
+  auto options = optionsFor(kafka, {"events"});
+  options.set("commitOffsetsToGroup", "lag-watchers");
+  Session session;
+  session.readStream(std::make_shared<KafkaSource>(options)).writeStream().trigger(Trigger::availableNow())
+      .sink(std::make_shared<MemorySink<KafkaRecord>>()).start().awaitTermination();
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", kafka.bootstrap().c_str(), err, sizeof err);
+  rd_kafka_conf_set(conf, "group.id", "lag-watchers", err, sizeof err);
+  rd_kafka_t* c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  auto* list = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(list, "events", 0);
+  ASSERT_EQ(rd_kafka_committed(c, list, 5000), RD_KAFKA_RESP_ERR_NO_ERROR);
+  EXPECT_EQ(list->elems[0].offset, 5);
+  rd_kafka_topic_partition_list_destroy(list);
+  rd_kafka_destroy(c);
+}
+
+TEST(KafkaSourceOptions, BadSettingsFailFastNamingTheSetting) {
+  auto expectError = [](KafkaSourceOptions o, const std::string& needle) {
+    try {
+      o.validate();
+      FAIL() << "expected ConfigurationError mentioning " << needle;
+    } catch (const ConfigurationError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  KafkaSourceOptions base;
+  base.bootstrapServers = "127.0.0.1:1";
+  base.subscribe = {"t"};
+  EXPECT_NO_THROW(base.validate());
+  auto o = base;
+  o.bootstrapServers.clear();
+  expectError(o, "bootstrap.servers");
+  o = base;
+  o.subscribePattern = "x";
+  expectError(o, "exactly one");
+  o = base;
+  o.kafka["group.id"] = "mine";
+  expectError(o, "kafka.group.id");
+  o = base;
+  o.kafka["enable.auto.commit"] = "true";
+  expectError(o, "enable.auto.commit");
+  o = base;
+  o.kafka["auto.offset.reset"] = "earliest";
+  expectError(o, "auto.offset.reset");
+  o = base;
+  o.startingOffsets = "yesterday";
+  expectError(o, "startingOffsets");
+  o = base;
+  o.subscribe.clear();
+  o.subscribePattern = "([";
+  expectError(o, "subscribePattern");
+  EXPECT_THROW(base.set("maxOffsetsPerTrigger", "-1"), ConfigurationError);
+  EXPECT_THROW(base.set("failOnDataLoss", "maybe"), ConfigurationError);
+  EXPECT_THROW(base.set("subscibe", "t"), ConfigurationError);
+  base.set("kafka.security.protocol", "SASL_SSL");
+  EXPECT_EQ(base.kafka["security.protocol"], "SASL_SSL");
+  base.set("assign", R"({"t":[0,2]})");
+  EXPECT_EQ(base.assign.size(), 2u);
+}
+
+TEST(KafkaSink, ProducesAndFlushesBeforeReturning) {
+  MockKafka kafka;
+  kafka.createTopic("dlq", 1);
+  KafkaSink sink({.bootstrapServers = kafka.bootstrap(), .topic = "dlq", .kafka = {{"log_level", "0"}}});
+  sink.write({{"", std::string("k"), std::string("bad bytes \xff"), {{"error", "malformed_json"}}}});
+  auto options = optionsFor(kafka, {"dlq"});
+  Session session;
+  auto collected = std::make_shared<MemorySink<KafkaRecord>>();
+  session.readStream(std::make_shared<KafkaSource>(options)).writeStream().trigger(Trigger::availableNow())
+      .sink(collected).start().awaitTermination();
+  auto rows = collected->rows();
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].value, "bad bytes \xff");
+  ASSERT_EQ(rows[0].headers.size(), 1u);
+  EXPECT_EQ(rows[0].headers[0].second, "malformed_json");
+}
+
+}  // namespace
+}  // namespace dataflow::kafka
