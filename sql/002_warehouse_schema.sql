@@ -3,7 +3,7 @@
 
 CREATE TABLE IF NOT EXISTS public.dim_customers (
   customer_id    BIGINT PRIMARY KEY,
-  email          TEXT        NOT NULL,
+  email          TEXT,                                -- null only for a delete of a never-seen key
   country        TEXT,
   created_at     TIMESTAMPTZ,
   updated_at     TIMESTAMPTZ,

@@ -48,6 +48,9 @@ class CheckpointStore {
 
   virtual std::optional<QueryMetadata> readMetadata() = 0;
   virtual void writeMetadata(const QueryMetadata& metadata) = 0;
+  // Called once a run has established its metadata, before the first batch: a store that can
+  // tell that another instance of the query is running refuses here (CheckpointError).
+  virtual void acquire(const QueryMetadata& /*metadata*/) {}
 
   virtual void writeOffsets(const OffsetLogEntry& entry) = 0;
   virtual std::optional<OffsetLogEntry> latestOffsets() = 0;

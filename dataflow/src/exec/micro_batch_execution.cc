@@ -117,6 +117,7 @@ void MicroBatchExecution::initialize() {
     id_ = newUuid();
     store.writeMetadata({id_, descriptions});
   }
+  store.acquire({id_, descriptions});
 
   auto lastOffsets = store.latestOffsets();
   auto lastCommit = store.latestCommit();
