@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS public.fact_orders (
   last_seen_at   TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
+-- A delete of a key never seen before leaves a soft-deleted row without values.
+ALTER TABLE public.dim_customers ALTER COLUMN email DROP NOT NULL;
+
 CREATE INDEX IF NOT EXISTS fact_orders_customer_id_idx ON public.fact_orders (customer_id);
 
 -- Every record a job could not process, with its exact bytes. Unique per source position, so a

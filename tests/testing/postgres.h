@@ -49,7 +49,9 @@ inline std::string freshDatabase(const std::string& name) {
   auto db = postgres::Connection::open(config);
   db.exec("SET client_min_messages = warning");
   std::vector<std::filesystem::path> files;
-  for (const auto& e : std::filesystem::directory_iterator(DATAFLOW_SQL_DIR)) files.push_back(e.path());
+  for (const auto& e : std::filesystem::directory_iterator(DATAFLOW_SQL_DIR)) {
+    if (std::isdigit(static_cast<unsigned char>(e.path().filename().string()[0]))) files.push_back(e.path());  // migrations only
+  }
   std::sort(files.begin(), files.end());
   for (const auto& f : files) {
     std::ifstream in(f);

@@ -414,7 +414,10 @@ std::optional<ParseError> decodeField(const json::object& row, const json::objec
           } else if (v.is_string()) {
             std::string_view s = v.get_string();
             int scale = schemaScale(field);
-            bool precise = schemaString(field, "type") == "bytes" || (!field && options.decimalScale >= 0);
+            // Without a schema, a declared scale allows base64 (precise) values; decimal text is
+            // still recognised: with a scale > 0 it always has a '.', which base64 never has.
+            bool text = isDecimalText(s) && (s.find('.') != std::string_view::npos || options.decimalScale <= 0);
+            bool precise = schemaString(field, "type") == "bytes" || (!field && !text && options.decimalScale >= 0);
             if (precise) {
               if (scale < 0) scale = options.decimalScale;
               std::string bytes;

@@ -225,6 +225,10 @@ TEST(ChangeEvent, PreciseDecimalsWithoutSchemaNeedADeclaredScale) {
   EXPECT_EQ(e.value().row.amount.text, "30.50");
   auto negative = declared.decode(R"({"op": "c", "after": {"id": 1, "amount": "kg=="}, "source": {"lsn": 1}})");
   EXPECT_EQ(negative.value().row.amount.text, "-1.10");
+  // With a declared scale, decimal.handling.mode=string still decodes.
+  auto text = declared.decode(R"({"op": "c", "after": {"id": 1, "amount": "30.50"}, "source": {"lsn": 1}})");
+  ASSERT_TRUE(text.ok()) << text.error().message;
+  EXPECT_EQ(text.value().row.amount.text, "30.50");
   auto undeclared = TableMapping<Row>().key("id", &Row::id).column("amount", &Row::amount);
   auto bad = undeclared.decode(R"({"op": "c", "after": {"id": 1, "amount": "C+o="}, "source": {"lsn": 1}})");
   ASSERT_FALSE(bad.ok());

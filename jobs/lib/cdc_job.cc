@@ -1,0 +1,195 @@
+#include "cdc_job.h"
+
+#include <CLI/CLI.hpp>
+#include <dataflow/postgres/checkpoint_store.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+#include <iostream>
+#include <pthread.h>
+#include <thread>
+
+namespace cdc {
+
+namespace {
+std::atomic<int64_t> tombstones{0};
+
+const CLI::Validator kNonNegative(
+    [](std::string& value) -> std::string {
+      return !value.empty() && value[0] == '-' ? "must be 0 or more, got " + value : std::string();
+    },
+    "NONNEGATIVE");
+}
+
+JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults) {
+  JobConfig c;
+  CLI::App app{defaults.program + ": Debezium change events from Kafka into the PostgreSQL warehouse.\n"
+               "Every flag can also be set by the environment variable named in brackets; flags win."};
+  app.get_formatter()->column_width(44);
+  app.add_option("--query-name", c.queryName, "Query name (checkpoint and logs)")->envname("QUERY_NAME")->default_val(defaults.queryName);
+  app.add_option("--kafka-bootstrap", c.kafkaBootstrap, "Kafka bootstrap servers")->envname("KAFKA_BOOTSTRAP")->default_val("kafka:9092");
+  c.topics.resize(defaults.topics.size());
+  for (size_t i = 0; i < defaults.topics.size(); ++i) {
+    const auto& t = defaults.topics[i];
+    app.add_option(t.flag, c.topics[i], "Debezium topic")->envname(t.environment)->default_val(t.defaultTopic);
+  }
+  if (!defaults.topicPattern.empty()) {
+    app.add_option("--topic-pattern", c.topicPattern, "Regular expression of the topics to read")
+        ->envname("CDC_TOPIC_PATTERN")->default_val(defaults.topicPattern);
+  }
+  app.add_option("--starting-offsets", c.startingOffsets,
+                 "Where a new query starts: earliest (backfill: snapshot + history), latest, or Spark JSON")
+      ->envname("STARTING_OFFSETS")->default_val("earliest");
+  app.add_option("--max-offsets-per-trigger", c.maxOffsetsPerTrigger, "Records per batch at most (0: unlimited)")
+      ->envname("MAX_OFFSETS_PER_TRIGGER")->default_val(20000)->check(kNonNegative);
+  app.add_option("--trigger-interval-ms", c.triggerIntervalMs, "Batch interval (0: next batch as soon as possible)")
+      ->envname("TRIGGER_INTERVAL_MS")->default_val(0)->check(kNonNegative);
+  app.add_option("--checkpoint-dir", c.checkpointDir,
+                 "Directory checkpoint root (at-least-once); unset: checkpoint in the warehouse (exactly-once)")
+      ->envname("CHECKPOINT_DIR");
+  app.add_option("--pg-url", c.pgUrl, "Warehouse connection URL (else PG_HOST, PG_PORT, PG_DB, PG_USER, PG_PASSWORD)")
+      ->envname("PG_URL");
+  app.add_option("--workers", c.workers, "Worker threads (0: one per core)")->envname("WORKERS")->default_val(0)->check(kNonNegative);
+  app.add_flag("--available-now", c.availableNow, "Process what is in the topics now, then exit (a backfill run)");
+  app.add_option("--kafka-lag-group", c.commitOffsetsToGroup, "Commit processed offsets to this consumer group (lag tools)")
+      ->envname("KAFKA_LAG_GROUP");
+  std::vector<std::string> kafkaOptions;
+  app.add_option("--kafka-option", kafkaOptions, "librdkafka property key=value (TLS, SASL, ...); repeatable");
+  std::string logLevel;
+  app.add_option("--log-level", logLevel, "trace, debug, info, warn, error")->envname("LOG_LEVEL")->default_val("info")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e) == 0 ? 0 : 2);
+  }
+  spdlog::set_level(spdlog::level::from_str(logLevel));
+  for (const auto& kv : kafkaOptions) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      std::cerr << defaults.program << ": --kafka-option expects key=value, got '" << kv << "'\n";
+      std::exit(2);
+    }
+    c.kafkaOptions[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  // Fail fast on settings the Kafka source rejects, naming them.
+  try {
+    dataflow::kafka::KafkaSourceOptions probe;
+    probe.bootstrapServers = c.kafkaBootstrap;
+    if (c.topicPattern.empty()) probe.subscribe = c.topics;
+    else probe.subscribePattern = c.topicPattern;
+    probe.startingOffsets = c.startingOffsets;
+    for (const auto& [k, v] : c.kafkaOptions) probe.kafka[k] = v;
+    probe.validate();
+  } catch (const dataflow::Error& e) {
+    std::cerr << defaults.program << ": " << e.what() << "\n";
+    std::exit(2);
+  }
+  return c;
+}
+
+void blockTerminationSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+std::shared_ptr<dataflow::kafka::KafkaSource> kafkaSource(const JobConfig& c) {
+  dataflow::kafka::KafkaSourceOptions o;
+  o.bootstrapServers = c.kafkaBootstrap;
+  if (c.topicPattern.empty()) o.subscribe = c.topics;
+  else o.subscribePattern = c.topicPattern;
+  o.startingOffsets = c.startingOffsets;
+  o.maxOffsetsPerTrigger = c.maxOffsetsPerTrigger;
+  o.commitOffsetsToGroup = c.commitOffsetsToGroup;
+  o.kafka = c.kafkaOptions;
+  return std::make_shared<dataflow::kafka::KafkaSource>(o);
+}
+
+dataflow::Trigger trigger(const JobConfig& c) {
+  if (c.availableNow) return dataflow::Trigger::availableNow();
+  return dataflow::Trigger::processingTime(std::chrono::milliseconds(c.triggerIntervalMs));
+}
+
+Warehouse openWarehouse(const JobConfig& c) {
+  dataflow::postgres::ConnectionConfig pg = dataflow::postgres::ConnectionConfig::fromEnvironment();
+  if (!c.pgUrl.empty()) pg.conninfo = c.pgUrl;
+  pg.applicationName = c.queryName;
+  Warehouse w;
+  std::shared_ptr<dataflow::postgres::PostgresCheckpointStore> store;
+  if (c.checkpointDir.empty()) {
+    store = std::make_shared<dataflow::postgres::PostgresCheckpointStore>(
+        dataflow::postgres::PostgresCheckpointOptions{.name = c.queryName, .connection = pg});
+    w.checkpoint = store;
+  } else {
+    w.checkpoint = dataflow::directoryCheckpoint(std::filesystem::path(c.checkpointDir) / c.queryName);
+  }
+  w.writer = std::make_shared<dataflow::postgres::Warehouse>(dataflow::postgres::WarehouseOptions{.connection = pg}, store);
+  spdlog::info("{}: warehouse {}, checkpoint {}", c.queryName, pg.describe(), w.checkpoint->describe());
+  return w;
+}
+
+bool notTombstone(const dataflow::kafka::KafkaRecord& record) {
+  if (record.hasValue) return true;
+  tombstones.fetch_add(1, std::memory_order_relaxed);
+  return false;
+}
+
+namespace {
+
+class BatchLogger final : public dataflow::QueryListener {
+ public:
+  void onQueryProgress(const dataflow::QueryProgress& p) override {
+    std::string lag = "?";
+    for (const auto& s : p.sources) {
+      for (const auto& [k, v] : s.metrics) {
+        if (k == "maxOffsetsBehindLatest") lag = v;
+      }
+    }
+    int64_t skipped = tombstones.exchange(0);
+    spdlog::info("{} batch {}: {} rows in, {} written, {} dead letters, {} tombstones skipped, lag {}, {} ms",
+                 p.name, p.batchId, p.numInputRows, p.sink.numOutputRows, p.sink.numDeadLetters, skipped, lag,
+                 p.durationMs.count("triggerExecution") ? p.durationMs.at("triggerExecution") : 0);
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<dataflow::QueryListener> batchLogger() { return std::make_shared<BatchLogger>(); }
+
+int runUntilSignalled(dataflow::StreamingQuery& query) {
+  std::atomic<bool> done{false};
+  std::thread waiter([&] {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    while (!done) {
+      timespec timeout{0, 200'000'000};
+      int sig = sigtimedwait(&set, nullptr, &timeout);
+      if (sig == SIGINT || sig == SIGTERM) {
+        spdlog::info("{}: received {}, stopping after the running batch", query.name(), sig == SIGINT ? "SIGINT" : "SIGTERM");
+        query.stop();
+        return;
+      }
+    }
+  });
+  int code = 0;
+  try {
+    query.awaitTermination();
+  } catch (const dataflow::ConfigurationError& e) {
+    spdlog::error("{}: configuration error: {}", query.name(), e.what());
+    code = 2;
+  } catch (const std::exception& e) {
+    spdlog::error("{}: failed: {}", query.name(), e.what());
+    code = 1;
+  }
+  done = true;
+  waiter.join();
+  return code;
+}
+
+}  // namespace cdc

@@ -1,0 +1,78 @@
+// What every CDC job shares: its settings (environment variables as in the original pipeline,
+// overridden by flags; --help lists them all), the Kafka source, the warehouse with its
+// exactly-once checkpoint store, per-batch logging, and graceful shutdown on SIGTERM/SIGINT.
+#pragma once
+
+#include <dataflow/dataflow.h>
+#include <dataflow/kafka/kafka_source.h>
+#include <dataflow/postgres/warehouse.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace cdc {
+
+// A topic setting of a job: the environment variable and the default.
+struct TopicSetting {
+  std::string flag;         // "--topic"
+  std::string environment;  // "CUSTOMERS_TOPIC"
+  std::string defaultTopic; // "dbserver1.public.customers"
+};
+
+struct JobDefaults {
+  std::string program;      // for --help
+  std::string queryName;    // "customers-cdc-warehouse"
+  std::vector<TopicSetting> topics;
+  // Multi-table jobs subscribe by pattern instead (environment CDC_TOPIC_PATTERN).
+  std::string topicPattern;
+};
+
+struct JobConfig {
+  std::string queryName;
+  std::string kafkaBootstrap;             // KAFKA_BOOTSTRAP, default kafka:9092
+  std::vector<std::string> topics;
+  std::string topicPattern;
+  std::string startingOffsets;            // STARTING_OFFSETS, default earliest (backfill)
+  int64_t maxOffsetsPerTrigger = 0;       // MAX_OFFSETS_PER_TRIGGER, default 20000
+  int64_t triggerIntervalMs = 0;          // TRIGGER_INTERVAL_MS, default 0 (as soon as possible)
+  std::string checkpointDir;              // CHECKPOINT_DIR; empty: the PostgreSQL store
+  std::string pgUrl;                      // PG_URL (else PG_HOST, PG_PORT, PG_DB, PG_USER, PG_PASSWORD[_FILE])
+  int workers = 0;                        // WORKERS, default 0 = one per core
+  bool availableNow = false;              // --available-now: drain what exists, then exit
+  std::string commitOffsetsToGroup;       // KAFKA_LAG_GROUP: expose lag to a consumer group
+  std::map<std::string, std::string> kafkaOptions;  // --kafka-option key=value (librdkafka)
+
+  // Parses flags over environment variables. Prints help and exits 0 for --help; prints an error
+  // naming the bad flag or variable and exits 2 otherwise.
+  static JobConfig fromArgs(int argc, char** argv, const JobDefaults& defaults);
+};
+
+// Call first in main(): blocks SIGINT and SIGTERM in every thread started later, so that
+// runUntilSignalled() receives them.
+void blockTerminationSignals();
+
+std::shared_ptr<dataflow::kafka::KafkaSource> kafkaSource(const JobConfig& config);
+dataflow::Trigger trigger(const JobConfig& config);
+
+struct Warehouse {
+  std::shared_ptr<dataflow::CheckpointStore> checkpoint;
+  std::shared_ptr<dataflow::postgres::Warehouse> writer;
+};
+// With CHECKPOINT_DIR, a directory checkpoint (at-least-once; the LSN guard and the DLQ's unique
+// key make replays harmless). Otherwise the checkpoint lives in the warehouse and every batch
+// commits with its rows (exactly-once).
+Warehouse openWarehouse(const JobConfig& config);
+
+// Counts Debezium tombstones (null values after deletes): they are skipped, never dead letters.
+bool notTombstone(const dataflow::kafka::KafkaRecord& record);
+
+// Logs one line per batch: rows in, rows written, dead letters, tombstones skipped, lag.
+std::shared_ptr<dataflow::QueryListener> batchLogger();
+
+// Waits for SIGINT/SIGTERM (then stops the query gracefully) or for the query to end.
+// Returns the process exit code: 0 after a graceful stop or a finished --available-now run.
+int runUntilSignalled(dataflow::StreamingQuery& query);
+
+}  // namespace cdc

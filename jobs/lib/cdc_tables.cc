@@ -1,0 +1,132 @@
+// Validation and flattening of the two source tables' change events. Required columns and
+// operations are checked by the Debezium mapping; here come the checks of values a warehouse row
+// must satisfy. Deletes become soft deletes carrying only the key.
+#include "cdc_tables.h"
+
+#include <charconv>
+
+namespace cdc {
+namespace {
+
+namespace dbz = dataflow::debezium;
+using dataflow::parseError;
+
+struct Customer {
+  int64_t id = 0;
+  std::string email;
+  std::optional<std::string> country;
+  std::optional<dbz::Timestamp> createdAt, updatedAt;
+};
+
+struct Order {
+  int64_t id = 0;
+  int64_t customerId = 0;
+  dbz::Decimal amount;
+  std::string status;
+  std::optional<dbz::Timestamp> createdAt, updatedAt;
+};
+
+const auto kCustomers = dbz::TableMapping<Customer>()
+                            .key("id", &Customer::id)
+                            .column("email", &Customer::email)
+                            .column("country", &Customer::country)
+                            .column("created_at", &Customer::createdAt)
+                            .column("updated_at", &Customer::updatedAt);
+
+// numeric(12,2): without the schema a precise decimal needs its scale declared.
+const auto kOrders = dbz::TableMapping<Order>()
+                         .key("id", &Order::id)
+                         .column("customer_id", &Order::customerId)
+                         .column("amount", &Order::amount, {.decimalScale = 2})
+                         .column("status", &Order::status)
+                         .column("created_at", &Order::createdAt)
+                         .column("updated_at", &Order::updatedAt);
+
+std::optional<std::string> text(const std::optional<dbz::Timestamp>& t) {
+  return t ? std::optional<std::string>(t->toString()) : std::nullopt;
+}
+
+std::string eventTime(const dbz::SourceInfo& source) { return dbz::Timestamp{source.tsMs * 1000}.toString(); }
+
+template <class Row>
+Result<dbz::ChangeEvent<Row>> decode(const dbz::TableMapping<Row>& mapping, const KafkaRecord& record) {
+  if (!record.hasValue) return parseError("tombstone", "a tombstone reached the decoder");
+  return mapping.decode(record.value);
+}
+
+}  // namespace
+
+UpsertTableOptions dimCustomers() {
+  return {.table = "public.dim_customers",
+          .keyColumns = {"customer_id"},
+          .valueColumns = {"email", "country", "created_at", "updated_at", "event_time"},
+          .versionColumn = "source_lsn",
+          .softDeleteColumn = "is_deleted",
+          .insertOnlyColumns = {"first_seen_at"},
+          .touchColumns = {"last_seen_at"}};
+}
+
+UpsertTableOptions factOrders() {
+  return {.table = "public.fact_orders",
+          .keyColumns = {"order_id"},
+          .valueColumns = {"customer_id", "amount", "status", "created_at", "updated_at", "event_time"},
+          .versionColumn = "source_lsn",
+          .softDeleteColumn = "is_deleted",
+          .insertOnlyColumns = {"first_seen_at"},
+          .touchColumns = {"last_seen_at"}};
+}
+
+Result<UpsertRow> customerChange(const KafkaRecord& record) {
+  auto event = decode(kCustomers, record);
+  if (!event) return std::move(event).error();
+  const auto& e = event.value();
+  if (!e.hasRow) return parseError("unsupported_operation", "operation '" + std::string(dbz::toString(e.op)) + "' carries no row");
+  if (e.source.table != "customers" && !e.source.table.empty()) {
+    return parseError("wrong_table", "event of table '" + e.source.table + "' on the customers topic");
+  }
+  const Customer& c = e.row;
+  if (c.id <= 0) return parseError("invalid_value", "customer id " + std::to_string(c.id) + " is not positive");
+  if (e.isDelete()) {
+    return UpsertRow{{std::to_string(c.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)},
+                     *e.source.lsn, true};
+  }
+  if (c.email.empty() || c.email.find('@') == std::string::npos) {
+    return parseError("invalid_value", "customer " + std::to_string(c.id) + ": email '" + c.email.substr(0, 80) + "' has no '@'");
+  }
+  return UpsertRow{{std::to_string(c.id), c.email, c.country, text(c.createdAt), text(c.updatedAt), eventTime(e.source)},
+                   *e.source.lsn, false};
+}
+
+Result<UpsertRow> orderChange(const KafkaRecord& record) {
+  auto event = decode(kOrders, record);
+  if (!event) return std::move(event).error();
+  const auto& e = event.value();
+  if (!e.hasRow) return parseError("unsupported_operation", "operation '" + std::string(dbz::toString(e.op)) + "' carries no row");
+  if (e.source.table != "orders" && !e.source.table.empty()) {
+    return parseError("wrong_table", "event of table '" + e.source.table + "' on the orders topic");
+  }
+  const Order& o = e.row;
+  if (o.id <= 0) return parseError("invalid_value", "order id " + std::to_string(o.id) + " is not positive");
+  if (e.isDelete()) {
+    return UpsertRow{{std::to_string(o.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)},
+                     *e.source.lsn, true};
+  }
+  if (o.customerId <= 0) return parseError("invalid_value", "order " + std::to_string(o.id) + ": customer_id is not positive");
+  if (o.amount.text.starts_with('-')) return parseError("invalid_value", "order " + std::to_string(o.id) + ": negative amount " + o.amount.text);
+  if (o.status.empty()) return parseError("invalid_value", "order " + std::to_string(o.id) + ": empty status");
+  return UpsertRow{{std::to_string(o.id), std::to_string(o.customerId), o.amount.text, o.status, text(o.createdAt),
+                    text(o.updatedAt), eventTime(e.source)},
+                   *e.source.lsn, false};
+}
+
+const CdcTable& customersTable() {
+  static const CdcTable t{"customers", &customerChange, dimCustomers()};
+  return t;
+}
+
+const CdcTable& ordersTable() {
+  static const CdcTable t{"orders", &orderChange, factOrders()};
+  return t;
+}
+
+}  // namespace cdc

@@ -1,0 +1,43 @@
+// The two CDC tables of the pipeline: how a Debezium change event of public.customers or
+// public.orders is validated and turned into a warehouse row of dim_customers or fact_orders.
+// Shared by the per-table jobs and the multi-table job.
+#pragma once
+
+#include <dataflow/debezium/change_event.h>
+#include <dataflow/kafka/kafka_source.h>
+#include <dataflow/postgres/warehouse.h>
+
+#include <string>
+#include <string_view>
+
+namespace cdc {
+
+using dataflow::Result;
+using dataflow::kafka::KafkaRecord;
+using dataflow::postgres::UpsertRow;
+using dataflow::postgres::UpsertTableOptions;
+
+// A change ready for the warehouse.
+struct WarehouseChange {
+  int table = 0;  // index into the job's tables
+  UpsertRow row;
+};
+
+// public.customers -> dim_customers (customer_id, email, country, created_at, updated_at, event_time).
+UpsertTableOptions dimCustomers();
+Result<UpsertRow> customerChange(const KafkaRecord& record);
+
+// public.orders -> fact_orders (order_id, customer_id, amount, status, created_at, updated_at, event_time).
+UpsertTableOptions factOrders();
+Result<UpsertRow> orderChange(const KafkaRecord& record);
+
+// A table the jobs know: its Debezium table name (the topic's last part), decoder and target.
+struct CdcTable {
+  std::string name;
+  Result<UpsertRow> (*decode)(const KafkaRecord&);
+  UpsertTableOptions target;
+};
+const CdcTable& customersTable();
+const CdcTable& ordersTable();
+
+}  // namespace cdc

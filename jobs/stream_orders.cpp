@@ -1,0 +1,46 @@
+// orders-cdc-warehouse: Debezium change events of public.orders -> fact_orders.
+//
+// Reads the topic, drops tombstones, parses and validates each event (invalid ones become dead
+// letters with their raw bytes), flattens it into a warehouse row (deletes become soft deletes),
+// and upserts each batch under the per-key LSN guard together with its dead letters and its
+// checkpoint commit, in one transaction.
+#include "lib/cdc_job.h"
+#include "lib/cdc_tables.h"
+
+#include <spdlog/spdlog.h>
+
+int main(int argc, char** argv) {
+  cdc::blockTerminationSignals();
+  auto config = cdc::JobConfig::fromArgs(argc, argv, {
+      .program = "stream_orders",
+      .queryName = "orders-cdc-warehouse",
+      .topics = {{"--topic", "ORDERS_TOPIC", "dbserver1.public.orders"}},
+  });
+  try {
+    dataflow::Session session({.workerThreads = config.workers});
+    auto warehouse = cdc::openWarehouse(config);
+    const dataflow::postgres::UpsertTable factOrders(cdc::factOrders());
+
+    auto query = session.readStream(cdc::kafkaSource(config))
+                     .filter(cdc::notTombstone)
+                     .parse(cdc::orderChange)
+                     .deadLettersHandledBySink()
+                     .writeStream()
+                     .queryName(config.queryName)
+                     .trigger(cdc::trigger(config))
+                     .checkpoint(warehouse.checkpoint)
+                     .addListener(cdc::batchLogger())
+                     .foreachBatch([&](const dataflow::Batch<dataflow::postgres::UpsertRow>& batch,
+                                       const dataflow::BatchInfo& info) {
+                       warehouse.writer->writeBatch(info, [&](dataflow::postgres::WarehouseTransaction& tx) {
+                         tx.upsert(factOrders, batch.collect());
+                         tx.deadLetters(batch.deadLetters(), info);
+                       });
+                     })
+                     .start();
+    return cdc::runUntilSignalled(query);
+  } catch (const dataflow::Error& e) {
+    spdlog::error("{}: {}", config.queryName, e.what());
+    return dynamic_cast<const dataflow::ConfigurationError*>(&e) ? 2 : 1;
+  }
+}
