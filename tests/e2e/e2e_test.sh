@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
+# Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
+#   backfill manual_checks malformed mixed_workload faults multi_table signals
+# DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=${DATAFLOW_BUILD_DIR:?}
+export DATAFLOW_STATE_DIR=${DATAFLOW_STATE_DIR:?}
+eval "$("$ROOT/scripts/stack" env)"
+export PGOPTIONS="-c client_min_messages=warning"
+JOBS=$ROOT/scripts/jobs
+SIM=$BUILD/jobs/simulate_writes
+DATA=$DATAFLOW_STATE_DIR/e2e
+mkdir -p "$DATA"
+
+fail() { echo "FAIL: $*" >&2; "$JOBS" status >&2 || true; exit 1; }
+q() { psql -X -q -tA -v ON_ERROR_STOP=1 -c "$1"; }
+# wait_sql SQL EXPECTED SECONDS: polls until the query returns EXPECTED.
+wait_sql() {
+  local deadline=$((SECONDS + $3)) got
+  while true; do
+    got=$(q "$1" 2>/dev/null || true)
+    [[ "$got" == "$2" ]] && return 0
+    ((SECONDS < deadline)) || fail "after $3 s, '$1' returned '$got', expected '$2'"
+    sleep 0.2
+  done
+}
+verify() { "$ROOT/scripts/verify-warehouse" --wait "${1:-60}" || fail "the warehouse does not match the source"; }
+dlq_count() { q "SELECT count(*) FROM dlq_events"; }
+produce_file() {  # produce_file TOPIC KEY FILE
+  kcat -b "$KAFKA_BOOTSTRAP" -P -t "$1" -p 0 -k "$2" -X message.max.bytes=16000000 "$3"
+}
+
+case "${1:-}" in
+  backfill)
+    # Rows written before any job existed (the stack tests wrote some; add more) reach the
+    # warehouse when the jobs start from earliest.
+    "$JOBS" stop > /dev/null
+    for i in 1 2 3; do q "INSERT INTO customers (email, country) VALUES ('backfill-$i-$$@example.com', 'NL')" > /dev/null; done
+    q "INSERT INTO orders (customer_id, amount, status) SELECT id, 10.25, 'pending' FROM customers WHERE email LIKE 'backfill-%-$$@example.com'" > /dev/null
+    [[ $(q "SELECT count(*) FROM dim_customers") == 0 ]] || fail "the warehouse is not empty before the first job"
+    "$JOBS" start
+    verify 90
+    wait_sql "SELECT count(*) FROM dim_customers WHERE email LIKE 'backfill-%-$$@example.com' AND NOT is_deleted" 3 30
+    wait_sql "SELECT count(*) FROM fact_orders WHERE amount = 10.25 AND NOT is_deleted" 3 30
+    echo "backfill: ok"
+    ;;
+
+  manual_checks)
+    # The original README's manual checks, automated.
+    t0=$SECONDS
+    id=$(q "INSERT INTO customers (email, country) VALUES ('test-$$@example.com', 'US') RETURNING id")
+    wait_sql "SELECT country FROM dim_customers WHERE customer_id = $id" US 15
+    echo "insert visible after $((SECONDS - t0)) s"
+    before=$(q "SELECT last_seen_at FROM dim_customers WHERE customer_id = $id")
+    q "UPDATE customers SET country = 'CA' WHERE email = 'test-$$@example.com'" > /dev/null
+    wait_sql "SELECT country FROM dim_customers WHERE customer_id = $id" CA 15
+    [[ $(q "SELECT last_seen_at > '$before' FROM dim_customers WHERE customer_id = $id") == t ]] || fail "last_seen_at not updated"
+    oid=$(q "INSERT INTO orders (customer_id, amount, status) VALUES ($id, 42.00, 'paid') RETURNING id")
+    wait_sql "SELECT amount || ' ' || is_deleted FROM fact_orders WHERE order_id = $oid" "42.00 false" 15
+    q "DELETE FROM orders WHERE id = $oid" > /dev/null
+    wait_sql "SELECT is_deleted FROM fact_orders WHERE order_id = $oid" t 15
+    echo "manual_checks: ok ($((SECONDS - t0)) s)"
+    ;;
+
+  malformed)
+    # Bad records published straight into the topics land in dlq_events with their exact bytes;
+    # the jobs keep running.
+    start_dlq=$(dlq_count)
+    printf '{"op": "c", "after": {"id": 1' > "$DATA/truncated.json"
+    printf 'this is not json' > "$DATA/invalid.json"
+    printf '{"before": null, "after": {"id": 9001, "customer_id": 1, "amount": "1.00", "status": "x"}, "source": {"lsn": 5}}' > "$DATA/no_op.json"
+    printf '{"op": "c", "after": {"id": "nine", "customer_id": 1, "amount": "1.00", "status": "x"}, "source": {"lsn": 5}}' > "$DATA/wrong_type.json"
+    printf '{"op": "z", "after": {"id": 9002}, "source": {"lsn": 5}}' > "$DATA/unknown_op.json"
+    printf '{"op": "c", "after": {"id": 9003, "customer_id": 1, "amount": "1.00", "status": "\xff\xfe"}, "source": {"lsn": 5}}' > "$DATA/not_utf8.json"
+    { printf '{"op": "c", "after": {"id": 9004, "status": "'; head -c 3000000 /dev/zero | tr '\0' 'x'; printf '"'; } > "$DATA/huge.json"
+    files=(truncated invalid no_op wrong_type unknown_op not_utf8 huge)
+    for f in "${files[@]}"; do produce_file dbserver1.public.orders "{\"id\":0}" "$DATA/$f.json"; done
+    wait_sql "SELECT count(*) FROM dlq_events" $((start_dlq + ${#files[@]})) 30
+    for f in "${files[@]}"; do
+      want=$(md5sum < "$DATA/$f.json" | cut -d' ' -f1)
+      n=$(q "SELECT count(*) FROM dlq_events WHERE md5(raw_payload) = '$want' AND source_topic = 'dbserver1.public.orders'")
+      [[ "$n" == 1 ]] || fail "$f: $n dead letters with its exact bytes"
+    done
+    q "SELECT error_kind, left(error_message, 60) FROM dlq_events ORDER BY id DESC LIMIT ${#files[@]}"
+    [[ $(q "SELECT count(DISTINCT error_kind) FROM dlq_events") -ge 5 ]] || fail "error kinds are not specific"
+    # The job is still running and still applies changes.
+    id=$(q "INSERT INTO customers (email, country) VALUES ('after-bad-$$@example.com', 'PT') RETURNING id")
+    oid=$(q "INSERT INTO orders (customer_id, amount, status) VALUES ($id, 7.00, 'paid') RETURNING id")
+    wait_sql "SELECT status FROM fact_orders WHERE order_id = $oid" paid 20
+    "$JOBS" status | grep -q "stream_orders: running" || fail "stream_orders stopped"
+    echo "malformed: ok"
+    ;;
+
+  mixed_workload)
+    # Thousands of random operations: afterwards the warehouse equals the source, no dead letters.
+    start_dlq=$(dlq_count)
+    "$SIM" --ops 4000 --rate 2000 --batch 4 --seed 11
+    verify 120
+    [[ $(dlq_count) == "$start_dlq" ]] || fail "the workload produced dead letters"
+    echo "mixed_workload: ok"
+    ;;
+
+  faults)
+    # kill -9 of the jobs at random moments (several times), Kafka Connect restarted, the warehouse
+    # PostgreSQL restarted, all mid-stream: the warehouse ends equal to the source, no DLQ duplicates.
+    start_dlq=$(dlq_count)
+    "$SIM" --ops 6000 --rate 400 --batch 3 --seed 23 > "$DATA/faults-sim.log" 2>&1 &
+    sim=$!
+    for round in 1 2 3; do
+      sleep "0.$((RANDOM % 9 + 1))"
+      job=$([[ $((RANDOM % 2)) == 0 ]] && echo stream_customers || echo stream_orders)
+      "$JOBS" kill "$job" > /dev/null
+      echo "round $round: killed $job with SIGKILL"
+      "$JOBS" start "$job" > /dev/null
+      sleep 1
+    done
+    "$ROOT/scripts/stack" restart connect
+    echo "Kafka Connect restarted"
+    sleep 2
+    "$ROOT/scripts/stack" restart postgres
+    echo "PostgreSQL restarted"
+    sleep 1
+    "$JOBS" kill stream_orders > /dev/null && "$JOBS" start stream_orders > /dev/null
+    wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/faults-sim.log")"
+    tail -n 1 "$DATA/faults-sim.log"
+    # Debezium may need a moment to reconnect to the restarted database.
+    verify 180
+    [[ $(dlq_count) == "$start_dlq" ]] || fail "faults added dead letters"
+    [[ $(q "SELECT count(*) - count(DISTINCT (source_topic, source_partition, source_offset)) FROM dlq_events") == 0 ]] || fail "duplicate dead letters"
+    "$JOBS" status
+    echo "faults: ok"
+    ;;
+
+  multi_table)
+    # One query for every table, subscribed by pattern: it rebuilds the same warehouse state from
+    # the beginning of the topics (replays are no-ops under the LSN guard) and routes a table
+    # without a handler to the dead-letter table.
+    "$JOBS" stop > /dev/null
+    printf '{"op": "c", "after": {"id": 1}, "source": {"lsn": 1}}' > "$DATA/unknown_table.json"
+    produce_file dbserver1.public.unknown_table '{"id":1}' "$DATA/unknown_table.json"
+    start_dlq=$(dlq_count)
+    QUERY_NAME=cdc-warehouse-e2e timeout 120 "$BUILD/jobs/stream_all_tables" --available-now \
+      > "$DATA/multi_table.log" 2>&1 || fail "stream_all_tables failed: $(tail -n 5 "$DATA/multi_table.log")"
+    grep " batch " "$DATA/multi_table.log" | tail -n 2
+    verify 10
+    [[ $(dlq_count) == $((start_dlq + 1)) ]] || fail "expected exactly one new dead letter (the unrouted table)"
+    [[ $(q "SELECT error_kind FROM dlq_events WHERE source_topic = 'dbserver1.public.unknown_table'") == unrouted_table ]] || fail "unrouted table not in the DLQ"
+    "$JOBS" start > /dev/null
+    echo "multi_table: ok"
+    ;;
+
+  signals)
+    # SIGTERM and SIGINT stop a job gracefully with exit code 0; bad flags exit 2 naming the flag.
+    "$JOBS" stop > /dev/null
+    for sig in TERM INT; do
+      "$BUILD/jobs/stream_orders" > "$DATA/signal.log" 2>&1 &
+      pid=$!
+      sleep 2
+      kill "-$sig" "$pid"
+      rc=0; wait "$pid" || rc=$?
+      [[ $rc == 0 ]] || fail "SIG$sig: exit code $rc: $(tail -n 3 "$DATA/signal.log")"
+      grep -q "stopped" "$DATA/signal.log" || fail "SIG$sig: no graceful stop in the log"
+    done
+    rc=0; out=$("$BUILD/jobs/stream_orders" --max-offsets-per-trigger=-1 2>&1) || rc=$?
+    [[ $rc == 2 && "$out" == *--max-offsets-per-trigger* ]] || fail "a bad value: rc=$rc, $out"
+    rc=0; out=$("$BUILD/jobs/stream_orders" --no-such-flag 2>&1) || rc=$?
+    [[ $rc == 2 && "$out" == *--no-such-flag* ]] || fail "an unknown flag: rc=$rc, $out"
+    rc=0; out=$(KAFKA_BOOTSTRAP="$KAFKA_BOOTSTRAP" "$BUILD/jobs/stream_orders" --kafka-option group.id=x 2>&1) || rc=$?
+    [[ $rc == 2 && "$out" == *group.id* ]] || fail "a forbidden Kafka option: rc=$rc, $out"
+    "$BUILD/jobs/stream_orders" --help | grep -q ORDERS_TOPIC || fail "--help does not document ORDERS_TOPIC"
+    echo "signals: ok"
+    ;;
+
+  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|signals" >&2; exit 2 ;;
+esac
