@@ -257,7 +257,9 @@ struct ThreadParser {
   unsigned char buffer[64 * 1024];
   json::monotonic_resource resource{buffer, sizeof buffer};
   json::parser parser;
-  json::value root;
+  // Emplaced (move-constructed) from the parser: assigning a value that lives in another memory
+  // resource would deep-copy it.
+  std::optional<json::value> root;
 };
 
 }  // namespace
@@ -291,7 +293,7 @@ namespace detail {
 Result<Envelope> parseEnvelope(std::string_view payload) {
   if (payload.empty()) return parseError("empty_payload", "the record value is empty");
   thread_local ThreadParser tp;
-  tp.root = nullptr;  // drop the previous record before its storage is released
+  tp.root.reset();  // drop the previous record before its storage is released
   tp.resource.release();
   tp.parser.reset(json::storage_ptr(&tp.resource));
   json::error_code ec;
@@ -303,9 +305,9 @@ Result<Envelope> parseEnvelope(std::string_view payload) {
     if (!validUtf8(payload)) return parseError("invalid_utf8", "the payload is not valid UTF-8");
     return parseError("malformed_json", "invalid JSON: " + ec.message());
   }
-  tp.root = tp.parser.release();
-  if (!tp.root.is_object()) return parseError("malformed_envelope", "the value is a JSON " + kindOf(tp.root) + ", not an object");
-  const json::object* event = &tp.root.get_object();
+  tp.root.emplace(tp.parser.release());
+  if (!tp.root->is_object()) return parseError("malformed_envelope", "the value is a JSON " + kindOf(*tp.root) + ", not an object");
+  const json::object* event = &tp.root->get_object();
   const json::object* schema = nullptr;
   // With schemas.enable=true the event is {"schema": ..., "payload": ...}.
   if (auto p = event->find("payload"); p != event->end() && event->contains("schema")) {
@@ -315,43 +317,61 @@ Result<Envelope> parseEnvelope(std::string_view payload) {
     }
     event = &p->value().get_object();
   }
+  // One pass over the envelope's fields (and the source block's): cheaper than a lookup per field.
   Envelope env;
-  auto op = event->find("op");
-  if (op == event->end() || op->value().is_null()) return parseError("missing_field", "'op' is null or absent");
-  if (!op->value().is_string()) return parseError("wrong_type", "'op' is a " + kindOf(op->value()) + ", not a string");
-  std::string_view opText = op->value().get_string();
+  const json::value* op = nullptr;
+  const json::object* source = nullptr;
+  for (const auto& [key, value] : *event) {
+    if (key == "op") {
+      op = &value;
+    } else if (key == "before" || key == "after") {
+      if (value.is_null()) continue;
+      if (!value.is_object()) {
+        return parseError("wrong_type", "'" + std::string(key) + "' is a " + kindOf(value) + ", not an object");
+      }
+      (key == "before" ? env.before : env.after) = &value.get_object();
+    } else if (key == "source") {
+      if (value.is_object()) source = &value.get_object();
+    } else if (key == "ts_ms") {
+      if (value.is_int64()) env.tsMs = value.get_int64();
+    }
+  }
+  if (!op || op->is_null()) return parseError("missing_field", "'op' is null or absent");
+  if (!op->is_string()) return parseError("wrong_type", "'op' is a " + kindOf(*op) + ", not a string");
+  std::string_view opText = op->get_string();
   if (opText.size() != 1 || std::string_view("cudrtm").find(opText[0]) == std::string_view::npos) {
     return parseError("unknown_operation", "unknown operation '" + std::string(opText.substr(0, 32)) + "'");
   }
   env.op = static_cast<Operation>(opText[0]);
-  for (const char* key : {"before", "after"}) {
-    auto it = event->find(key);
-    if (it == event->end() || it->value().is_null()) continue;
-    if (!it->value().is_object()) {
-      return parseError("wrong_type", "'" + std::string(key) + "' is a " + kindOf(it->value()) + ", not an object");
-    }
-    (key[0] == 'b' ? env.before : env.after) = &it->value().get_object();
-  }
-  if (auto src = event->find("source"); src != event->end() && src->value().is_object()) {
-    const json::object& s = src->value().get_object();
+  if (source) {
     SourceInfo& info = env.source;
-    info.connector = optString(s, "connector").value_or("");
-    info.name = optString(s, "name").value_or("");
-    info.db = optString(s, "db").value_or("");
-    info.schema = optString(s, "schema").value_or("");
-    info.table = optString(s, "table").value_or("");
-    info.tsMs = optInt(s, "ts_ms").value_or(0);
-    info.txId = optInt(s, "txId");
-    info.lsn = optInt(s, "lsn");
-    info.sequence = optString(s, "sequence");
-    if (auto snap = s.find("snapshot"); snap != s.end()) {
-      if (snap->value().is_string()) info.snapshot = std::string(snap->value().get_string());
-      else if (snap->value().is_bool()) info.snapshot = snap->value().get_bool() ? "true" : "false";
+    auto str = [](const json::value& v, std::string& out) {
+      if (v.is_string()) out.assign(v.get_string().data(), v.get_string().size());
+    };
+    auto integer = [](const json::value& v) -> std::optional<int64_t> {
+      if (v.is_int64()) return v.get_int64();
+      if (v.is_uint64()) return static_cast<int64_t>(v.get_uint64());
+      return std::nullopt;
+    };
+    for (const auto& [key, value] : *source) {
+      if (key == "lsn") info.lsn = integer(value);
+      else if (key == "ts_ms") info.tsMs = integer(value).value_or(0);
+      else if (key == "txId") info.txId = integer(value);
+      else if (key == "table") str(value, info.table);
+      else if (key == "schema") str(value, info.schema);
+      else if (key == "db") str(value, info.db);
+      else if (key == "name") str(value, info.name);
+      else if (key == "connector") str(value, info.connector);
+      else if (key == "snapshot") {
+        if (value.is_string()) str(value, info.snapshot);
+        else if (value.is_bool()) info.snapshot = value.get_bool() ? "true" : "false";
+      } else if (key == "sequence" && value.is_string()) {
+        info.sequence.emplace(value.get_string().data(), value.get_string().size());
+      }
     }
   } else if (env.op != Operation::kMessage) {
     return parseError("missing_field", "'source' is null or absent");
   }
-  env.tsMs = optInt(*event, "ts_ms").value_or(0);
   if (schema) {
     // The `after` (or `before`) field's struct schema describes the row's columns.
     const json::object* afterSchema = findFieldSchema(schema, "after");

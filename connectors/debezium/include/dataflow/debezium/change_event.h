@@ -155,11 +155,11 @@ class TableMapping {
 
   Result<ChangeEvent<Row>> decode(std::string_view payload) const {
     auto parsed = detail::parseEnvelope(payload);
-    if (!parsed.ok()) return parsed.error();
-    const detail::Envelope& env = parsed.value();
+    if (!parsed.ok()) return std::move(parsed).error();
+    detail::Envelope& env = parsed.value();
     ChangeEvent<Row> event;
     event.op = env.op;
-    event.source = env.source;
+    event.source = std::move(env.source);
     event.tsMs = env.tsMs;
     if (env.op == Operation::kTruncate || env.op == Operation::kMessage) return event;
     const bool isDelete = env.op == Operation::kDelete;
@@ -169,7 +169,7 @@ class TableMapping {
                                              "' is null or absent in a '" + std::string(toString(env.op)) +
                                              "' event");
     }
-    if (!env.source.lsn) return parseError("missing_field", "source.lsn is null or absent");
+    if (!event.source.lsn) return parseError("missing_field", "source.lsn is null or absent");
     for (const Column& c : columns_) {
       if (isDelete && !c.options.key) continue;  // only the key is reliable in a delete
       detail::Member value = c.setter.prototype();
