@@ -1,0 +1,416 @@
+// `dataflow`: runs and supervises job processes, like spark-submit --supervise. In the runner
+// container it is PID 1 (`dataflow supervise`): `docker stop` signals only PID 1 and processes
+// started with `docker exec` never get SIGTERM, so jobs are started *by the supervisor*, on request:
+//
+//   dataflow supervise [--home DIR]          the daemon (PID 1 in Docker; works the same outside)
+//   dataflow submit JOB [job flags...]       start JOB (a program in the jobs folder, or a path)
+//   dataflow list                            jobs, states, pids, restarts
+//   dataflow stop NAME                       SIGTERM; waits until the job has exited
+//   dataflow logs NAME [-f]                  the job's log
+//
+// A job that exits non-zero (or dies by a signal) is restarted with exponential backoff (1 s up to
+// 60 s, reset after a minute of uptime); one that exits 0 is done. On SIGTERM/SIGINT the supervisor
+// sends SIGTERM to every job, waits for them (their running batch commits), then exits 0. As PID 1
+// it also reaps orphaned processes.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <boost/json/src.hpp>  // header-only use: the supervisor links nothing else
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+fs::path homeDir() {
+  if (const char* h = std::getenv("DATAFLOW_HOME"); h && *h) return h;
+  if (const char* h = std::getenv("HOME"); h && *h) return fs::path(h) / ".dataflow";
+  return "/var/lib/dataflow";
+}
+
+fs::path jobsDir(const char* argv0) {
+  if (const char* d = std::getenv("DATAFLOW_JOBS_DIR"); d && *d) return d;
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path(argv0).parent_path() : self.parent_path();
+}
+
+fs::path socketPath(const fs::path& home) { return home / "supervisor.sock"; }
+
+[[noreturn]] void die(const std::string& message) {
+  std::cerr << "dataflow: " << message << "\n";
+  std::exit(2);
+}
+
+// ------------------------------------------------------------------------------ client side
+
+json::object request(const fs::path& home, const json::object& req) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::string path = socketPath(home).string();
+  if (path.size() >= sizeof addr.sun_path) die("socket path too long: " + path);
+  std::strcpy(addr.sun_path, path.c_str());
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    die("no supervisor at " + path + " (start one with `dataflow supervise`): " + std::strerror(errno));
+  }
+  std::string line = json::serialize(req) + "\n";
+  if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) die("cannot send the request");
+  std::string reply;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) reply.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  json::error_code ec;
+  auto v = json::parse(reply, ec);
+  if (ec || !v.is_object()) die("bad reply from the supervisor: " + reply);
+  return v.as_object();
+}
+
+int printReply(const json::object& reply) {
+  if (auto e = reply.find("error"); e != reply.end()) {
+    std::cerr << "dataflow: " << e->value().as_string().c_str() << "\n";
+    return 1;
+  }
+  if (auto m = reply.find("message"); m != reply.end()) std::cout << m->value().as_string().c_str() << "\n";
+  return 0;
+}
+
+int clientList(const fs::path& home) {
+  auto reply = request(home, {{"cmd", "list"}});
+  if (reply.contains("error")) return printReply(reply);
+  std::printf("%-28s %-11s %-8s %-9s %s\n", "NAME", "STATE", "PID", "RESTARTS", "COMMAND");
+  for (const auto& j : reply["jobs"].as_array()) {
+    const auto& o = j.as_object();
+    std::printf("%-28s %-11s %-8lld %-9lld %s\n", o.at("name").as_string().c_str(), o.at("state").as_string().c_str(),
+                static_cast<long long>(o.at("pid").as_int64()), static_cast<long long>(o.at("restarts").as_int64()),
+                o.at("command").as_string().c_str());
+  }
+  return 0;
+}
+
+int clientStop(const fs::path& home, const std::string& name) {
+  auto reply = request(home, {{"cmd", "stop"}, {"name", name}});
+  if (reply.contains("error")) return printReply(reply);
+  // Wait until the job has exited: its running batch commits first.
+  for (int i = 0; i < 1200; ++i) {
+    auto list = request(home, {{"cmd", "list"}});
+    bool running = false;
+    for (const auto& j : list["jobs"].as_array()) {
+      const auto& o = j.as_object();
+      if (o.at("name").as_string() == name && o.at("pid").as_int64() > 0) running = true;
+    }
+    if (!running) {
+      std::cout << "stopped " << name << "\n";
+      return 0;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::cerr << "dataflow: " << name << " has not exited after 120 s\n";
+  return 1;
+}
+
+int clientLogs(const fs::path& home, const std::string& name, bool follow) {
+  fs::path log = home / "logs" / (name + ".log");
+  std::ifstream in(log);
+  if (!in) die("no log for job '" + name + "' (" + log.string() + ")");
+  std::string line;
+  while (true) {
+    while (std::getline(in, line)) std::cout << line << "\n";
+    if (!follow) return 0;
+    std::cout.flush();
+    in.clear();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+// ------------------------------------------------------------------------------ the daemon
+
+struct Job {
+  std::string name;
+  std::vector<std::string> argv;  // argv[0] is the program path
+  pid_t pid = 0;
+  std::string state;  // running, stopping, restarting, finished, stopped
+  int restarts = 0;
+  int lastExit = 0;
+  Clock::time_point startedAt{};
+  Clock::time_point restartAt{};
+  std::chrono::seconds backoff{1};
+};
+
+class Supervisor {
+ public:
+  Supervisor(fs::path home, fs::path jobs) : home_(std::move(home)), jobs_(std::move(jobs)) {}
+
+  int run() {
+    fs::create_directories(home_ / "logs");
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int s : {SIGCHLD, SIGTERM, SIGINT}) sigaddset(&mask, s);
+    sigprocmask(SIG_BLOCK, &mask, nullptr);
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    int lfd = listenSocket();
+    std::cerr << "dataflow supervise: listening on " << socketPath(home_) << ", jobs from " << jobs_ << "\n";
+    bool shuttingDown = false;
+    Clock::time_point shutdownDeadline{};
+    while (true) {
+      int timeout = 1000;
+      pollfd fds[2] = {{sfd, POLLIN, 0}, {lfd, POLLIN, 0}};
+      ::poll(fds, shuttingDown ? 1 : 2, timeout);
+      if (fds[0].revents & POLLIN) {
+        signalfd_siginfo si;
+        while (::read(sfd, &si, sizeof si) == sizeof si) {
+          if (si.ssi_signo == SIGCHLD) reap();
+          else if (!shuttingDown) {
+            std::cerr << "dataflow supervise: " << (si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT")
+                      << ": stopping every job\n";
+            shuttingDown = true;
+            shutdownDeadline = Clock::now() + std::chrono::seconds(gracePeriod());
+            for (auto& [name, job] : jobs) terminate(job);
+          }
+        }
+      }
+      if (!shuttingDown && (fds[1].revents & POLLIN)) serve(lfd);
+      reap();
+      if (shuttingDown) {
+        bool any = false;
+        for (auto& [name, job] : jobs) any = any || job.pid > 0;
+        if (!any) break;
+        if (Clock::now() > shutdownDeadline) {
+          for (auto& [name, job] : jobs) {
+            if (job.pid > 0) ::kill(job.pid, SIGKILL);
+          }
+        }
+        continue;
+      }
+      restartDue();
+    }
+    ::close(lfd);
+    fs::remove(socketPath(home_));
+    std::cerr << "dataflow supervise: every job stopped\n";
+    return 0;
+  }
+
+ private:
+  static int gracePeriod() {
+    const char* g = std::getenv("DATAFLOW_STOP_GRACE_SECONDS");
+    return g ? std::max(1, std::atoi(g)) : 60;
+  }
+
+  int listenSocket() {
+    fs::path path = socketPath(home_);
+    fs::remove(path);
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strcpy(addr.sun_path, path.c_str());
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 16) != 0) {
+      die("cannot listen on " + path.string() + ": " + std::strerror(errno));
+    }
+    ::chmod(path.c_str(), 0660);
+    return fd;
+  }
+
+  void serve(int lfd) {
+    int c = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) return;
+    std::string line;
+    char buf[4096];
+    ssize_t n;
+    while (line.find('\n') == std::string::npos && (n = ::read(c, buf, sizeof buf)) > 0) line.append(buf, static_cast<size_t>(n));
+    json::object reply;
+    try {
+      reply = handle(json::parse(line).as_object());
+    } catch (const std::exception& e) {
+      reply = {{"error", std::string("bad request: ") + e.what()}};
+    }
+    std::string out = json::serialize(reply) + "\n";
+    [[maybe_unused]] auto written = ::write(c, out.data(), out.size());
+    ::close(c);
+  }
+
+  json::object handle(const json::object& req) {
+    std::string cmd(req.at("cmd").as_string());
+    if (cmd == "list") {
+      json::array list;
+      for (const auto& [name, job] : jobs) {
+        std::string command;
+        for (const auto& a : job.argv) command += (command.empty() ? "" : " ") + a;
+        list.push_back(json::object{{"name", name}, {"state", job.state}, {"pid", job.pid},
+                                    {"restarts", job.restarts}, {"lastExit", job.lastExit}, {"command", command}});
+      }
+      return {{"jobs", list}};
+    }
+    if (cmd == "submit") {
+      std::vector<std::string> argv;
+      for (const auto& a : req.at("argv").as_array()) argv.emplace_back(a.as_string());
+      if (argv.empty()) return {{"error", "submit: no job given"}};
+      fs::path program = argv[0];
+      if (program.is_relative() && !fs::exists(program)) program = jobs_ / program;
+      if (!fs::exists(program)) return {{"error", "submit: no job program '" + argv[0] + "' (looked in " + jobs_.string() + ")"}};
+      argv[0] = program.string();
+      std::string name = req.contains("name") ? std::string(req.at("name").as_string()) : program.filename().string();
+      if (auto it = jobs.find(name); it != jobs.end() && it->second.pid > 0) {
+        return {{"error", "submit: job '" + name + "' is already running (pid " + std::to_string(it->second.pid) + ")"}};
+      }
+      Job& job = jobs[name];
+      job = Job{};
+      job.name = name;
+      job.argv = argv;
+      spawn(job);
+      return {{"message", "submitted " + name + " (pid " + std::to_string(job.pid) + ", log " +
+                              (home_ / "logs" / (name + ".log")).string() + ")"}};
+    }
+    if (cmd == "stop") {
+      std::string name(req.at("name").as_string());
+      auto it = jobs.find(name);
+      if (it == jobs.end()) return {{"error", "stop: no job '" + name + "'"}};
+      if (it->second.pid > 0) {
+        terminate(it->second);
+      } else {
+        it->second.state = "stopped";
+      }
+      return {{"message", "stopping " + name}};
+    }
+    return {{"error", "unknown command '" + cmd + "'"}};
+  }
+
+  void spawn(Job& job) {
+    fs::path log = home_ / "logs" / (job.name + ".log");
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::setsid();
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) {
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+        ::close(fd);
+      }
+      int devnull = ::open("/dev/null", O_RDONLY);
+      if (devnull >= 0) ::dup2(devnull, 0);
+      std::vector<char*> args;
+      for (auto& a : job.argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      ::execv(args[0], args.data());
+      std::fprintf(stderr, "dataflow supervise: cannot execute %s: %s\n", args[0], std::strerror(errno));
+      ::_exit(127);
+    }
+    job.pid = pid;
+    job.state = "running";
+    job.startedAt = Clock::now();
+    std::cerr << "dataflow supervise: started " << job.name << " (pid " << pid << ")\n";
+  }
+
+  void terminate(Job& job) {
+    if (job.pid > 0) {
+      ::kill(job.pid, SIGTERM);
+      job.state = "stopping";
+    } else if (job.state == "restarting") {
+      job.state = "stopped";
+    }
+  }
+
+  void reap() {
+    int status;
+    pid_t pid;
+    while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) {
+      for (auto& [name, job] : jobs) {
+        if (job.pid != pid) continue;
+        job.pid = 0;
+        job.lastExit = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        bool failed = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+        if (job.state == "stopping") {
+          job.state = "stopped";
+        } else if (failed) {
+          if (Clock::now() - job.startedAt > std::chrono::minutes(1)) job.backoff = std::chrono::seconds(1);
+          job.state = "restarting";
+          job.restartAt = Clock::now() + job.backoff;
+          std::cerr << "dataflow supervise: " << name << " exited with " << job.lastExit << "; restarting in "
+                    << job.backoff.count() << " s\n";
+          job.backoff = std::min(job.backoff * 2, std::chrono::seconds(60));
+        } else {
+          job.state = "finished";
+        }
+        std::cerr << "dataflow supervise: " << name << " exited (" << job.lastExit << "), " << job.state << "\n";
+      }
+    }
+  }
+
+  void restartDue() {
+    for (auto& [name, job] : jobs) {
+      if (job.state == "restarting" && Clock::now() >= job.restartAt) {
+        ++job.restarts;
+        spawn(job);
+      }
+    }
+  }
+
+  fs::path home_, jobs_;
+  std::map<std::string, Job> jobs;
+};
+
+void usage() {
+  std::cout << "usage: dataflow supervise | submit [--name NAME] JOB [flags...] | list | stop NAME | logs NAME [-f]\n"
+               "  DATAFLOW_HOME      sockets and logs (default ~/.dataflow)\n"
+               "  DATAFLOW_JOBS_DIR  where JOB names are looked up (default: the folder of this program)\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    usage();
+    return argc < 2 ? 2 : 0;
+  }
+  std::string cmd = argv[1];
+  fs::path home = homeDir();
+  if (cmd == "supervise") return Supervisor(home, jobsDir(argv[0])).run();
+  if (cmd == "list") return clientList(home);
+  if (cmd == "submit") {
+    int i = 2;
+    json::object req{{"cmd", "submit"}};
+    if (i + 1 < argc && std::string(argv[i]) == "--name") {
+      req["name"] = argv[i + 1];
+      i += 2;
+    }
+    if (i >= argc) die("submit: which job? (e.g. dataflow submit stream_orders --topic ...)");
+    json::array args;
+    for (; i < argc; ++i) args.emplace_back(argv[i]);
+    req["argv"] = std::move(args);
+    return printReply(request(home, req));
+  }
+  if (cmd == "stop") {
+    if (argc != 3) die("usage: dataflow stop NAME");
+    return clientStop(home, argv[2]);
+  }
+  if (cmd == "logs") {
+    if (argc < 3) die("usage: dataflow logs NAME [-f]");
+    return clientLogs(home, argv[2], argc > 3 && std::string(argv[3]) == "-f");
+  }
+  usage();
+  die("unknown command '" + cmd + "'");
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The job supervisor outside Docker (label unit): submit, list, logs, stop, restart of a crashing
+# job with backoff, and SIGTERM to the supervisor stopping every job gracefully.
+set -euo pipefail
+DATAFLOW=${1:?path to the dataflow program}
+HERE=$(cd "$(dirname "$0")" && pwd)
+export DATAFLOW_HOME=$(mktemp -d)
+export DATAFLOW_JOBS_DIR=$HERE
+trap 'kill -9 "$sup" 2>/dev/null; rm -rf "$DATAFLOW_HOME"' EXIT
+fail() { echo "FAIL: $*" >&2; cat "$DATAFLOW_HOME/supervisor.log" >&2; "$DATAFLOW" list >&2 || true; exit 1; }
+
+"$DATAFLOW" list > /dev/null 2>&1 && fail "list without a supervisor should fail"
+"$DATAFLOW" supervise > "$DATAFLOW_HOME/supervisor.log" 2>&1 &
+sup=$!
+for _ in $(seq 1 50); do [[ -S "$DATAFLOW_HOME/supervisor.sock" ]] && break; sleep 0.1; done
+
+"$DATAFLOW" submit fake_job.sh | grep -q "submitted fake_job.sh" || fail "submit"
+"$DATAFLOW" submit --name second fake_job.sh | grep -q "submitted second" || fail "submit --name"
+out=$("$DATAFLOW" submit fake_job.sh 2>&1) && fail "a second submit of a running job must be refused"
+[[ "$out" == *"already running"* ]] || fail "message: $out"
+out=$("$DATAFLOW" submit no_such_job 2>&1) && fail "an unknown job must be refused"
+[[ "$out" == *"no job program"* ]] || fail "message: $out"
+"$DATAFLOW" list | grep -Eq "^fake_job.sh +running" || fail "list"
+sleep 0.5
+"$DATAFLOW" logs fake_job.sh | grep -q "batch 2" || fail "logs"
+
+"$DATAFLOW" stop fake_job.sh | grep -q "stopped fake_job.sh" || fail "stop"
+"$DATAFLOW" logs fake_job.sh | tail -n 1 | grep -q "committed batch" || fail "stop was not graceful"
+"$DATAFLOW" list | grep -Eq "^fake_job.sh +stopped" || fail "state after stop"
+
+"$DATAFLOW" submit --name crasher fake_job.sh crash > /dev/null
+sleep 4
+restarts=$("$DATAFLOW" list | awk '$1 == "crasher" {print $4}')
+((restarts >= 1 && restarts <= 3)) || fail "a crashing job should be restarted with backoff (restarts=$restarts)"
+grep -q "crasher exited with 3; restarting in 1 s" "$DATAFLOW_HOME/supervisor.log" || fail "no backoff message"
+
+kill -TERM "$sup"
+rc=0; wait "$sup" || rc=$?
+((rc == 0)) || fail "supervisor exit code $rc after SIGTERM"
+"$DATAFLOW" logs second | tail -n 1 | grep -q "committed batch" || fail "SIGTERM did not stop the jobs gracefully"
+[[ ! -S "$DATAFLOW_HOME/supervisor.sock" ]] || fail "socket left behind"
+echo "supervisor: ok"
