@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   try {
     dataflow::Session session({.workerThreads = config.workers});
     auto warehouse = cdc::openWarehouse(config);
+    cdc::Monitoring monitoring;
     std::vector<dataflow::postgres::UpsertTable> targets;
     for (const auto& t : kTables) targets.emplace_back(t.target);
 
@@ -47,15 +48,18 @@ int main(int argc, char** argv) {
                      .trigger(cdc::trigger(config))
                      .checkpoint(warehouse.checkpoint)
                      .addListener(cdc::batchLogger())
+                     .addListener(monitoring.metrics)
                      .foreachBatch([&](const dataflow::Batch<cdc::WarehouseChange>& batch, const dataflow::BatchInfo& info) {
                        std::vector<std::vector<dataflow::postgres::UpsertRow>> perTable(targets.size());
                        for (const auto& change : batch.rows()) perTable[static_cast<size_t>(change.table)].push_back(change.row);
                        warehouse.writer->writeBatch(info, [&](dataflow::postgres::WarehouseTransaction& tx) {
-                         for (size_t i = 0; i < targets.size(); ++i) tx.upsert(targets[i], std::move(perTable[i]));
+                         for (size_t i = 0; i < targets.size(); ++i) tx.upsert(targets[i], perTable[i]);
                          tx.deadLetters(batch.deadLetters(), info);
                        });
+                       monitoring.metrics->recordDeadLetters(batch.deadLetters());
                      })
                      .start();
+    monitoring.serve(config, query);
     return cdc::runUntilSignalled(query);
   } catch (const dataflow::Error& e) {
     spdlog::error("{}: {}", config.queryName, e.what());

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   try {
     dataflow::Session session({.workerThreads = config.workers});
     auto warehouse = cdc::openWarehouse(config);
+    cdc::Monitoring monitoring;
     const dataflow::postgres::UpsertTable factOrders(cdc::factOrders());
 
     auto query = session.readStream(cdc::kafkaSource(config))
@@ -30,14 +31,17 @@ int main(int argc, char** argv) {
                      .trigger(cdc::trigger(config))
                      .checkpoint(warehouse.checkpoint)
                      .addListener(cdc::batchLogger())
+                     .addListener(monitoring.metrics)
                      .foreachBatch([&](const dataflow::Batch<dataflow::postgres::UpsertRow>& batch,
                                        const dataflow::BatchInfo& info) {
                        warehouse.writer->writeBatch(info, [&](dataflow::postgres::WarehouseTransaction& tx) {
-                         tx.upsert(factOrders, batch.collect());
+                         tx.upsert(factOrders, batch);
                          tx.deadLetters(batch.deadLetters(), info);
                        });
+                       monitoring.metrics->recordDeadLetters(batch.deadLetters());
                      })
                      .start();
+    monitoring.serve(config, query);
     return cdc::runUntilSignalled(query);
   } catch (const dataflow::Error& e) {
     spdlog::error("{}: {}", config.queryName, e.what());

@@ -50,7 +50,7 @@ kcat -b "$KAFKA_BOOTSTRAP" -P -t "$topic" -K $'\t' -X linger.ms=50 -X batch.num.
 bytes=$(stat -c %s "$WORK/events.tsv")
 
 start=$(ms_now)
-ORDERS_TOPIC=$topic QUERY_NAME=bench-drain-$start MAX_OFFSETS_PER_TRIGGER=${BENCH_BATCH:-50000} \
+ORDERS_TOPIC=$topic QUERY_NAME=bench-drain-$start MAX_OFFSETS_PER_TRIGGER=${BENCH_BATCH:-20000} \
   "$BUILD/jobs/stream_orders" --available-now > "$WORK/drain.log" 2>&1 &
 pid=$!
 rss=0
@@ -135,7 +135,7 @@ Machine: $machine. Command: \`bench/e2e/run.sh $N $RATE $DURATION\`.
 | drain: $N events (~$((bytes / N)) B) into fact_orders | $drain_eps events/s ($drain_ms ms) | >= 50k/s (stretch 100k) |
 | same rows, plain COPY into an empty copy of the table | $copy_rps rows/s | (for scale) |
 | process start -> first committed batch | $first_batch_ms ms | < 1 s |
-| peak RSS while draining (batches of ${BENCH_BATCH:-50000}) | $rss MB | < 100 MB |
+| peak RSS while draining (batches of ${BENCH_BATCH:-20000}) | $rss MB | < 100 MB |
 | latency at $RATE inserts/s, source commit -> warehouse, p50 / p95 / p99 | $s50 / $s95 / $s99 ms | |
 | latency at $RATE inserts/s, Kafka append -> warehouse, p50 / p95 / p99 | $k50 / $k95 / $k99 ms | p99 < 100 ms |
 | peak RSS of the live job | $live_rss MB | < 100 MB |

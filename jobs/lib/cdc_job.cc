@@ -54,6 +54,8 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
   app.add_flag("--available-now", c.availableNow, "Process what is in the topics now, then exit (a backfill run)");
   app.add_option("--kafka-lag-group", c.commitOffsetsToGroup, "Commit processed offsets to this consumer group (lag tools)")
       ->envname("KAFKA_LAG_GROUP");
+  app.add_option("--metrics-port", c.metricsPort, "Serve /metrics, /healthz and /progress on this port (0: off)")
+      ->envname("METRICS_PORT")->default_val(0)->check(CLI::Range(0, 65535));
   std::vector<std::string> kafkaOptions;
   app.add_option("--kafka-option", kafkaOptions, "librdkafka property key=value (TLS, SASL, ...); repeatable");
   std::string logLevel;
@@ -130,6 +132,13 @@ Warehouse openWarehouse(const JobConfig& c) {
   w.writer = std::make_shared<dataflow::postgres::Warehouse>(dataflow::postgres::WarehouseOptions{.connection = pg}, store);
   spdlog::info("{}: warehouse {}, checkpoint {}", c.queryName, pg.describe(), w.checkpoint->describe());
   return w;
+}
+
+void Monitoring::serve(const JobConfig& config, const dataflow::StreamingQuery& query) {
+  if (config.metricsPort == 0) return;
+  server = std::make_unique<dataflow::monitoring::MonitoringServer>(*metrics, query,
+                                                                     dataflow::monitoring::MonitoringServerOptions{.port = config.metricsPort});
+  spdlog::info("{}: metrics on :{}/metrics, /healthz, /progress", config.queryName, config.metricsPort);
 }
 
 bool notTombstone(const dataflow::kafka::KafkaRecord& record) {

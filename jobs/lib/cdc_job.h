@@ -5,6 +5,7 @@
 
 #include <dataflow/dataflow.h>
 #include <dataflow/kafka/kafka_source.h>
+#include <dataflow/monitoring/query_metrics.h>
 #include <dataflow/postgres/warehouse.h>
 
 #include <map>
@@ -42,6 +43,7 @@ struct JobConfig {
   int workers = 0;                        // WORKERS, default 0 = one per core
   bool availableNow = false;              // --available-now: drain what exists, then exit
   std::string commitOffsetsToGroup;       // KAFKA_LAG_GROUP: expose lag to a consumer group
+  int metricsPort = 0;                    // METRICS_PORT: /metrics, /healthz, /progress; 0 = off
   std::map<std::string, std::string> kafkaOptions;  // --kafka-option key=value (librdkafka)
 
   // Parses flags over environment variables. Prints help and exits 0 for --help; prints an error
@@ -64,6 +66,13 @@ struct Warehouse {
 // key make replays harmless). Otherwise the checkpoint lives in the warehouse and every batch
 // commits with its rows (exactly-once).
 Warehouse openWarehouse(const JobConfig& config);
+
+// Prometheus metrics of the query and, with METRICS_PORT, their HTTP endpoint.
+struct Monitoring {
+  std::shared_ptr<dataflow::monitoring::QueryMetrics> metrics = std::make_shared<dataflow::monitoring::QueryMetrics>();
+  std::unique_ptr<dataflow::monitoring::MonitoringServer> server;
+  void serve(const JobConfig& config, const dataflow::StreamingQuery& query);
+};
 
 // Counts Debezium tombstones (null values after deletes): they are skipped, never dead letters.
 bool notTombstone(const dataflow::kafka::KafkaRecord& record);

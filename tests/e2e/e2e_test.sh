@@ -173,5 +173,34 @@ case "${1:-}" in
     echo "signals: ok"
     ;;
 
-  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|signals" >&2; exit 2 ;;
+  metrics)
+    # /metrics parses as Prometheus text and its counts match Kafka, the warehouse and the DLQ;
+    # /healthz and /progress answer.
+    port=$(cat "$DATAFLOW_STATE_DIR/jobs/stream_orders.port")
+    url=http://127.0.0.1:$port
+    for _ in $(seq 1 100); do curl -sf "$url/healthz" > /dev/null 2>&1 && break; sleep 0.1; done  # just (re)started
+    curl -sf "$url/healthz" | grep -q ok || fail "/healthz"
+    scrape() { curl -sf "$url/metrics" > "$DATA/metrics.txt" || fail "/metrics"; /usr/bin/python3 "$ROOT/tests/e2e/metric.py" "$DATA/metrics.txt" "$@"; }
+    in0=$(scrape dataflow_input_rows_total); dead0=$(scrape dataflow_dead_letters_total)
+    dlq0=$(dlq_count)
+    end0=$(kcat -b "$KAFKA_BOOTSTRAP" -Q -t dbserver1.public.orders:0:-1 | awk '{print $NF}')
+    printf '{"broken' > "$DATA/m1.json"; printf '{"op": "q", "source": {"lsn": 1}}' > "$DATA/m2.json"
+    produce_file dbserver1.public.orders '{"id":0}' "$DATA/m1.json"
+    produce_file dbserver1.public.orders '{"id":0}' "$DATA/m2.json"
+    "$SIM" --ops 300 --rate 600 --seed 5 --insert-p 0.5 --update-p 0.5 --delete-p 0 > /dev/null 2>&1
+    verify 60
+    end1=$(kcat -b "$KAFKA_BOOTSTRAP" -Q -t dbserver1.public.orders:0:-1 | awk '{print $NF}')
+    for _ in $(seq 1 50); do [[ $(scrape dataflow_input_rows_total) == $((in0 + end1 - end0)) ]] && break; sleep 0.2; done
+    in1=$(scrape dataflow_input_rows_total); dead1=$(scrape dataflow_dead_letters_total)
+    [[ $((in1 - in0)) == $((end1 - end0)) ]] || fail "input rows grew by $((in1 - in0)), Kafka by $((end1 - end0))"
+    [[ $((dead1 - dead0)) == 2 && $(( $(dlq_count) - dlq0 )) == 2 ]] || fail "dead letters: metric +$((dead1 - dead0)), table +$(( $(dlq_count) - dlq0 ))"
+    [[ $(scrape dataflow_dead_letters_total kind=truncated_json) -ge 1 ]] || fail "no truncated_json dead letter by kind"
+    scrape dataflow_batch_duration_seconds_count > /dev/null
+    [[ $(scrape dataflow_offsets_behind_latest stat=max) == 0 ]] || fail "lag not 0 after catching up"
+    curl -sf "$url/progress" | jq -e 'length > 0 and .[-1].name == "orders-cdc-warehouse" and (.[-1].sources[0].metrics.maxOffsetsBehindLatest | length) > 0' > /dev/null \
+      || fail "/progress"
+    echo "metrics: ok"
+    ;;
+
+  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|signals|metrics" >&2; exit 2 ;;
 esac

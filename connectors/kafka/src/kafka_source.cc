@@ -89,6 +89,8 @@ void KafkaSourceOptions::set(const std::string& key, const std::string& value) {
     maxOffsetsPerTrigger = parseInt(key, value, 1);
   } else if (key == "failOnDataLoss") {
     failOnDataLoss = parseBool(key, value);
+  } else if (key == "includeHeaders") {
+    includeHeaders = parseBool(key, value);
   } else if (key == "commitOffsetsToGroup") {
     commitOffsetsToGroup = value;
   } else if (key == "kafkaConsumer.pollTimeoutMs") {
@@ -156,7 +158,7 @@ struct KafkaSource::Impl {
 
   std::map<std::string, std::string> consumerProperties(const std::string& groupId) const {
     std::map<std::string, std::string> p = {
-        {"queued.max.messages.kbytes", "16384"},  // prefetch per partition reader: bounded memory
+        {"queued.max.messages.kbytes", "8192"},  // prefetch per partition reader: bounded memory
         {"fetch.wait.max.ms", "100"},
         {"socket.nagle.disable", "true"},
     };
@@ -257,7 +259,7 @@ struct KafkaSource::Impl {
       r.hasValue = true;
     }
     rd_kafka_headers_t* headers = nullptr;
-    if (rd_kafka_message_headers(m, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR && headers) {
+    if (options.includeHeaders && rd_kafka_message_headers(m, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR && headers) {
       const char* name;
       const void* value;
       size_t size;

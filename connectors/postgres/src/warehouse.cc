@@ -85,7 +85,7 @@ UpsertTable::UpsertTable(UpsertTableOptions options) : options_(std::move(option
   if (!options_.softDeleteColumn.empty()) add(options_.softDeleteColumn);
 }
 
-int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::vector<UpsertRow> rows) {
+int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const UpsertRow> rows) {
   const UpsertTableOptions& o = table.options_;
   const size_t width = table.width();
   const size_t keys = o.keyColumns.size();

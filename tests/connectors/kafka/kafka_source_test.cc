@@ -316,6 +316,7 @@ TEST(KafkaSink, ProducesAndFlushesBeforeReturning) {
   KafkaSink sink({.bootstrapServers = kafka.bootstrap(), .topic = "dlq", .kafka = {{"log_level", "0"}}});
   sink.write({{"", std::string("k"), std::string("bad bytes \xff"), {{"error", "malformed_json"}}}});
   auto options = optionsFor(kafka, {"dlq"});
+  options.set("includeHeaders", "true");
   Session session;
   auto collected = std::make_shared<MemorySink<KafkaRecord>>();
   session.readStream(std::make_shared<KafkaSource>(options)).writeStream().trigger(Trigger::availableNow())

@@ -125,7 +125,7 @@ TEST_F(WarehouseTest, HostileIdentifiersAreQuoted) {
                " (id bigint PRIMARY KEY, \"va;lue\" text, source_lsn bigint NOT NULL)");
   Warehouse w({.connection = configFor(url_)});
   UpsertTable t({.table = table, .keyColumns = {"id"}, .valueColumns = {"va;lue"}});
-  w.writeBatch(info(0), [&](WarehouseTransaction& tx) { tx.upsert(t, {UpsertRow{{"1", "x"}, 1, false}}); });
+  w.writeBatch(info(0), [&](WarehouseTransaction& tx) { tx.upsert(t, std::vector<UpsertRow>{UpsertRow{{"1", "x"}, 1, false}}); });
   EXPECT_EQ(check_->exec("SELECT \"va;lue\" FROM " + check_->quoteIdentifier(table)).value(0, 0), "x");
   EXPECT_EQ(check_->exec("SELECT to_regclass('dim_customers') IS NOT NULL").value(0, 0), "t");
   EXPECT_THROW(UpsertTable({.table = "t", .keyColumns = {}}), ConfigurationError);
@@ -160,7 +160,7 @@ TEST_F(WarehouseTest, AFailedBatchLeavesNothingBehind) {
   Warehouse w({.connection = configFor(url_)});
   UpsertTable t(kCustomers);
   EXPECT_THROW(w.writeBatch(info(0), [&](WarehouseTransaction& tx) {
-                 tx.upsert(t, {row(1, "a@x", "US", 1)});
+                 tx.upsert(t, std::vector<UpsertRow>{row(1, "a@x", "US", 1)});
                  tx.deadLetters(std::vector<DeadLetter>{{.topic = "t", .offset = 1, .errorKind = "k", .errorMessage = "m"}}, info(0));
                  throw std::runtime_error("crash after the writes, before the commit");
                }),

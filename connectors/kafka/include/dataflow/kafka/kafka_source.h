@@ -37,7 +37,7 @@ struct KafkaRecord {
   bool hasKey = false;
   std::string value;
   bool hasValue = false;  // false: a null value (a tombstone)
-  std::vector<std::pair<std::string, std::optional<std::string>>> headers;
+  std::vector<std::pair<std::string, std::optional<std::string>>> headers;  // with includeHeaders
 
   // Position and raw bytes for a dead letter.
   void fillDeadLetter(DeadLetter& out) const {
@@ -82,6 +82,10 @@ struct KafkaSourceOptions {
   std::chrono::milliseconds partitionDiscoveryInterval{1000};
   // Timeout of metadata and watermark requests. Default: 10 s.
   std::chrono::milliseconds requestTimeout{10000};
+  // Copy each record's headers into KafkaRecord::headers. Off by default, as in Spark: Debezium
+  // adds four headers per record, which would cost memory and time for nothing.
+  // Option "includeHeaders". Default: false.
+  bool includeHeaders = false;
   // librdkafka properties (security.protocol, sasl.*, ssl.*, ...). Options "kafka.<name>".
   // group.id, enable.auto.commit and auto.offset.reset are rejected: offsets are ours.
   std::map<std::string, std::string> kafka;

@@ -72,7 +72,14 @@ class WarehouseTransaction {
   // Keeps the newest change per key (greatest version; the later one on a tie), copies them into a
   // temporary staging table and merges it into the target under the version guard. Returns the
   // number of rows inserted or updated.
-  int64_t upsert(const UpsertTable& table, std::vector<UpsertRow> rows);
+  int64_t upsert(const UpsertTable& table, std::span<const UpsertRow> rows);
+  // Every partition of a batch, without copying its rows (one statement per partition: a key
+  // lives in one partition, and statements apply in order).
+  int64_t upsert(const UpsertTable& table, const Batch<UpsertRow>& batch) {
+    int64_t n = 0;
+    for (const auto& p : batch.partitions()) n += upsert(table, std::span<const UpsertRow>(p.rows));
+    return n;
+  }
   // Inserts dead letters into dlq_events; a (topic, partition, offset) already there is skipped,
   // so a replayed batch adds no duplicates. Payload and key bytes are stored exactly.
   int64_t deadLetters(std::span<const DeadLetter> letters, const BatchInfo& info);

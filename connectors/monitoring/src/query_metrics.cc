@@ -1,0 +1,141 @@
+// Metrics through prometheus-cpp (core: types, registry, text serializer); HTTP through
+// cpp-httplib, so that /healthz and /progress sit beside /metrics on one port.
+#include "dataflow/monitoring/query_metrics.h"
+
+#include <httplib.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <chrono>
+#include <mutex>
+
+#include "dataflow/error.h"
+
+namespace dataflow::monitoring {
+
+struct QueryMetrics::Impl {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  prometheus::Family<prometheus::Counter>& inputRows = prometheus::BuildCounter()
+      .Name("dataflow_input_rows_total").Help("Records read from the sources").Register(*registry);
+  prometheus::Family<prometheus::Counter>& outputRows = prometheus::BuildCounter()
+      .Name("dataflow_output_rows_total").Help("Rows handed to the sink").Register(*registry);
+  prometheus::Family<prometheus::Counter>& batches = prometheus::BuildCounter()
+      .Name("dataflow_batches_total").Help("Committed micro-batches").Register(*registry);
+  prometheus::Family<prometheus::Counter>& deadLetters = prometheus::BuildCounter()
+      .Name("dataflow_dead_letters_total").Help("Records sent to the dead-letter sink, by error kind").Register(*registry);
+  prometheus::Family<prometheus::Histogram>& batchSeconds = prometheus::BuildHistogram()
+      .Name("dataflow_batch_duration_seconds").Help("Trigger execution time per batch").Register(*registry);
+  prometheus::Family<prometheus::Histogram>& commitSeconds = prometheus::BuildHistogram()
+      .Name("dataflow_checkpoint_commit_seconds").Help("Time to write the commit log per batch").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& behind = prometheus::BuildGauge()
+      .Name("dataflow_offsets_behind_latest").Help("Records not yet processed (min, max, avg over partitions)").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& lastBatch = prometheus::BuildGauge()
+      .Name("dataflow_last_batch_id").Help("Id of the last committed batch").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& active = prometheus::BuildGauge()
+      .Name("dataflow_query_active").Help("1 while the query runs").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& startTime = prometheus::BuildGauge()
+      .Name("dataflow_query_start_time_seconds").Help("When this run started (resets() counts restarts)").Register(*registry);
+  std::mutex mu;
+  std::string name = "unnamed";
+
+  static prometheus::Histogram::BucketBoundaries buckets() {
+    return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  }
+};
+
+QueryMetrics::QueryMetrics() : impl_(std::make_unique<Impl>()) {}
+QueryMetrics::~QueryMetrics() = default;
+
+void QueryMetrics::onQueryStarted(const Started& event) {
+  std::lock_guard lock(impl_->mu);
+  if (!event.name.empty()) impl_->name = event.name;
+  impl_->active.Add({{"query", impl_->name}}).Set(1);
+  impl_->startTime.Add({{"query", impl_->name}})
+      .Set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+void QueryMetrics::onQueryTerminated(const Terminated&) {
+  std::lock_guard lock(impl_->mu);
+  impl_->active.Add({{"query", impl_->name}}).Set(0);
+}
+
+void QueryMetrics::onQueryProgress(const QueryProgress& p) {
+  std::lock_guard lock(impl_->mu);
+  const prometheus::Labels query{{"query", impl_->name}};
+  impl_->inputRows.Add(query).Increment(static_cast<double>(p.numInputRows));
+  impl_->outputRows.Add(query).Increment(static_cast<double>(p.sink.numOutputRows));
+  impl_->batches.Add(query).Increment();
+  impl_->lastBatch.Add(query).Set(static_cast<double>(p.batchId));
+  if (auto it = p.durationMs.find("triggerExecution"); it != p.durationMs.end()) {
+    impl_->batchSeconds.Add(query, Impl::buckets()).Observe(it->second / 1000.0);
+  }
+  if (auto it = p.durationMs.find("commitOffsets"); it != p.durationMs.end()) {
+    impl_->commitSeconds.Add(query, Impl::buckets()).Observe(it->second / 1000.0);
+  }
+  for (const auto& source : p.sources) {
+    for (const auto& [key, value] : source.metrics) {
+      std::string stat = key == "minOffsetsBehindLatest" ? "min" : key == "maxOffsetsBehindLatest" ? "max"
+                       : key == "avgOffsetsBehindLatest" ? "avg" : "";
+      if (stat.empty()) continue;
+      impl_->behind.Add({{"query", impl_->name}, {"source", source.description}, {"stat", stat}}).Set(std::stod(value));
+    }
+  }
+}
+
+void QueryMetrics::recordDeadLetters(std::span<const DeadLetter> letters) {
+  if (letters.empty()) return;
+  std::lock_guard lock(impl_->mu);
+  for (const auto& d : letters) impl_->deadLetters.Add({{"query", impl_->name}, {"kind", d.errorKind}}).Increment();
+}
+
+std::string QueryMetrics::scrape() const {
+  std::lock_guard lock(impl_->mu);
+  return prometheus::TextSerializer().Serialize(impl_->registry->Collect());
+}
+
+struct MonitoringServer::Impl {
+  httplib::Server server;
+  std::thread thread;
+};
+
+MonitoringServer::MonitoringServer(const QueryMetrics& metrics, const StreamingQuery& query, MonitoringServerOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  if (options.port == 0) return;
+  if (options.port < 0 || options.port > 65535) {
+    throw ConfigurationError("metrics port " + std::to_string(options.port) + " is not a port number");
+  }
+  auto& s = impl_->server;
+  s.Get("/metrics", [&metrics](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics.scrape(), "text/plain; version=0.0.4");
+  });
+  s.Get("/healthz", [&query](const httplib::Request&, httplib::Response& res) {
+    bool up = query.isActive();
+    res.status = up ? 200 : 503;
+    res.set_content(up ? "ok\n" : "query not active\n", "text/plain");
+  });
+  s.Get("/progress", [&query](const httplib::Request&, httplib::Response& res) {
+    std::string body = "[";
+    bool first = true;
+    for (const auto& p : query.recentProgress()) {
+      body += (first ? "" : ",") + p.toJson();
+      first = false;
+    }
+    res.set_content(body + "]", "application/json");
+  });
+  if (!s.bind_to_port(options.host, options.port)) {
+    throw ConfigurationError("metrics port " + std::to_string(options.port) + " on " + options.host + " is not available");
+  }
+  impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
+}
+
+MonitoringServer::~MonitoringServer() {
+  if (impl_->thread.joinable()) {
+    impl_->server.stop();
+    impl_->thread.join();
+  }
+}
+
+}  // namespace dataflow::monitoring

@@ -1,0 +1,90 @@
+#!/usr/bin/python3
+"""No Docker engine runs where the tests run, so the Docker files are checked statically (label
+unit): docker/compose.yml against the Compose specification's JSON schema, every path the
+Dockerfile copies and every path compose.yml mounts or builds from exists, and the images are built
+with the same scripts as CI."""
+import json
+import os
+import re
+import sys
+
+import jsonschema
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+errors = []
+
+
+def find_schema():
+    candidates = [os.environ.get("COMPOSE_SPEC_SCHEMA", ""),
+                  os.path.join(ROOT, "..", "shared", "schemas", "compose-spec.json")]
+    for c in candidates:
+        if c and os.path.exists(c):
+            return c
+    return None
+
+
+compose_path = os.path.join(ROOT, "docker", "compose.yml")
+with open(compose_path) as f:
+    compose = yaml.safe_load(f)
+
+schema_path = find_schema()
+if schema_path:
+    with open(schema_path) as f:
+        schema = json.load(f)
+    validator = jsonschema.Draft7Validator(schema)
+    for e in sorted(validator.iter_errors(compose), key=lambda e: list(e.path)):
+        errors.append("compose.yml: %s: %s" % ("/".join(map(str, e.path)) or "(root)", e.message))
+    print("compose.yml validated against %s" % os.path.relpath(schema_path, ROOT))
+elif os.environ.get("CI") == "true":
+    errors.append("the Compose schema (../shared/schemas/compose-spec.json) is missing and CI=true")
+else:
+    print("SKIP schema validation: no compose-spec.json found")
+
+compose_dir = os.path.dirname(compose_path)
+for name, service in compose.get("services", {}).items():
+    build = service.get("build")
+    if isinstance(build, dict):
+        context = os.path.normpath(os.path.join(compose_dir, build.get("context", ".")))
+        if not os.path.isdir(context):
+            errors.append("service %s: build context %s does not exist" % (name, context))
+        dockerfile = os.path.join(context, build.get("dockerfile", "Dockerfile"))
+        if not os.path.isfile(dockerfile):
+            errors.append("service %s: %s does not exist" % (name, dockerfile))
+        target = build.get("target")
+        with open(dockerfile) as f:
+            if target and not re.search(r"^FROM .* AS %s$" % re.escape(target), f.read(), re.M | re.I):
+                errors.append("service %s: Dockerfile has no stage %s" % (name, target))
+    for volume in service.get("volumes", []):
+        source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+        if source.startswith(".") and not os.path.exists(os.path.join(compose_dir, source)):
+            errors.append("service %s: mounted path %s does not exist" % (name, source))
+names = [s.get("container_name") for s in compose["services"].values()]
+for wanted in ("etl_postgres", "etl_kafka", "etl_connect", "etl_runner"):
+    if wanted not in names:
+        errors.append("no container named %s" % wanted)
+
+dockerfile_path = os.path.join(ROOT, "docker", "Dockerfile")
+with open(dockerfile_path) as f:
+    text = f.read().replace("\\\n", " ")
+copied = 0
+for line in text.splitlines():
+    parts = line.split()
+    if not parts or parts[0].upper() not in ("COPY", "ADD") or any(p.startswith("--from") for p in parts):
+        continue
+    args = [p for p in parts[1:] if not p.startswith("--")]
+    for source in args[:-1]:
+        copied += 1
+        if not os.path.exists(os.path.join(ROOT, source)):
+            errors.append("Dockerfile copies %s, which does not exist" % source)
+for needed in ("scripts/install-deps.sh", "cmake --preset release", "scripts/cdc/broker-pom.xml", "scripts/cdc/connect-pom.xml"):
+    if needed not in text:
+        errors.append("Dockerfile does not use %s (images must be built with CI's scripts)" % needed)
+for script in ("docker/kafka-entrypoint.sh", "docker/startup.sh"):
+    if not os.access(os.path.join(ROOT, script), os.X_OK):
+        errors.append("%s is not executable" % script)
+
+if errors:
+    print("\n".join("FAIL: " + e for e in errors))
+    sys.exit(1)
+print("docker files: ok (%d copied paths exist)" % copied)
