@@ -22,7 +22,7 @@ WORK=$DATAFLOW_STATE_DIR/bench
 mkdir -p "$OUT" "$WORK"
 cd "$ROOT"
 cmake --preset release > /dev/null
-cmake --build build/release -j2 --target stream_orders simulate_writes > /dev/null
+cmake --build build/release -j2 --target stream_orders simulate_writes kafka_consume > /dev/null
 scripts/stack up > /dev/null
 eval "$(scripts/stack env)"
 export PGOPTIONS="-c client_min_messages=warning"
@@ -48,6 +48,9 @@ T="$template" awk -v n="$N" 'BEGIN {
 }' > "$WORK/events.tsv"
 kcat -b "$KAFKA_BOOTSTRAP" -P -t "$topic" -K $'\t' -X linger.ms=50 -X batch.num.messages=10000 -l "$WORK/events.tsv"
 bytes=$(stat -c %s "$WORK/events.tsv")
+# The Kafka source alone, into a sink that does nothing.
+consume=$("$BUILD/bench/kafka_consume" "$KAFKA_BOOTSTRAP" "$topic" 2>/dev/null | tail -n 1)
+consume_rps=$(echo "$consume" | jq -r '.records_per_second')
 
 start=$(ms_now)
 ORDERS_TOPIC=$topic QUERY_NAME=bench-drain-$start MAX_OFFSETS_PER_TRIGGER=${BENCH_BATCH:-20000} \
@@ -117,6 +120,7 @@ stamp=$(date -u +%Y-%m-%dT%H:%MZ)
 machine="$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"); PostgreSQL, Kafka, Connect and the job on the same machine"
 cat > "$OUT/e2e-latest.json" <<JSON
 {"timestamp": "$stamp", "machine": "$machine",
+ "kafka_consume_records_per_second": $consume_rps,
  "drain": {"events": $N, "event_bytes_avg": $((bytes / N)), "seconds": $(awk -v ms="$drain_ms" 'BEGIN {print ms / 1000}'),
            "events_per_second": $drain_eps, "first_committed_batch_ms": $first_batch_ms, "peak_rss_mb": $rss,
            "plain_copy_rows_per_second": $copy_rps},
@@ -132,6 +136,7 @@ Machine: $machine. Command: \`bench/e2e/run.sh $N $RATE $DURATION\`.
 
 | measure | value | target |
 |---|---|---|
+| Kafka source alone, $N events into a no-op sink | $consume_rps records/s | |
 | drain: $N events (~$((bytes / N)) B) into fact_orders | $drain_eps events/s ($drain_ms ms) | >= 50k/s (stretch 100k) |
 | same rows, plain COPY into an empty copy of the table | $copy_rps rows/s | (for scale) |
 | process start -> first committed batch | $first_batch_ms ms | < 1 s |

@@ -353,8 +353,26 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
     topic = impl_->intern(partition.topic);
   }
   int64_t expected = from;
+  // Records in [expected, low) are gone when the log now starts at `low` (retention, deletion):
+  // fail, or skip them, as failOnDataLoss says. Returns the offset to continue from.
+  auto dataLoss = [&](int64_t low) -> int64_t {
+    std::string lost = partition.toString() + " offsets [" + std::to_string(expected) + ", " +
+                       std::to_string(std::min(low, until)) + ") are no longer available (the log starts at " +
+                       std::to_string(low) + ", probably deleted by retention)";
+    if (impl_->options.failOnDataLoss) {
+      r.next = -1;
+      r.lookahead.reset();
+      throw ConnectorError("Kafka: data loss: " + lost + "; set failOnDataLoss=false to continue from the earliest offset", false);
+    }
+    spdlog::warn("Kafka: data loss: {}; continuing from offset {} (failOnDataLoss=false)", lost, low);
+    return low;
+  };
   if (r.lookahead && r.lookahead->offset >= from && r.next == from) {
     // The previous read fetched one record past its range: it starts this one.
+    if (r.lookahead->offset > expected) {
+      auto [low, high] = impl_->watermarks(partition);
+      if (low > expected) expected = dataLoss(low);
+    }
     if (r.lookahead->offset < until) {
       expected = r.lookahead->offset + 1;
       out.push_back(std::move(*r.lookahead));
@@ -369,7 +387,11 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
     if (!m) {
       // Offsets can be missing for good (transaction markers, compaction): the fetch position
       // tells when everything up to `until` has been seen.
-      if (impl_->fetchPosition(r, partition) >= until) break;
+      if (impl_->fetchPosition(r, partition) >= until) {
+        auto [low, high] = impl_->watermarks(partition);
+        if (low > expected) dataLoss(low);
+        break;
+      }
       if (Clock::now() > deadline) {
         r.next = -1;
         throw ConnectorError("Kafka: timed out reading " + partition.toString() + " offsets [" +
@@ -387,17 +409,12 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
           impl_->seek(r, partition, expected);
           continue;
         }
-        std::string lost = partition.toString() + " offsets [" + std::to_string(expected) + ", " +
-                           std::to_string(std::min(low, until)) + ") are no longer available (earliest is " +
-                           std::to_string(low) + ", probably deleted by retention)";
-        if (impl_->options.failOnDataLoss) {
-          r.next = -1;
-          throw ConnectorError("Kafka: data loss: " + lost + "; set failOnDataLoss=false to continue from the earliest offset", false);
+        expected = dataLoss(low);
+        impl_->seek(r, partition, expected);  // the fetch stopped at the error: restart it
+        if (expected >= until) {
+          r.next = expected;
+          return;
         }
-        spdlog::warn("Kafka: data loss: {}; continuing from offset {} (failOnDataLoss=false)", lost, low);
-        if (low >= until) break;
-        impl_->seek(r, partition, low);
-        expected = low;
         continue;
       }
       if (detail::isRetriable(m->err)) {
@@ -408,6 +425,11 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
       detail::check(m->err, "reading " + partition.toString());
     }
     if (m->offset < expected) continue;
+    if (m->offset > expected) {
+      // A gap: compaction and transaction markers make them, and so does retention.
+      auto [low, high] = impl_->watermarks(partition);
+      if (low > expected) expected = dataLoss(low);
+    }
     if (m->offset >= until) {
       r.lookahead = impl_->convert(m.get(), topic);
       break;

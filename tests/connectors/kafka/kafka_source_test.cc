@@ -330,3 +330,151 @@ TEST(KafkaSink, ProducesAndFlushesBeforeReturning) {
 
 }  // namespace
 }  // namespace dataflow::kafka
+
+// ---------------------------------------------------------------- against the real broker
+
+namespace dataflow::kafka {
+namespace {
+
+// The broker of the local stack (tests/connectors/kafka/real_broker.sh sets it); these tests fail
+// under CI=true when it is missing.
+std::string realBroker() {
+  const char* b = std::getenv("DATAFLOW_REAL_KAFKA");
+  return b ? b : "";
+}
+
+#define REQUIRE_REAL_KAFKA()                                                            \
+  do {                                                                                  \
+    if (realBroker().empty()) {                                                         \
+      const char* ci = std::getenv("CI");                                               \
+      if (ci && std::string(ci) == "true") FAIL() << "CI=true but no real Kafka broker"; \
+      GTEST_SKIP() << "DATAFLOW_REAL_KAFKA not set";                                    \
+    }                                                                                   \
+  } while (0)
+
+class RealBroker : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    REQUIRE_REAL_KAFKA();
+    topic_ = "dataflow-test-" + std::to_string(::getpid()) + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", realBroker().c_str(), err, sizeof err);
+    producer_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  }
+  void TearDown() override {
+    if (producer_) rd_kafka_destroy(producer_);
+  }
+  void produce(int from, int to) {
+    for (int i = from; i < to; ++i) {
+      std::string v = "v" + std::to_string(i);
+      ASSERT_EQ(rd_kafka_producev(producer_, RD_KAFKA_V_TOPIC(topic_.c_str()), RD_KAFKA_V_PARTITION(0),
+                                  RD_KAFKA_V_VALUE(v.data(), v.size()), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+                RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+    ASSERT_EQ(rd_kafka_flush(producer_, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
+  }
+  // Deletes the records before `offset` (as retention would).
+  void deleteBefore(int64_t offset) {
+    auto* list = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(list, topic_.c_str(), 0)->offset = offset;
+    rd_kafka_DeleteRecords_t* del = rd_kafka_DeleteRecords_new(list);
+    rd_kafka_topic_partition_list_destroy(list);
+    rd_kafka_queue_t* q = rd_kafka_queue_new(producer_);
+    rd_kafka_DeleteRecords(producer_, &del, 1, nullptr, q);
+    rd_kafka_event_t* ev = rd_kafka_queue_poll(q, 30000);
+    ASSERT_NE(ev, nullptr);
+    EXPECT_EQ(rd_kafka_event_error(ev), RD_KAFKA_RESP_ERR_NO_ERROR) << rd_kafka_event_error_string(ev);
+    rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_DeleteRecords_destroy(del);
+  }
+  KafkaSourceOptions options() const {
+    KafkaSourceOptions o;
+    o.bootstrapServers = realBroker();
+    o.subscribe = {topic_};
+    o.startingOffsets = "earliest";
+    return o;
+  }
+  std::string topic_;
+  rd_kafka_t* producer_ = nullptr;
+};
+
+TEST_F(RealBroker, RestartAfterAFailedBatchReadsExactlyTheSameRange) {
+  produce(0, 50);
+  auto dir = std::filesystem::temp_directory_path() / ("real-kafka-" + topic_);
+  std::filesystem::remove_all(dir);
+  auto o = options();
+  o.maxOffsetsPerTrigger = 20;
+  Session session;
+  std::vector<std::vector<Seen>> attempts;
+  {
+    auto q = session.readStream(std::make_shared<KafkaSource>(o)).map(toSeen)
+                 .foreachBatch([&](const Batch<Seen>& b, const BatchInfo& info) {
+                   attempts.push_back(b.collect());
+                   if (info.batchId == 1) throw std::runtime_error("crash");
+                 })
+                 .checkpointLocation(dir).start();
+    EXPECT_THROW(q.awaitTermination(), std::runtime_error);
+  }
+  produce(50, 60);
+  std::vector<Seen> all = attempts[0];
+  std::vector<Seen> replayedFirst;
+  auto q = session.readStream(std::make_shared<KafkaSource>(o)).map(toSeen)
+               .foreachBatch([&](const Batch<Seen>& b, const BatchInfo& info) {
+                 if (info.batchId == 1) replayedFirst = b.collect();
+                 auto rows = b.collect();
+                 all.insert(all.end(), rows.begin(), rows.end());
+               })
+               .checkpointLocation(dir).trigger(Trigger::availableNow()).start();
+  q.awaitTermination();
+  EXPECT_EQ(replayedFirst, attempts[1]);
+  ASSERT_EQ(all.size(), 60u);
+  for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(all[i].offset, static_cast<int64_t>(i));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(RealBroker, OffsetsDeletedByRetentionFailOrSkipPerFailOnDataLoss) {
+  produce(0, 100);
+  auto dir = std::filesystem::temp_directory_path() / ("real-kafka-" + topic_);
+  std::filesystem::remove_all(dir);
+  auto o = options();
+  o.maxOffsetsPerTrigger = 30;
+  Session session;
+  {  // batch 0 ([0, 30)) commits; batch 1 ([30, 60)) is planned, then the sink fails
+    auto q = session.readStream(std::make_shared<KafkaSource>(o))
+                 .foreachBatch([&](const Batch<KafkaRecord>&, const BatchInfo& info) {
+                   if (info.batchId == 1) throw std::runtime_error("stop here");
+                 })
+                 .checkpointLocation(dir).trigger(Trigger::availableNow()).start();
+    EXPECT_THROW(q.awaitTermination(), std::runtime_error);
+  }
+  deleteBefore(80);
+  {
+    auto q = session.readStream(std::make_shared<KafkaSource>(o))
+                 .foreachBatch([&](const Batch<KafkaRecord>&, const BatchInfo&) {})
+                 .checkpointLocation(dir).trigger(Trigger::availableNow()).start();
+    try {
+      q.awaitTermination();
+      FAIL() << "expected a data loss error";
+    } catch (const ConnectorError& e) {
+      EXPECT_NE(std::string(e.what()).find("data loss"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("failOnDataLoss"), std::string::npos) << e.what();
+    }
+  }
+  o.failOnDataLoss = false;
+  std::vector<int64_t> offsets;
+  auto q = session.readStream(std::make_shared<KafkaSource>(o))
+               .foreachBatch([&](const Batch<KafkaRecord>& b, const BatchInfo&) {
+                 for (const auto& r : b.rows()) offsets.push_back(r.offset);
+               })
+               .checkpointLocation(dir).trigger(Trigger::availableNow()).start();
+  q.awaitTermination();
+  ASSERT_EQ(offsets.size(), 20u);
+  EXPECT_EQ(offsets.front(), 80);
+  EXPECT_EQ(offsets.back(), 99);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dataflow::kafka
