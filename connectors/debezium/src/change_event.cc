@@ -3,9 +3,13 @@
 // is larger than the buffer.
 #include "dataflow/debezium/change_event.h"
 
-#include <boost/json.hpp>
+#include <boost/json/basic_parser_impl.hpp>
+#include <boost/json/error.hpp>
 
 #include <array>
+#include <memory>
+#include <tuple>
+#include <vector>
 #include <charconv>
 #include <cstring>
 
@@ -190,78 +194,6 @@ bool parseIsoTimestamp(std::string_view s, Timestamp& out) {
   return true;
 }
 
-const json::object* findFieldSchema(const json::object* structSchema, std::string_view name) {
-  if (!structSchema) return nullptr;
-  auto it = structSchema->find("fields");
-  if (it == structSchema->end() || !it->value().is_array()) return nullptr;
-  for (const auto& f : it->value().get_array()) {
-    if (!f.is_object()) continue;
-    auto fn = f.get_object().find("field");
-    if (fn != f.get_object().end() && fn->value().is_string() && fn->value().get_string() == name) {
-      return &f.get_object();
-    }
-  }
-  return nullptr;
-}
-
-std::string_view schemaString(const json::object* schema, std::string_view key) {
-  if (!schema) return {};
-  auto it = schema->find(key);
-  if (it == schema->end() || !it->value().is_string()) return {};
-  return it->value().get_string();
-}
-
-int schemaScale(const json::object* schema) {
-  if (!schema) return -1;
-  auto it = schema->find("parameters");
-  if (it == schema->end() || !it->value().is_object()) return -1;
-  auto sc = it->value().get_object().find("scale");
-  if (sc == it->value().get_object().end() || !sc->value().is_string()) return -1;
-  int scale = -1;
-  return parseInt(std::string_view(sc->value().get_string()), scale) ? scale : -1;
-}
-
-std::string kindOf(const json::value& v) {
-  switch (v.kind()) {
-    case json::kind::null: return "null";
-    case json::kind::bool_: return "boolean";
-    case json::kind::int64:
-    case json::kind::uint64: return "integer";
-    case json::kind::double_: return "number";
-    case json::kind::string: return "string";
-    case json::kind::array: return "array";
-    case json::kind::object: return "object";
-  }
-  return "?";
-}
-
-ParseError wrongType(std::string_view column, std::string_view expected, const json::value& v) {
-  return parseError("wrong_type", "column '" + std::string(column) + "': expected " + std::string(expected) +
-                                      ", got " + kindOf(v));
-}
-
-std::optional<std::string> optString(const json::object& o, std::string_view key) {
-  auto it = o.find(key);
-  if (it == o.end() || !it->value().is_string()) return std::nullopt;
-  return std::string(it->value().get_string());
-}
-std::optional<int64_t> optInt(const json::object& o, std::string_view key) {
-  auto it = o.find(key);
-  if (it == o.end()) return std::nullopt;
-  if (it->value().is_int64()) return it->value().get_int64();
-  if (it->value().is_uint64()) return static_cast<int64_t>(it->value().get_uint64());
-  return std::nullopt;
-}
-
-struct ThreadParser {
-  unsigned char buffer[64 * 1024];
-  json::monotonic_resource resource{buffer, sizeof buffer};
-  json::parser parser;
-  // Emplaced (move-constructed) from the parser: assigning a value that lives in another memory
-  // resource would deep-copy it.
-  std::optional<json::value> root;
-};
-
 }  // namespace
 
 std::string Timestamp::toString() const {
@@ -290,14 +222,521 @@ std::string Date::toString() const {
 
 namespace detail {
 
+// ------------------------------------------------------------------------------------------
+// What the streaming parser keeps of an event: only the parts a decoder can ask for.
+
+struct Value {
+  enum class Kind : uint8_t { kNull, kBool, kInt, kUint, kDouble, kString, kObject, kArray };
+  Kind kind = Kind::kNull;
+  bool b = false;
+  int64_t i = 0;
+  uint64_t u = 0;
+  double d = 0;
+  std::string_view s;
+  // kObject: a Debezium VariableScaleDecimal {"scale": 4, "value": "<base64>"}.
+  std::optional<int64_t> scale;
+  std::optional<std::string_view> scaledValue;
+};
+
+struct RowImage {
+  std::vector<std::pair<std::string_view, Value>> fields;
+  const Value* find(std::string_view key) const {
+    for (const auto& [k, v] : fields) {
+      if (k == key) return &v;
+    }
+    return nullptr;
+  }
+};
+
+struct FieldSchema {
+  std::string_view field, type, name;
+  int scale = -1;
+};
+
+struct RowSchema {
+  std::vector<FieldSchema> fields;
+  const FieldSchema* find(std::string_view key) const {
+    for (const auto& f : fields) {
+      if (f.field == key) return &f;
+    }
+    return nullptr;
+  }
+};
+
+namespace {
+
+std::string_view kindName(Value::Kind k) {
+  switch (k) {
+    case Value::Kind::kNull: return "null";
+    case Value::Kind::kBool: return "boolean";
+    case Value::Kind::kInt:
+    case Value::Kind::kUint: return "integer";
+    case Value::Kind::kDouble: return "number";
+    case Value::Kind::kString: return "string";
+    case Value::Kind::kObject: return "object";
+    case Value::Kind::kArray: return "array";
+  }
+  return "?";
+}
+
+// Bump allocation for the strings of one record; reset (not freed) before the next.
+class Arena {
+ public:
+  std::string_view copy(std::string_view s) {
+    if (s.empty()) return {};
+    if (blocks_.empty() || used_ + s.size() > size_) grow(s.size());
+    char* p = blocks_.back().get() + used_;
+    std::memcpy(p, s.data(), s.size());
+    used_ += s.size();
+    return {p, s.size()};
+  }
+  void reset() {
+    if (blocks_.size() > 1) {
+      // Keep one block as large as the last record needed.
+      blocks_.erase(blocks_.begin(), blocks_.end() - 1);
+    }
+    used_ = 0;
+  }
+
+ private:
+  void grow(size_t need) {
+    size_ = std::max<size_t>(need, blocks_.empty() ? 64 * 1024 : size_ * 2);
+    blocks_.push_back(std::make_unique<char[]>(size_));
+    used_ = 0;
+  }
+  std::vector<std::unique_ptr<char[]>> blocks_;
+  size_t used_ = 0;
+  size_t size_ = 0;
+};
+
+// The fields of one envelope level: the root (no schema) or the "payload" object (schema on).
+struct EventFields {
+  std::optional<Value> op;
+  Value::Kind beforeKind = Value::Kind::kNull, afterKind = Value::Kind::kNull;
+  bool hasSource = false;
+  Value::Kind sourceKind = Value::Kind::kNull;
+  RowImage before, after;
+  std::optional<int64_t> tsMs;
+  SourceInfo source;
+  void clear() {
+    op.reset();
+    beforeKind = afterKind = sourceKind = Value::Kind::kNull;
+    hasSource = false;
+    before.fields.clear();
+    after.fields.clear();
+    tsMs.reset();
+    source = SourceInfo{};
+  }
+};
+
+// A boost::json::basic_parser handler that walks the event once and keeps what EventFields and
+// the row schema need; everything else is skipped without being stored.
+struct Handler {
+  static constexpr std::size_t max_object_size = std::size_t(-1);
+  static constexpr std::size_t max_array_size = std::size_t(-1);
+  static constexpr std::size_t max_key_size = std::size_t(-1);
+  static constexpr std::size_t max_string_size = std::size_t(-1);
+
+  enum class Role : uint8_t {
+    kRoot, kEvent, kRow, kRowNested, kSource, kSchemaRoot, kSchemaFields, kSchemaStruct, kStructFields,
+    kFieldSchema, kParams, kSkip
+  };
+  struct Frame {
+    Role role;
+    int event = 0;       // 0: root level, 1: "payload"
+    bool after = false;  // kRow: which image
+  };
+
+  Arena arena;
+  std::vector<Frame> stack;
+  std::string text;  // parts of a string value being accumulated
+  // The current key: a fixed buffer (keys are short; a std::string costs more per key), with
+  // std::string for the rare long one.
+  char keyBuf[128];
+  size_t keyLen = 0;
+  std::string longKey;
+  bool keyIsLong = false;
+  // A key or string that the parser hands over whole and unescaped points into the input, which
+  // outlives the parse: such views are kept without a copy.
+  std::string_view input;
+  std::string_view inputKey;
+  bool inInput(json::string_view s) const {
+    return s.data() >= input.data() && s.data() + s.size() <= input.data() + input.size();
+  }
+  std::string_view key() const {
+    if (!inputKey.empty()) return inputKey;
+    return keyIsLong ? std::string_view(longKey) : std::string_view(keyBuf, keyLen);
+  }
+  void clearKey() {
+    keyLen = 0;
+    keyIsLong = false;
+    longKey.clear();
+    inputKey = {};
+  }
+  void appendKey(std::string_view part) {
+    if (!keyIsLong && keyLen + part.size() <= sizeof keyBuf) {
+      std::memcpy(keyBuf + keyLen, part.data(), part.size());
+      keyLen += part.size();
+      return;
+    }
+    if (!keyIsLong) {
+      longKey.assign(keyBuf, keyLen);
+      keyIsLong = true;
+    }
+    longKey.append(part);
+  }
+  Value::Kind rootKind = Value::Kind::kNull;
+  bool rootHasSchema = false, rootHasPayload = false;
+  Value::Kind payloadKind = Value::Kind::kNull;
+  EventFields events[2];
+  // Schema: the struct being read and its fields; the row schemas found.
+  std::string_view structField;
+  std::vector<FieldSchema> pending;
+  FieldSchema current;
+  RowSchema afterSchema, beforeSchema;
+  bool hasAfterSchema = false, hasBeforeSchema = false;
+
+  void reset() {
+    arena.reset();
+    stack.clear();
+    clearKey();
+    text.clear();
+    rootKind = Value::Kind::kNull;
+    rootHasSchema = rootHasPayload = false;
+    payloadKind = Value::Kind::kNull;
+    events[0].clear();
+    events[1].clear();
+    pending.clear();
+    afterSchema.fields.clear();
+    beforeSchema.fields.clear();
+    hasAfterSchema = hasBeforeSchema = false;
+  }
+
+  // Key comparisons against literals: string_view, so no strlen or std::string::compare per call.
+  bool is(std::string_view k) const { return key() == k; }
+
+  Role top() const { return stack.empty() ? Role::kSkip : stack.back().role; }
+
+  // A value (scalar, object or array) starts in the current frame under the current key.
+  void onValue(const Value& v) {
+    if (stack.empty()) {
+      rootKind = v.kind;
+      return;
+    }
+    Frame& f = stack.back();
+    switch (f.role) {
+      case Role::kRoot:
+        if (is("schema")) rootHasSchema = true;
+        if (is("payload")) {
+          rootHasPayload = true;
+          payloadKind = v.kind;
+        }
+        [[fallthrough]];
+      case Role::kEvent: {
+        EventFields& e = events[f.event];
+        std::string_view k = key();
+        // Dispatch on the length first: most keys of an event are compared against nothing.
+        switch (k.size()) {
+          case 2:
+            if (k == "op") e.op = v;
+            break;
+          case 5:
+            if (k == "after") e.afterKind = v.kind;
+            else if (k == "ts_ms" && v.kind == Value::Kind::kInt) e.tsMs = v.i;
+            break;
+          case 6:
+            if (k == "before") e.beforeKind = v.kind;
+            else if (k == "source") {
+              e.hasSource = true;
+              e.sourceKind = v.kind;
+            }
+            break;
+          default:
+            break;
+        }
+        break;
+      }
+      case Role::kRow: {
+        EventFields& e = events[f.event];
+        std::string_view k = inputKey.empty() ? arena.copy(key()) : inputKey;
+        (f.after ? e.after : e.before).fields.emplace_back(k, v);
+        break;
+      }
+      case Role::kRowNested: {
+        // The object value of the last row field.
+        Frame& row = stack[stack.size() - 2];
+        EventFields& e = events[row.event];
+        Value& target = (row.after ? e.after : e.before).fields.back().second;
+        if (is("scale") && v.kind == Value::Kind::kInt) target.scale = v.i;
+        if (is("value") && v.kind == Value::Kind::kString) target.scaledValue = v.s;
+        break;
+      }
+      case Role::kSource: {
+        SourceInfo& src = events[f.event].source;
+        std::string_view k = key();
+        auto integer = [&]() -> std::optional<int64_t> {
+          if (v.kind == Value::Kind::kInt) return v.i;
+          if (v.kind == Value::Kind::kUint) return static_cast<int64_t>(v.u);
+          return std::nullopt;
+        };
+        auto str = [&](std::string& out) {
+          if (v.kind == Value::Kind::kString) out.assign(v.s);
+        };
+        switch (k.size()) {
+          case 2:
+            if (k == "db") str(src.db);
+            break;
+          case 3:
+            if (k == "lsn") src.lsn = integer();
+            break;
+          case 4:
+            if (k == "txId") src.txId = integer();
+            else if (k == "name") str(src.name);
+            break;
+          case 5:
+            if (k == "ts_ms") src.tsMs = integer().value_or(0);
+            else if (k == "table") str(src.table);
+            break;
+          case 6:
+            if (k == "schema") str(src.schema);
+            break;
+          case 8:
+            if (k == "snapshot") {
+              if (v.kind == Value::Kind::kString) src.snapshot.assign(v.s);
+              else if (v.kind == Value::Kind::kBool) src.snapshot = v.b ? "true" : "false";
+            } else if (k == "sequence" && v.kind == Value::Kind::kString) {
+              src.sequence.emplace(v.s);
+            }
+            break;
+          case 9:
+            if (k == "connector") str(src.connector);
+            break;
+          default:
+            break;
+        }
+        break;
+      }
+      case Role::kSchemaStruct:
+        if (is("field") && v.kind == Value::Kind::kString) structField = v.s;
+        break;
+      case Role::kFieldSchema:
+        if (v.kind != Value::Kind::kString) break;
+        if (is("field")) current.field = v.s;
+        else if (is("type")) current.type = v.s;
+        else if (is("name")) current.name = v.s;
+        break;
+      case Role::kParams:
+        if (is("scale") && v.kind == Value::Kind::kString) {
+          int scale = -1;
+          if (parseInt(v.s, scale)) current.scale = scale;
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  Role childRole(bool isObject, Frame& parent) const {
+    switch (parent.role) {
+      case Role::kRoot:
+        if (isObject && is("payload")) return Role::kEvent;
+        if (isObject && is("schema")) return Role::kSchemaRoot;
+        [[fallthrough]];
+      case Role::kEvent:
+        if (isObject && (is("before") || is("after"))) return Role::kRow;
+        if (isObject && is("source")) return Role::kSource;
+        return Role::kSkip;
+      case Role::kRow:
+        return isObject ? Role::kRowNested : Role::kSkip;
+      case Role::kSchemaRoot:
+        return !isObject && is("fields") ? Role::kSchemaFields : Role::kSkip;
+      case Role::kSchemaFields:
+        return isObject ? Role::kSchemaStruct : Role::kSkip;
+      case Role::kSchemaStruct:
+        return !isObject && is("fields") ? Role::kStructFields : Role::kSkip;
+      case Role::kStructFields:
+        return isObject ? Role::kFieldSchema : Role::kSkip;
+      case Role::kFieldSchema:
+        return isObject && is("parameters") ? Role::kParams : Role::kSkip;
+      default:
+        return Role::kSkip;
+    }
+  }
+
+  void begin(bool isObject) {
+    Value v;
+    v.kind = isObject ? Value::Kind::kObject : Value::Kind::kArray;
+    if (stack.empty()) {
+      rootKind = v.kind;
+      stack.push_back({isObject ? Role::kRoot : Role::kSkip});
+      return;
+    }
+    onValue(v);
+    Frame& parent = stack.back();
+    Frame child{childRole(isObject, parent), parent.event, parent.after};
+    if (parent.role == Role::kRoot && child.role == Role::kEvent) child.event = 1;
+    if (child.role == Role::kRow) child.after = is("after");
+    if (child.role == Role::kSchemaStruct) {
+      structField = {};
+      pending.clear();
+    }
+    if (child.role == Role::kFieldSchema) current = FieldSchema{};
+    stack.push_back(child);
+    clearKey();  // the key named this value; the next one starts afresh
+  }
+
+  void end() {
+    Role role = stack.back().role;
+    stack.pop_back();
+    clearKey();
+    if (role == Role::kFieldSchema) pending.push_back(current);
+    if (role == Role::kSchemaStruct) {
+      if (structField == "after") {
+        afterSchema.fields = pending;
+        hasAfterSchema = true;
+      } else if (structField == "before") {
+        beforeSchema.fields = pending;
+        hasBeforeSchema = true;
+      }
+    }
+  }
+
+  bool on_document_begin(json::error_code&) { return true; }
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_object_begin(json::error_code&) {
+    begin(true);
+    return true;
+  }
+  bool on_object_end(std::size_t, json::error_code&) {
+    end();
+    return true;
+  }
+  bool on_array_begin(json::error_code&) {
+    begin(false);
+    return true;
+  }
+  bool on_array_end(std::size_t, json::error_code&) {
+    end();
+    return true;
+  }
+  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    appendKey({s.data(), s.size()});
+    return true;
+  }
+  bool on_key(json::string_view s, std::size_t n, json::error_code&) {
+    if (n == s.size()) {  // delivered whole
+      clearKey();
+      if (inInput(s) && !s.empty()) {
+        inputKey = {s.data(), s.size()};
+        return true;
+      }
+    }
+    appendKey({s.data(), s.size()});
+    return true;
+  }
+  bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
+    text.append(s.data(), s.size());
+    return true;
+  }
+  bool on_string(json::string_view s, std::size_t, json::error_code&) {
+    Value v;
+    v.kind = Value::Kind::kString;
+    // Source fields are copied into SourceInfo at once: no need to keep them.
+    bool keep = needsText() && top() != Role::kSource;
+    if (text.empty()) {
+      std::string_view view(s.data(), s.size());
+      v.s = keep && !inInput(s) ? arena.copy(view) : view;
+    } else {
+      text.append(s.data(), s.size());
+      v.s = keep ? arena.copy(text) : std::string_view(text);
+    }
+    onValue(v);
+    text.clear();
+    clearKey();
+    return true;
+  }
+  bool on_number_part(json::string_view, json::error_code&) { return true; }
+  bool on_int64(int64_t i, json::string_view, json::error_code&) {
+    Value v;
+    v.kind = Value::Kind::kInt;
+    v.i = i;
+    onValue(v);
+    clearKey();
+    return true;
+  }
+  bool on_uint64(uint64_t u, json::string_view, json::error_code&) {
+    Value v;
+    v.kind = Value::Kind::kUint;
+    v.u = u;
+    onValue(v);
+    clearKey();
+    return true;
+  }
+  bool on_double(double d, json::string_view, json::error_code&) {
+    Value v;
+    v.kind = Value::Kind::kDouble;
+    v.d = d;
+    onValue(v);
+    clearKey();
+    return true;
+  }
+  bool on_bool(bool b, json::error_code&) {
+    Value v;
+    v.kind = Value::Kind::kBool;
+    v.b = b;
+    onValue(v);
+    clearKey();
+    return true;
+  }
+  bool on_null(json::error_code&) {
+    onValue(Value{});
+    clearKey();
+    return true;
+  }
+  bool on_comment_part(json::string_view, json::error_code&) { return true; }
+  bool on_comment(json::string_view, json::error_code&) { return true; }
+
+  // Only strings that somebody may read are kept.
+  bool needsText() const {
+    switch (top()) {
+      case Role::kRow:
+      case Role::kRowNested:
+      case Role::kSchemaStruct:
+      case Role::kFieldSchema:
+      case Role::kParams:
+        return true;
+      case Role::kRoot:
+      case Role::kEvent:
+        return is("op");
+      case Role::kSource:
+        return true;
+      default:
+        return false;
+    }
+  }
+};
+
+struct ThreadParser {
+  json::basic_parser<Handler> parser{json::parse_options{}};
+};
+
+ParseError wrongType(std::string_view column, std::string_view expected, const Value& v) {
+  return parseError("wrong_type", "column '" + std::string(column) + "': expected " + std::string(expected) + ", got " +
+                                      std::string(kindName(v.kind)));
+}
+
+}  // namespace
+
 Result<Envelope> parseEnvelope(std::string_view payload) {
   if (payload.empty()) return parseError("empty_payload", "the record value is empty");
   thread_local ThreadParser tp;
-  tp.root.reset();  // drop the previous record before its storage is released
-  tp.resource.release();
-  tp.parser.reset(json::storage_ptr(&tp.resource));
+  auto& parser = tp.parser;
+  Handler& h = parser.handler();
+  h.reset();
+  h.input = payload;
+  parser.reset();
   json::error_code ec;
-  tp.parser.write(payload.data(), payload.size(), ec);
+  parser.write_some(false, payload.data(), payload.size(), ec);
   if (ec) {
     if (ec == json::error::incomplete) {
       return parseError("truncated_json", "the JSON ends early (" + std::to_string(payload.size()) + " bytes)");
@@ -305,139 +744,103 @@ Result<Envelope> parseEnvelope(std::string_view payload) {
     if (!validUtf8(payload)) return parseError("invalid_utf8", "the payload is not valid UTF-8");
     return parseError("malformed_json", "invalid JSON: " + ec.message());
   }
-  tp.root.emplace(tp.parser.release());
-  if (!tp.root->is_object()) return parseError("malformed_envelope", "the value is a JSON " + kindOf(*tp.root) + ", not an object");
-  const json::object* event = &tp.root->get_object();
-  const json::object* schema = nullptr;
+  if (h.rootKind != Value::Kind::kObject) {
+    return parseError("malformed_envelope", "the value is a JSON " + std::string(kindName(h.rootKind)) + ", not an object");
+  }
   // With schemas.enable=true the event is {"schema": ..., "payload": ...}.
-  if (auto p = event->find("payload"); p != event->end() && event->contains("schema")) {
-    if (auto s = event->find("schema"); s->value().is_object()) schema = &s->value().get_object();
-    if (!p->value().is_object()) {
-      return parseError("malformed_envelope", "'payload' is a " + kindOf(p->value()) + ", not an object");
+  int which = 0;
+  if (h.rootHasSchema && h.rootHasPayload) {
+    if (h.payloadKind != Value::Kind::kObject) {
+      return parseError("malformed_envelope", "'payload' is a " + std::string(kindName(h.payloadKind)) + ", not an object");
     }
-    event = &p->value().get_object();
+    which = 1;
   }
-  // One pass over the envelope's fields (and the source block's): cheaper than a lookup per field.
-  Envelope env;
-  const json::value* op = nullptr;
-  const json::object* source = nullptr;
-  for (const auto& [key, value] : *event) {
-    if (key == "op") {
-      op = &value;
-    } else if (key == "before" || key == "after") {
-      if (value.is_null()) continue;
-      if (!value.is_object()) {
-        return parseError("wrong_type", "'" + std::string(key) + "' is a " + kindOf(value) + ", not an object");
-      }
-      (key == "before" ? env.before : env.after) = &value.get_object();
-    } else if (key == "source") {
-      if (value.is_object()) source = &value.get_object();
-    } else if (key == "ts_ms") {
-      if (value.is_int64()) env.tsMs = value.get_int64();
-    }
+  EventFields& e = h.events[which];
+  if (!e.op || e.op->kind == Value::Kind::kNull) return parseError("missing_field", "'op' is null or absent");
+  if (e.op->kind != Value::Kind::kString) {
+    return parseError("wrong_type", "'op' is a " + std::string(kindName(e.op->kind)) + ", not a string");
   }
-  if (!op || op->is_null()) return parseError("missing_field", "'op' is null or absent");
-  if (!op->is_string()) return parseError("wrong_type", "'op' is a " + kindOf(*op) + ", not a string");
-  std::string_view opText = op->get_string();
+  std::string_view opText = e.op->s;
   if (opText.size() != 1 || std::string_view("cudrtm").find(opText[0]) == std::string_view::npos) {
     return parseError("unknown_operation", "unknown operation '" + std::string(opText.substr(0, 32)) + "'");
   }
+  Envelope env;
   env.op = static_cast<Operation>(opText[0]);
-  if (source) {
-    SourceInfo& info = env.source;
-    auto str = [](const json::value& v, std::string& out) {
-      if (v.is_string()) out.assign(v.get_string().data(), v.get_string().size());
-    };
-    auto integer = [](const json::value& v) -> std::optional<int64_t> {
-      if (v.is_int64()) return v.get_int64();
-      if (v.is_uint64()) return static_cast<int64_t>(v.get_uint64());
-      return std::nullopt;
-    };
-    for (const auto& [key, value] : *source) {
-      if (key == "lsn") info.lsn = integer(value);
-      else if (key == "ts_ms") info.tsMs = integer(value).value_or(0);
-      else if (key == "txId") info.txId = integer(value);
-      else if (key == "table") str(value, info.table);
-      else if (key == "schema") str(value, info.schema);
-      else if (key == "db") str(value, info.db);
-      else if (key == "name") str(value, info.name);
-      else if (key == "connector") str(value, info.connector);
-      else if (key == "snapshot") {
-        if (value.is_string()) str(value, info.snapshot);
-        else if (value.is_bool()) info.snapshot = value.get_bool() ? "true" : "false";
-      } else if (key == "sequence" && value.is_string()) {
-        info.sequence.emplace(value.get_string().data(), value.get_string().size());
-      }
+  for (auto [kind, image, name, out] : {std::tuple{e.beforeKind, &e.before, "before", &env.before},
+                                        std::tuple{e.afterKind, &e.after, "after", &env.after}}) {
+    if (kind == Value::Kind::kNull) continue;
+    if (kind != Value::Kind::kObject) {
+      return parseError("wrong_type", std::string("'") + name + "' is a " + std::string(kindName(kind)) + ", not an object");
     }
+    *out = image;
+  }
+  if (e.hasSource && e.sourceKind == Value::Kind::kObject) {
+    env.source = std::move(e.source);
   } else if (env.op != Operation::kMessage) {
     return parseError("missing_field", "'source' is null or absent");
   }
-  if (schema) {
-    // The `after` (or `before`) field's struct schema describes the row's columns.
-    const json::object* afterSchema = findFieldSchema(schema, "after");
-    env.afterSchema = afterSchema ? afterSchema : findFieldSchema(schema, "before");
-  }
+  env.tsMs = e.tsMs.value_or(0);
+  if (which == 1) env.afterSchema = h.hasAfterSchema ? &h.afterSchema : h.hasBeforeSchema ? &h.beforeSchema : nullptr;
   return env;
 }
 
-std::optional<ParseError> decodeField(const json::object& row, const json::object* schema, std::string_view name,
+std::optional<ParseError> decodeField(const RowImage& row, const RowSchema* schema, std::string_view name,
                                       const ColumnOptions& options, Member& out, bool& present) {
-  auto it = row.find(name);
   present = false;
-  if (it == row.end() || it->value().is_null()) return std::nullopt;
-  const json::value& v = it->value();
-  if (v.is_string() && v.get_string() == "__debezium_unavailable_value") {
+  const Value* found = row.find(name);
+  if (!found || found->kind == Value::Kind::kNull) return std::nullopt;
+  const Value& v = *found;
+  if (v.kind == Value::Kind::kString && v.s == "__debezium_unavailable_value") {
     // An unchanged TOASTed value under REPLICA IDENTITY DEFAULT: not known, treated as absent.
     return std::nullopt;
   }
-  const json::object* field = findFieldSchema(schema, name);
+  const FieldSchema* field = schema ? schema->find(name) : nullptr;
+  using K = Value::Kind;
   std::optional<ParseError> error;
   std::visit(
       [&](auto& target) {
         using T = std::decay_t<decltype(target)>;
         if constexpr (std::is_same_v<T, int64_t> || std::is_same_v<T, int32_t>) {
           int64_t x;
-          if (v.is_int64()) x = v.get_int64();
-          else if (v.is_uint64() && v.get_uint64() <= static_cast<uint64_t>(INT64_MAX)) x = static_cast<int64_t>(v.get_uint64());
+          if (v.kind == K::kInt) x = v.i;
+          else if (v.kind == K::kUint && v.u <= static_cast<uint64_t>(INT64_MAX)) x = static_cast<int64_t>(v.u);
           else return void(error = wrongType(name, "an integer", v));
           if constexpr (std::is_same_v<T, int32_t>) {
-            if (x < INT32_MIN || x > INT32_MAX) return void(error = parseError("wrong_type", "column '" + std::string(name) + "': " + std::to_string(x) + " does not fit int32"));
+            if (x < INT32_MIN || x > INT32_MAX) {
+              return void(error = parseError("wrong_type", "column '" + std::string(name) + "': " + std::to_string(x) + " does not fit int32"));
+            }
           }
           target = static_cast<T>(x);
         } else if constexpr (std::is_same_v<T, bool>) {
-          if (!v.is_bool()) return void(error = wrongType(name, "a boolean", v));
-          target = v.get_bool();
+          if (v.kind != K::kBool) return void(error = wrongType(name, "a boolean", v));
+          target = v.b;
         } else if constexpr (std::is_same_v<T, double>) {
-          if (v.is_double()) target = v.get_double();
-          else if (v.is_int64()) target = static_cast<double>(v.get_int64());
+          if (v.kind == K::kDouble) target = v.d;
+          else if (v.kind == K::kInt) target = static_cast<double>(v.i);
           else return void(error = wrongType(name, "a number", v));
         } else if constexpr (std::is_same_v<T, std::string>) {
-          if (!v.is_string()) return void(error = wrongType(name, "a string", v));
-          target.assign(v.get_string().data(), v.get_string().size());
+          if (v.kind != K::kString) return void(error = wrongType(name, "a string", v));
+          target.assign(v.s);
         } else if constexpr (std::is_same_v<T, Decimal>) {
-          if (v.is_object()) {  // io.debezium.data.VariableScaleDecimal {"scale": 4, "value": "<base64>"}
-            const auto& o = v.get_object();
-            auto sc = o.find("scale");
-            auto val = o.find("value");
+          if (v.kind == K::kObject) {  // io.debezium.data.VariableScaleDecimal
             std::string bytes;
-            if (sc == o.end() || !sc->value().is_int64() || val == o.end() || !val->value().is_string() ||
-                !base64Decode(val->value().get_string(), bytes) ||
-                !unscaledToText(bytes, static_cast<int>(sc->value().get_int64()), target.text)) {
+            if (!v.scale || !v.scaledValue || !base64Decode(*v.scaledValue, bytes) ||
+                !unscaledToText(bytes, static_cast<int>(*v.scale), target.text)) {
               return void(error = parseError("wrong_type", "column '" + std::string(name) + "': malformed variable-scale decimal"));
             }
-          } else if (v.is_double()) {
+          } else if (v.kind == K::kDouble) {
             char buf[64];
-            auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v.get_double());
+            auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v.d);
             target.text.assign(buf, p);
-          } else if (v.is_int64()) {
-            target.text = std::to_string(v.get_int64());
-          } else if (v.is_string()) {
-            std::string_view s = v.get_string();
-            int scale = schemaScale(field);
+          } else if (v.kind == K::kInt) {
+            target.text = std::to_string(v.i);
+          } else if (v.kind == K::kString) {
+            std::string_view s = v.s;
+            int scale = field ? field->scale : -1;
             // Without a schema, a declared scale allows base64 (precise) values; decimal text is
             // still recognised: with a scale > 0 it always has a '.', which base64 never has.
             bool text = isDecimalText(s) && (s.find('.') != std::string_view::npos || options.decimalScale <= 0);
-            bool precise = schemaString(field, "type") == "bytes" || (!field && !text && options.decimalScale >= 0);
+            bool precise = (field && field->type == "bytes") || (!field && !text && options.decimalScale >= 0);
             if (precise) {
               if (scale < 0) scale = options.decimalScale;
               std::string bytes;
@@ -448,7 +851,7 @@ std::optional<ParseError> decodeField(const json::object& row, const json::objec
                 return void(error = parseError("wrong_type", "column '" + std::string(name) + "': malformed base64 decimal"));
               }
             } else if (isDecimalText(s)) {
-              target.text.assign(s.data(), s.size());
+              target.text.assign(s);
             } else {
               return void(error = parseError("wrong_type", "column '" + std::string(name) + "': '" + std::string(s.substr(0, 40)) +
                                                                "' is not a decimal (a precise decimal without a schema needs a declared scale)"));
@@ -457,27 +860,26 @@ std::optional<ParseError> decodeField(const json::object& row, const json::objec
             return void(error = wrongType(name, "a decimal", v));
           }
         } else if constexpr (std::is_same_v<T, Timestamp>) {
-          if (v.is_string()) {
-            if (!parseIsoTimestamp(v.get_string(), target)) {
-              return void(error = parseError("wrong_type", "column '" + std::string(name) + "': '" +
-                                                               std::string(v.get_string().subview(0, 40)) + "' is not a timestamp"));
+          if (v.kind == K::kString) {
+            if (!parseIsoTimestamp(v.s, target)) {
+              return void(error = parseError("wrong_type", "column '" + std::string(name) + "': '" + std::string(v.s.substr(0, 40)) +
+                                                               "' is not a timestamp"));
             }
-          } else if (v.is_int64()) {
-            std::string_view semantic = schemaString(field, "name");
-            int64_t x = v.get_int64();
+          } else if (v.kind == K::kInt) {
+            std::string_view semantic = field ? field->name : std::string_view();
             if (semantic == "io.debezium.time.Timestamp" || (semantic.empty() && options.integerTimestamp == IntegerTimestamp::kMillis)) {
-              target = {x * 1000, Timestamp::Special::kNone};
+              target = {v.i * 1000, Timestamp::Special::kNone};
             } else if (semantic == "io.debezium.time.NanoTimestamp") {
-              target = {x / 1000, Timestamp::Special::kNone};
+              target = {v.i / 1000, Timestamp::Special::kNone};
             } else {
-              target = {x, Timestamp::Special::kNone};
+              target = {v.i, Timestamp::Special::kNone};
             }
           } else {
             return void(error = wrongType(name, "a timestamp", v));
           }
         } else if constexpr (std::is_same_v<T, Date>) {
-          if (!v.is_int64() || v.get_int64() < INT32_MIN || v.get_int64() > INT32_MAX) return void(error = wrongType(name, "a date (days)", v));
-          target.days = static_cast<int32_t>(v.get_int64());
+          if (v.kind != K::kInt || v.i < INT32_MIN || v.i > INT32_MAX) return void(error = wrongType(name, "a date (days)", v));
+          target.days = static_cast<int32_t>(v.i);
         }
       },
       out);

@@ -26,11 +26,6 @@
 
 #include "dataflow/result.h"
 
-namespace boost::json {
-class value;
-class object;
-}  // namespace boost::json
-
 namespace dataflow::debezium {
 
 enum class Operation : char {
@@ -108,12 +103,17 @@ struct ChangeEvent {
 
 namespace detail {
 
+// A row image (`before` or `after`) and the embedded schema of its columns, as the streaming
+// parser extracted them; defined in change_event.cc.
+struct RowImage;
+struct RowSchema;
+
 // The parsed envelope, borrowed from a per-thread buffer that is reused for the next record.
 struct Envelope {
   Operation op;
-  const boost::json::object* before = nullptr;
-  const boost::json::object* after = nullptr;
-  const boost::json::object* afterSchema = nullptr;  // the `after` struct's schema, if embedded
+  const RowImage* before = nullptr;
+  const RowImage* after = nullptr;
+  const RowSchema* afterSchema = nullptr;  // the `after` struct's schema, if embedded
   SourceInfo source;
   int64_t tsMs = 0;
 };
@@ -131,7 +131,7 @@ using Member = std::variant<int64_t, int32_t, bool, double, std::string, Decimal
 
 // Decodes field `name` of `row` into `out` (which holds the target type). Returns an empty
 // optional on success, else the error. `present` tells whether the field was non-null.
-std::optional<ParseError> decodeField(const boost::json::object& row, const boost::json::object* schema,
+std::optional<ParseError> decodeField(const RowImage& row, const RowSchema* schema,
                                       std::string_view name, const ColumnOptions& options, Member& out,
                                       bool& present);
 
@@ -163,7 +163,7 @@ class TableMapping {
     event.tsMs = env.tsMs;
     if (env.op == Operation::kTruncate || env.op == Operation::kMessage) return event;
     const bool isDelete = env.op == Operation::kDelete;
-    const boost::json::object* image = isDelete ? env.before : env.after;
+    const detail::RowImage* image = isDelete ? env.before : env.after;
     if (!image) {
       return parseError("missing_field", std::string("'") + (isDelete ? "before" : "after") +
                                              "' is null or absent in a '" + std::string(toString(env.op)) +
