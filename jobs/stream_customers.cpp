@@ -34,11 +34,7 @@ int main(int argc, char** argv) {
                      .addListener(monitoring.metrics)
                      .foreachBatch([&](const dataflow::Batch<dataflow::postgres::UpsertRow>& batch,
                                        const dataflow::BatchInfo& info) {
-                       warehouse.writer->writeBatch(info, [&](dataflow::postgres::WarehouseTransaction& tx) {
-                         tx.upsert(dimCustomers, batch);
-                         tx.deadLetters(batch.deadLetters(), info);
-                       });
-                       monitoring.metrics->recordDeadLetters(batch.deadLetters());
+                       cdc::writeToWarehouse(warehouse, dimCustomers, batch, info, monitoring);
                      })
                      .start();
     monitoring.serve(config, query);

@@ -141,6 +141,16 @@ void Monitoring::serve(const JobConfig& config, const dataflow::StreamingQuery& 
   spdlog::info("{}: metrics on :{}/metrics, /healthz, /progress", config.queryName, config.metricsPort);
 }
 
+void writeToWarehouse(Warehouse& warehouse, const dataflow::postgres::UpsertTable& table,
+                      const dataflow::Batch<dataflow::postgres::UpsertRow>& batch, const dataflow::BatchInfo& info,
+                      Monitoring& monitoring) {
+  warehouse.writer->writeBatch(info, [&](dataflow::postgres::WarehouseTransaction& tx) {
+    tx.upsert(table, batch);
+    tx.deadLetters(batch.deadLetters(), info);
+  });
+  monitoring.metrics->recordDeadLetters(batch.deadLetters());
+}
+
 bool notTombstone(const dataflow::kafka::KafkaRecord& record) {
   if (record.hasValue) return true;
   tombstones.fetch_add(1, std::memory_order_relaxed);

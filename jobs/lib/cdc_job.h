@@ -74,6 +74,12 @@ struct Monitoring {
   void serve(const JobConfig& config, const dataflow::StreamingQuery& query);
 };
 
+// Writes a batch in one transaction: its rows into `table` (newest change per key, under the LSN
+// guard), its dead letters into dlq_events, and its checkpoint commit; then counts the dead letters.
+void writeToWarehouse(Warehouse& warehouse, const dataflow::postgres::UpsertTable& table,
+                      const dataflow::Batch<dataflow::postgres::UpsertRow>& batch, const dataflow::BatchInfo& info,
+                      Monitoring& monitoring);
+
 // Counts Debezium tombstones (null values after deletes): they are skipped, never dead letters.
 bool notTombstone(const dataflow::kafka::KafkaRecord& record);
 

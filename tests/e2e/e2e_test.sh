@@ -202,5 +202,35 @@ case "${1:-}" in
     echo "metrics: ok"
     ;;
 
-  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|signals|metrics" >&2; exit 2 ;;
+  schema_change)
+    # The original's own error test: the source schema changes while the jobs run.
+    start_dlq=$(dlq_count)
+    # New columns: ignored by the jobs (their mapping names the columns they need); nothing lost.
+    q "ALTER TABLE customers ADD COLUMN loyalty_points int DEFAULT 0" > /dev/null
+    q "ALTER TABLE orders ADD COLUMN channel text DEFAULT 'web'" > /dev/null
+    "$SIM" --ops 500 --rate 1000 --seed 31 > /dev/null 2>&1
+    verify 60
+    [[ $(dlq_count) == "$start_dlq" ]] || fail "new columns produced dead letters"
+    # A dropped optional column gives nulls.
+    q "ALTER TABLE customers DROP COLUMN country" > /dev/null
+    id=$(q "INSERT INTO customers (email) VALUES ('no-country-$$@example.com') RETURNING id")
+    wait_sql "SELECT coalesce(country, '<null>') || ' ' || email FROM dim_customers WHERE customer_id = $id" "<null> no-country-$$@example.com" 20
+    # A missing required column sends the event to the DLQ, with a clear error; the job keeps running.
+    q "ALTER TABLE customers DROP COLUMN email" > /dev/null
+    id2=$(q "INSERT INTO customers DEFAULT VALUES RETURNING id")
+    wait_sql "SELECT count(*) FROM dlq_events WHERE source_topic = 'dbserver1.public.customers' AND error_kind = 'missing_field' AND error_message LIKE '%''email''%' AND record_key = convert_to('{\"id\":$id2}', 'UTF8')" 1 20
+    oid=$(q "INSERT INTO orders (customer_id, amount) VALUES ($id, 5.00) RETURNING id")
+    wait_sql "SELECT amount FROM fact_orders WHERE order_id = $oid" 5.00 20
+    # Restore the source schema for the tests that follow; the backfilled values flow through.
+    q "ALTER TABLE customers ADD COLUMN email text, ADD COLUMN country text" > /dev/null
+    q "UPDATE customers SET email = 'user' || id || '@example.com'" > /dev/null
+    q "ALTER TABLE customers ALTER COLUMN email SET NOT NULL, ADD CONSTRAINT customers_email_key UNIQUE (email)" > /dev/null
+    q "ALTER TABLE customers DROP COLUMN loyalty_points" > /dev/null
+    q "ALTER TABLE orders DROP COLUMN channel" > /dev/null
+    verify 90
+    "$JOBS" status | grep -c running | grep -q 2 || fail "a job stopped during the schema changes"
+    echo "schema_change: ok"
+    ;;
+
+  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|metrics|schema_change|signals" >&2; exit 2 ;;
 esac
