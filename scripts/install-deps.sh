@@ -14,7 +14,7 @@ build_packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   librdkafka-dev libpq-dev libspdlog-dev libfmt-dev libcli11-dev
   python3 python3-jsonschema python3-yaml python3-prometheus-client prometheus-cpp-dev libcpp-httplib-dev
-  clang-14 libclang-rt-14-dev
+  clang-14 libclang-rt-14-dev chromium
   postgresql-15 postgresql-client-15
 )
 stack_packages=(

@@ -11,7 +11,8 @@
 // A job that exits non-zero (or dies by a signal) is restarted with exponential backoff (1 s up to
 // 60 s, reset after a minute of uptime); one that exits 0 is done. On SIGTERM/SIGINT the supervisor
 // sends SIGTERM to every job, waits for them (their running batch commits), then exits 0. As PID 1
-// it also reaps orphaned processes.
+// it also reaps orphaned processes. With DATAFLOW_UI_PORT it serves a status page (see
+// status_page.h); with DATAFLOW_METRICS_BASE_PORT each job gets METRICS_PORT = base, base+1, ...
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -22,8 +23,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <httplib.h>
+
 #include <boost/json.hpp>
-#include <boost/json/src.hpp>  // header-only use: the supervisor links nothing else
+#include <boost/json/src.hpp>  // header-only use: one library less to link
+
+#include "status_page.h"
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -32,6 +37,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -149,6 +155,7 @@ int clientLogs(const fs::path& home, const std::string& name, bool follow) {
 
 struct Job {
   std::string name;
+  int metricsPort = 0;  // given to the job as METRICS_PORT; the status page reads it
   std::vector<std::string> argv;  // argv[0] is the program path
   pid_t pid = 0;
   std::string state;  // running, stopping, restarting, finished, stopped
@@ -171,6 +178,7 @@ class Supervisor {
     sigprocmask(SIG_BLOCK, &mask, nullptr);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     int lfd = listenSocket();
+    startStatusPage();
     std::cerr << "dataflow supervise: listening on " << socketPath(home_) << ", jobs from " << jobs_ << "\n";
     bool shuttingDown = false;
     Clock::time_point shutdownDeadline{};
@@ -178,6 +186,7 @@ class Supervisor {
       int timeout = 1000;
       pollfd fds[2] = {{sfd, POLLIN, 0}, {lfd, POLLIN, 0}};
       ::poll(fds, shuttingDown ? 1 : 2, timeout);
+      std::lock_guard lock(mu_);
       if (fds[0].revents & POLLIN) {
         signalfd_siginfo si;
         while (::read(sfd, &si, sizeof si) == sizeof si) {
@@ -207,6 +216,10 @@ class Supervisor {
       restartDue();
     }
     ::close(lfd);
+    if (ui_.thread.joinable()) {
+      ui_.server.stop();
+      ui_.thread.join();
+    }
     fs::remove(socketPath(home_));
     std::cerr << "dataflow supervise: every job stopped\n";
     return 0;
@@ -258,7 +271,8 @@ class Supervisor {
         std::string command;
         for (const auto& a : job.argv) command += (command.empty() ? "" : " ") + a;
         list.push_back(json::object{{"name", name}, {"state", job.state}, {"pid", job.pid},
-                                    {"restarts", job.restarts}, {"lastExit", job.lastExit}, {"command", command}});
+                                    {"restarts", job.restarts}, {"lastExit", job.lastExit}, {"command", command},
+                                    {"metricsPort", job.metricsPort}});
       }
       return {{"jobs", list}};
     }
@@ -274,10 +288,12 @@ class Supervisor {
       if (auto it = jobs.find(name); it != jobs.end() && it->second.pid > 0) {
         return {{"error", "submit: job '" + name + "' is already running (pid " + std::to_string(it->second.pid) + ")"}};
       }
+      int keepPort = jobs.count(name) ? jobs[name].metricsPort : 0;
       Job& job = jobs[name];
       job = Job{};
       job.name = name;
       job.argv = argv;
+      job.metricsPort = keepPort ? keepPort : nextMetricsPort();
       spawn(job);
       return {{"message", "submitted " + name + " (pid " + std::to_string(job.pid) + ", log " +
                               (home_ / "logs" / (name + ".log")).string() + ")"}};
@@ -310,6 +326,7 @@ class Supervisor {
         ::dup2(fd, 2);
         ::close(fd);
       }
+      if (job.metricsPort > 0) ::setenv("METRICS_PORT", std::to_string(job.metricsPort).c_str(), 1);
       int devnull = ::open("/dev/null", O_RDONLY);
       if (devnull >= 0) ::dup2(devnull, 0);
       std::vector<char*> args;
@@ -369,8 +386,63 @@ class Supervisor {
     }
   }
 
+  // The status page: / (HTML) and /api/jobs (jobs, with each running job's recent progress and
+  // dead letters fetched from its /progress and /deadletters). Port: DATAFLOW_UI_PORT (0 = off).
+  void startStatusPage() {
+    const char* p = std::getenv("DATAFLOW_UI_PORT");
+    int port = p ? std::atoi(p) : 0;
+    if (port <= 0) return;
+    ui_.server.Get("/", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(dataflow::supervisor::kStatusPage, "text/html; charset=utf-8");
+    });
+    ui_.server.Get("/api/jobs", [this](const httplib::Request&, httplib::Response& res) {
+      json::array out;
+      {
+        std::lock_guard lock(mu_);
+        out = handle({{"cmd", "list"}}).at("jobs").as_array();
+      }
+      for (auto& j : out) {
+        auto& o = j.as_object();
+        int mport = static_cast<int>(o.at("metricsPort").as_int64());
+        if (o.at("pid").as_int64() <= 0 || mport <= 0) continue;
+        httplib::Client client("127.0.0.1", mport);
+        client.set_connection_timeout(0, 300000);
+        client.set_read_timeout(1, 0);
+        for (const char* path : {"/progress", "/deadletters"}) {
+          if (auto r = client.Get(path); r && r->status == 200) {
+            json::error_code ec;
+            auto v = json::parse(r->body, ec);
+            if (!ec) o[std::string(path) == "/progress" ? "progress" : "deadLetters"] = std::move(v);
+          }
+        }
+      }
+      res.set_content(json::serialize(out), "application/json");
+    });
+    if (!ui_.server.bind_to_port("0.0.0.0", port)) die("status page: port " + std::to_string(port) + " is not available");
+    ui_.thread = std::thread([this] { ui_.server.listen_after_bind(); });
+    std::cerr << "dataflow supervise: status page on http://0.0.0.0:" << port << "/\n";
+  }
+
+  int nextMetricsPort() {
+    const char* b = std::getenv("DATAFLOW_METRICS_BASE_PORT");
+    int base = b ? std::atoi(b) : 0;
+    if (base <= 0) return 0;
+    int port = base;
+    for (bool taken = true; taken; ++port) {
+      taken = false;
+      for (const auto& [n, j] : jobs) taken = taken || j.metricsPort == port;
+      if (!taken) return port;
+    }
+    return 0;
+  }
+
   fs::path home_, jobs_;
   std::map<std::string, Job> jobs;
+  std::mutex mu_;  // jobs, between the main loop and the status page's thread
+  struct {
+    httplib::Server server;
+    std::thread thread;
+  } ui_;
 };
 
 void usage() {

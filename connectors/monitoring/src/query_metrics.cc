@@ -9,7 +9,10 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <boost/json.hpp>
+
 #include <chrono>
+#include <deque>
 #include <mutex>
 
 #include "dataflow/error.h"
@@ -40,6 +43,7 @@ struct QueryMetrics::Impl {
       .Name("dataflow_query_start_time_seconds").Help("When this run started (resets() counts restarts)").Register(*registry);
   std::mutex mu;
   std::string name = "unnamed";
+  std::deque<DeadLetter> recent;  // without payloads
 
   static prometheus::Histogram::BucketBoundaries buckets() {
     return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
@@ -88,7 +92,23 @@ void QueryMetrics::onQueryProgress(const QueryProgress& p) {
 void QueryMetrics::recordDeadLetters(std::span<const DeadLetter> letters) {
   if (letters.empty()) return;
   std::lock_guard lock(impl_->mu);
-  for (const auto& d : letters) impl_->deadLetters.Add({{"query", impl_->name}, {"kind", d.errorKind}}).Increment();
+  for (const auto& d : letters) {
+    impl_->deadLetters.Add({{"query", impl_->name}, {"kind", d.errorKind}}).Increment();
+    DeadLetter brief{.topic = d.topic, .partition = d.partition, .offset = d.offset,
+                     .errorKind = d.errorKind, .errorMessage = d.errorMessage.substr(0, 300)};
+    impl_->recent.push_back(std::move(brief));
+    if (impl_->recent.size() > 20) impl_->recent.pop_front();
+  }
+}
+
+std::string QueryMetrics::recentDeadLettersJson() const {
+  std::lock_guard lock(impl_->mu);
+  boost::json::array out;
+  for (const auto& d : impl_->recent) {
+    out.push_back(boost::json::object{{"topic", d.topic}, {"partition", d.partition}, {"offset", d.offset},
+                                      {"kind", d.errorKind}, {"message", d.errorMessage}});
+  }
+  return boost::json::serialize(out);
 }
 
 std::string QueryMetrics::scrape() const {
@@ -124,6 +144,9 @@ MonitoringServer::MonitoringServer(const QueryMetrics& metrics, const StreamingQ
       first = false;
     }
     res.set_content(body + "]", "application/json");
+  });
+  s.Get("/deadletters", [&metrics](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics.recentDeadLettersJson(), "application/json");
   });
   if (!s.bind_to_port(options.host, options.port)) {
     throw ConfigurationError("metrics port " + std::to_string(options.port) + " on " + options.host + " is not available");

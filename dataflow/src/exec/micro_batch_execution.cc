@@ -302,7 +302,8 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
       lastTriggerEnd_ == Clock::time_point{}
           ? 0.0
           : std::chrono::duration<double>(Clock::now() - lastTriggerEnd_).count();
-  double execSeconds = std::max(1e-6, durations["triggerExecution"] / 1000.0);
+  // From the clock, not the rounded milliseconds: a sub-millisecond batch would divide by zero.
+  double execSeconds = std::max(1e-6, std::chrono::duration<double>(Clock::now() - triggerStart).count());
   for (size_t i = 0; i < plan_.sources.size(); ++i) {
     SourceProgress sp;
     sp.description = entry.sources[i].description;

@@ -1,5 +1,6 @@
 // Prometheus metrics and an HTTP endpoint for a running query: /metrics (Prometheus text format),
-// /healthz (200 while the query is active) and /progress (its recent progress records as JSON).
+// /healthz (200 while the query is active), /progress (its recent progress records as JSON) and
+// /deadletters (the latest dead letters, for the supervisor's status page).
 //
 //   auto metrics = std::make_shared<monitoring::QueryMetrics>();
 //   writer.addListener(metrics);                       // rows, batch durations, lag, commits
@@ -38,6 +39,9 @@ class QueryMetrics final : public QueryListener {
 
   // The metrics in Prometheus' text exposition format.
   std::string scrape() const;
+  // The latest dead letters (at most 20, newest last) as a JSON array: topic, partition, offset,
+  // kind, message. Payloads are not included.
+  std::string recentDeadLettersJson() const;
 
  private:
   struct Impl;
