@@ -56,6 +56,13 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
       ->envname("KAFKA_LAG_GROUP");
   app.add_option("--metrics-port", c.metricsPort, "Serve /metrics, /healthz and /progress on this port (0: off)")
       ->envname("METRICS_PORT")->default_val(0)->check(CLI::Range(0, 65535));
+  app.add_option("--connect-url", c.connectUrl, "Kafka Connect REST URL: watch the connector's state")->envname("CONNECT_URL");
+  app.add_option("--connector", c.connectorName, "Debezium connector to watch")->envname("CDC_CONNECTOR")->default_val("postgres-cdc");
+  app.add_option("--slot", c.slotName, "Replication slot to watch")->envname("CDC_SLOT")->default_val("dataflow_cdc");
+  app.add_option("--source-health-interval-ms", c.sourceHealthIntervalMs, "How often the source side is checked (0: never)")
+      ->envname("SOURCE_HEALTH_INTERVAL_MS")->default_val(10000)->check(kNonNegative);
+  app.add_option("--slot-lag-alert-bytes", c.slotLagAlertBytes, "Warn when the slot lags more than this and keeps growing")
+      ->envname("SLOT_LAG_ALERT_BYTES")->default_val(int64_t{512} << 20)->check(kNonNegative);
   std::vector<std::string> kafkaOptions;
   app.add_option("--kafka-option", kafkaOptions, "librdkafka property key=value (TLS, SASL, ...); repeatable");
   std::string logLevel;
@@ -135,6 +142,18 @@ Warehouse openWarehouse(const JobConfig& c) {
 }
 
 void Monitoring::serve(const JobConfig& config, const dataflow::StreamingQuery& query) {
+  if (config.sourceHealthIntervalMs > 0) {
+    SourceHealthOptions o;
+    o.source = dataflow::postgres::ConnectionConfig::fromEnvironment();
+    if (!config.pgUrl.empty()) o.source.conninfo = config.pgUrl;
+    o.source.applicationName = config.queryName + "-source-health";
+    o.slot = config.slotName;
+    o.connectUrl = config.connectUrl;
+    o.connector = config.connectorName;
+    o.interval = std::chrono::milliseconds(config.sourceHealthIntervalMs);
+    o.lagAlertBytes = config.slotLagAlertBytes;
+    sourceHealth = std::make_unique<SourceHealthWatcher>(o, metrics);
+  }
   if (config.metricsPort == 0) return;
   server = std::make_unique<dataflow::monitoring::MonitoringServer>(*metrics, query,
                                                                      dataflow::monitoring::MonitoringServerOptions{.port = config.metricsPort});

@@ -6,6 +6,8 @@
 #include <dataflow/dataflow.h>
 #include <dataflow/kafka/kafka_source.h>
 #include <dataflow/monitoring/query_metrics.h>
+
+#include "lib/source_health.h"
 #include <dataflow/postgres/warehouse.h>
 
 #include <map>
@@ -44,6 +46,11 @@ struct JobConfig {
   bool availableNow = false;              // --available-now: drain what exists, then exit
   std::string commitOffsetsToGroup;       // KAFKA_LAG_GROUP: expose lag to a consumer group
   int metricsPort = 0;                    // METRICS_PORT: /metrics, /healthz, /progress; 0 = off
+  std::string connectUrl;                 // CONNECT_URL: watch the Debezium connector's state
+  std::string connectorName;              // CDC_CONNECTOR, default postgres-cdc
+  std::string slotName;                   // CDC_SLOT, default dataflow_cdc
+  int64_t sourceHealthIntervalMs = 10000; // SOURCE_HEALTH_INTERVAL_MS; 0 = off
+  int64_t slotLagAlertBytes = 0;          // SLOT_LAG_ALERT_BYTES, default 512 MiB
   std::map<std::string, std::string> kafkaOptions;  // --kafka-option key=value (librdkafka)
 
   // Parses flags over environment variables. Prints help and exits 0 for --help; prints an error
@@ -68,8 +75,10 @@ struct Warehouse {
 Warehouse openWarehouse(const JobConfig& config);
 
 // Prometheus metrics of the query and, with METRICS_PORT, their HTTP endpoint.
+// Also watches the source side (slot lag, connector state) unless SOURCE_HEALTH_INTERVAL_MS=0.
 struct Monitoring {
   std::shared_ptr<dataflow::monitoring::QueryMetrics> metrics = std::make_shared<dataflow::monitoring::QueryMetrics>();
+  std::unique_ptr<SourceHealthWatcher> sourceHealth;
   std::unique_ptr<dataflow::monitoring::MonitoringServer> server;
   void serve(const JobConfig& config, const dataflow::StreamingQuery& query);
 };

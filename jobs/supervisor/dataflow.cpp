@@ -408,11 +408,11 @@ class Supervisor {
         httplib::Client client("127.0.0.1", mport);
         client.set_connection_timeout(0, 300000);
         client.set_read_timeout(1, 0);
-        for (const char* path : {"/progress", "/deadletters"}) {
+        for (auto [path, field] : {std::pair{"/progress", "progress"}, {"/deadletters", "deadLetters"}, {"/source", "source"}}) {
           if (auto r = client.Get(path); r && r->status == 200) {
             json::error_code ec;
             auto v = json::parse(r->body, ec);
-            if (!ec) o[std::string(path) == "/progress" ? "progress" : "deadLetters"] = std::move(v);
+            if (!ec) o[field] = std::move(v);
           }
         }
       }

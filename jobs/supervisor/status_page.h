@@ -58,6 +58,8 @@ async function refresh() {
         <span class="kpi"><b>${Math.round(last.processedRowsPerSecond || 0)}</b>processed rows/s</span>
         <span class="kpi"><b>${lagOf(last)}</b>offsets behind latest</span>
         <span class="kpi"><b>${deadTotal}</b>dead letters (recent batches)</span>
+        ${j.source && j.source.slot ? `<span class="kpi"><b>${j.source.slotLagBytes}</b>slot ${esc(j.source.slot)} lag (bytes)</span>` : ''}
+        ${j.source && j.source.connector ? `<span class="kpi"><b class="${j.source.connectorState === 'RUNNING' ? 'state-running' : 'err'}">${esc(j.source.connectorState)}</b>connector ${esc(j.source.connector)}</span>` : ''}
         ${chart(progress)}
         <table><thead><tr><th>batch</th><th>trigger</th><th>rows in</th><th>rows out</th><th>dead letters</th><th>duration</th><th>lag</th></tr></thead><tbody>${batches}</tbody></table>
         <div><b>latest dead letters</b>${errors || '<div class="sub">none</div>'}</div></div>`);

@@ -199,6 +199,18 @@ case "${1:-}" in
     [[ $(scrape dataflow_offsets_behind_latest stat=max) == 0 ]] || fail "lag not 0 after catching up"
     curl -sf "$url/progress" | jq -e 'length > 0 and .[-1].name == "orders-cdc-warehouse" and (.[-1].sources[0].metrics.maxOffsetsBehindLatest | length) > 0' > /dev/null \
       || fail "/progress"
+    # Source-side health: slot lag and connector state, and a stopped connector reported.
+    [[ $(scrape dataflow_source_slot_active slot=dataflow_cdc) == 1 ]] || fail "slot not reported active"
+    [[ $(scrape dataflow_source_slot_lag_bytes slot=dataflow_cdc) -ge 0 ]] || fail "no slot lag"
+    [[ $(scrape dataflow_source_connector_running connector=postgres-cdc) == 1 ]] || fail "connector not reported running"
+    curl -sf -X PUT "$CONNECT_URL/connectors/postgres-cdc/pause" > /dev/null
+    for _ in $(seq 1 50); do [[ $(scrape dataflow_source_connector_running connector=postgres-cdc) == 0 ]] && break; sleep 0.2; done
+    [[ $(scrape dataflow_source_connector_running connector=postgres-cdc) == 0 ]] || fail "a paused connector is not reported"
+    grep -q "connector 'postgres-cdc' is PAUSED" "$DATAFLOW_STATE_DIR/jobs/stream_orders.log" || fail "no warning for the paused connector"
+    curl -sf -X PUT "$CONNECT_URL/connectors/postgres-cdc/resume" > /dev/null
+    for _ in $(seq 1 100); do [[ $(scrape dataflow_source_connector_running connector=postgres-cdc) == 1 ]] && break; sleep 0.2; done
+    [[ $(scrape dataflow_source_connector_running connector=postgres-cdc) == 1 ]] || fail "connector not running again"
+    curl -sf "$url/source" | jq -e '.connectorState == "RUNNING" and .slot == "dataflow_cdc"' > /dev/null || fail "/source"
     echo "metrics: ok"
     ;;
 

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <deque>
 #include <mutex>
+#include <optional>
 
 #include "dataflow/error.h"
 
@@ -41,6 +42,15 @@ struct QueryMetrics::Impl {
       .Name("dataflow_query_active").Help("1 while the query runs").Register(*registry);
   prometheus::Family<prometheus::Gauge>& startTime = prometheus::BuildGauge()
       .Name("dataflow_query_start_time_seconds").Help("When this run started (resets() counts restarts)").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& slotLag = prometheus::BuildGauge()
+      .Name("dataflow_source_slot_lag_bytes").Help("WAL not yet confirmed by the replication slot (-1: no slot)").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& slotActive = prometheus::BuildGauge()
+      .Name("dataflow_source_slot_active").Help("1 while a consumer (Debezium) holds the slot").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& connectorRunning = prometheus::BuildGauge()
+      .Name("dataflow_source_connector_running").Help("1 when the connector and all its tasks are RUNNING").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& failedTasks = prometheus::BuildGauge()
+      .Name("dataflow_source_connector_failed_tasks").Help("Connector tasks in state FAILED").Register(*registry);
+  std::optional<SourceHealth> health;
   std::mutex mu;
   std::string name = "unnamed";
   std::deque<DeadLetter> recent;  // without payloads
@@ -101,6 +111,28 @@ void QueryMetrics::recordDeadLetters(std::span<const DeadLetter> letters) {
   }
 }
 
+void QueryMetrics::recordSourceHealth(const SourceHealth& h) {
+  std::lock_guard lock(impl_->mu);
+  if (!h.slot.empty()) {
+    impl_->slotLag.Add({{"slot", h.slot}}).Set(static_cast<double>(h.slotLagBytes));
+    impl_->slotActive.Add({{"slot", h.slot}}).Set(h.slotActive ? 1 : 0);
+  }
+  if (!h.connector.empty()) {
+    impl_->connectorRunning.Add({{"connector", h.connector}}).Set(h.connectorState == "RUNNING" && h.failedTasks == 0 ? 1 : 0);
+    impl_->failedTasks.Add({{"connector", h.connector}}).Set(h.failedTasks);
+  }
+  impl_->health = h;
+}
+
+std::string QueryMetrics::sourceHealthJson() const {
+  std::lock_guard lock(impl_->mu);
+  if (!impl_->health) return "{}";
+  const auto& h = *impl_->health;
+  return boost::json::serialize(boost::json::object{{"slot", h.slot}, {"slotLagBytes", h.slotLagBytes}, {"slotActive", h.slotActive},
+                                                    {"connector", h.connector}, {"connectorState", h.connectorState},
+                                                    {"failedTasks", h.failedTasks}});
+}
+
 std::string QueryMetrics::recentDeadLettersJson() const {
   std::lock_guard lock(impl_->mu);
   boost::json::array out;
@@ -144,6 +176,9 @@ MonitoringServer::MonitoringServer(const QueryMetrics& metrics, const StreamingQ
       first = false;
     }
     res.set_content(body + "]", "application/json");
+  });
+  s.Get("/source", [&metrics](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics.sourceHealthJson(), "application/json");
   });
   s.Get("/deadletters", [&metrics](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics.recentDeadLettersJson(), "application/json");

@@ -1,6 +1,7 @@
 // Prometheus metrics and an HTTP endpoint for a running query: /metrics (Prometheus text format),
 // /healthz (200 while the query is active), /progress (its recent progress records as JSON) and
-// /deadletters (the latest dead letters, for the supervisor's status page).
+// /deadletters (the latest dead letters) and /source (source-side health), for the supervisor's
+// status page.
 //
 //   auto metrics = std::make_shared<monitoring::QueryMetrics>();
 //   writer.addListener(metrics);                       // rows, batch durations, lag, commits
@@ -39,6 +40,20 @@ class QueryMetrics final : public QueryListener {
 
   // The metrics in Prometheus' text exposition format.
   std::string scrape() const;
+  // Source-side health (CDC): replication slot lag in bytes (-1: slot missing), whether the slot is
+  // in use, and the state of the Debezium connector and its tasks ("" when not watched).
+  struct SourceHealth {
+    std::string slot;
+    int64_t slotLagBytes = -1;
+    bool slotActive = false;
+    std::string connector;
+    std::string connectorState;  // RUNNING, PAUSED, FAILED, UNASSIGNED, or "unreachable"
+    int failedTasks = 0;
+  };
+  void recordSourceHealth(const SourceHealth& health);
+  // The latest SourceHealth as JSON ({} before the first check).
+  std::string sourceHealthJson() const;
+
   // The latest dead letters (at most 20, newest last) as a JSON array: topic, partition, offset,
   // kind, message. Payloads are not included.
   std::string recentDeadLettersJson() const;
