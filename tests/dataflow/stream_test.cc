@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -182,6 +183,32 @@ TEST(StreamConcepts, AcceptMatchingAndRejectMismatchedLambdas) {
   auto batchFn = [](const Batch<int>&, const BatchInfo&) {};
   static_assert(BatchFunction<decltype(batchFn), int>);
   static_assert(!BatchFunction<decltype(batchFn), std::string>);
+}
+
+}  // namespace
+}  // namespace dataflow
+
+namespace dataflow {
+namespace {
+
+TEST(ConsoleSink, PrintsTheBatchHeaderRowsAndDeadLetters) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<std::string>>("console");
+  in->addData({"1", "x", "3"});
+  std::ostringstream out;
+  auto sink = std::make_shared<ConsoleSink<int>>(ConsoleSinkOptions{.numRows = 1}, out);
+  session.readStream(in)
+      .parse([](const std::string& s) -> Result<int> {
+        if (s == "x") return parseError("nan", "not a number");
+        return std::stoi(s);
+      })
+      .deadLettersHandledBySink()
+      .writeStream().trigger(Trigger::once()).sink(sink).start().awaitTermination();
+  std::string text = out.str();
+  EXPECT_NE(text.find("Batch: 0"), std::string::npos) << text;
+  EXPECT_NE(text.find("\n1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("only showing top 1 rows"), std::string::npos) << text;
+  EXPECT_NE(text.find("nan: not a number"), std::string::npos) << text;
 }
 
 }  // namespace
