@@ -42,7 +42,7 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
                  "Where a new query starts: earliest (backfill: snapshot + history), latest, or Spark JSON")
       ->envname("STARTING_OFFSETS")->default_val("earliest");
   app.add_option("--max-offsets-per-trigger", c.maxOffsetsPerTrigger, "Records per batch at most (0: unlimited)")
-      ->envname("MAX_OFFSETS_PER_TRIGGER")->default_val(20000)->check(kNonNegative);
+      ->envname("MAX_OFFSETS_PER_TRIGGER")->default_val(40000)->check(kNonNegative);
   app.add_option("--trigger-interval-ms", c.triggerIntervalMs, "Batch interval (0: next batch as soon as possible)")
       ->envname("TRIGGER_INTERVAL_MS")->default_val(0)->check(kNonNegative);
   app.add_option("--checkpoint-dir", c.checkpointDir,

@@ -38,7 +38,7 @@ struct JobConfig {
   std::vector<std::string> topics;
   std::string topicPattern;
   std::string startingOffsets;            // STARTING_OFFSETS, default earliest (backfill)
-  int64_t maxOffsetsPerTrigger = 0;       // MAX_OFFSETS_PER_TRIGGER, default 20000
+  int64_t maxOffsetsPerTrigger = 0;       // MAX_OFFSETS_PER_TRIGGER, default 40000 (measured: bench/README.md)
   int64_t triggerIntervalMs = 0;          // TRIGGER_INTERVAL_MS, default 0 (as soon as possible)
   std::string checkpointDir;              // CHECKPOINT_DIR; empty: the PostgreSQL store
   std::string pgUrl;                      // PG_URL (else PG_HOST, PG_PORT, PG_DB, PG_USER, PG_PASSWORD[_FILE])
