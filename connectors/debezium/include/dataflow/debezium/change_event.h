@@ -221,7 +221,4 @@ class TableMapping {
   std::vector<Column> columns_;
 };
 
-// True when a Kafka record value is a Debezium tombstone (null value after a delete).
-inline bool isTombstone(bool hasValue) { return !hasValue; }
-
 }  // namespace dataflow::debezium
