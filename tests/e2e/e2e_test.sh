@@ -179,6 +179,47 @@ case "${1:-}" in
     echo "multi_table: ok"
     ;;
 
+  schema_on)
+    # The same jobs on events with the embedded schema and precise (base64) decimals, the
+    # JsonConverter's defaults, across a schema change: a second connector with those settings
+    # snapshots the tables, a column is added, more changes follow, and the multi-table job loads
+    # everything from the beginning: no dead letter, the warehouse still equals the source.
+    start_dlq=$(dlq_count)
+    jq --arg port "$PGPORT" '.config + {"topic.prefix": "schemaon", "slot.name": "schema_on", "publication.name": "schema_on",
+         "database.hostname": "127.0.0.1", "database.port": $port, "database.user": "postgres", "database.password": "postgres",
+         "database.dbname": "appdb", "decimal.handling.mode": "precise", "key.converter.schemas.enable": "true",
+         "value.converter.schemas.enable": "true"}' "$ROOT/scripts/cdc/debezium-connector.json" |
+      curl -sf -X PUT -H 'Content-Type: application/json' --data @- "$CONNECT_URL/connectors/schema-on/config" > /dev/null
+    wait_topic_count() {  # topic expected-records
+      local n=0
+      for _ in $(seq 1 300); do
+        n=$(kcat -b "$KAFKA_BOOTSTRAP" -C -t "$1" -o beginning -e -q -f 'x\n' 2>/dev/null | wc -l) || true
+        ((n >= $2)) && return 0
+        sleep 0.2
+      done
+      fail "$1 has $n records, expected $2"
+    }
+    wait_topic_count schemaon.public.orders "$(q "SELECT count(*) FROM orders")"
+    q "ALTER TABLE orders ADD COLUMN note text" > /dev/null
+    "$SIM" --ops 300 --rate 1000 --seed 53 > /dev/null 2>&1
+    verify 60
+    kcat -b "$KAFKA_BOOTSTRAP" -C -t schemaon.public.orders -o beginning -c 1 -e -q -f '%s\n' | jq -e '.schema and .payload' > /dev/null \
+      || fail "the schema-on topic has no embedded schema"
+    sleep 2
+    CDC_TOPIC_PATTERN='schemaon\.public\..*' QUERY_NAME=schema-on-e2e timeout 120 "$BUILD/jobs/stream_all_tables" --available-now \
+      > "$DATA/schema_on.log" 2>&1 || fail "the schema-on run failed: $(tail -n 3 "$DATA/schema_on.log")"
+    loaded=$(grep -o 'batch [0-9]*: [0-9]* rows in' "$DATA/schema_on.log" | awk '{s += $3} END {print s + 0}')
+    ((loaded > 0)) || fail "nothing loaded from the schema-on topics"
+    [[ $(dlq_count) == "$start_dlq" ]] || fail "schema-on events went to the DLQ: $(q "SELECT error_kind, error_message FROM dlq_events ORDER BY id DESC LIMIT 3")"
+    verify 30
+    curl -sf -X DELETE "$CONNECT_URL/connectors/schema-on" > /dev/null
+    for _ in $(seq 1 50); do [[ -z $(q "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'schema_on' AND active") ]] && break; sleep 0.2; done
+    q "SELECT pg_drop_replication_slot('schema_on')" > /dev/null
+    q "DROP PUBLICATION IF EXISTS schema_on" > /dev/null
+    q "ALTER TABLE orders DROP COLUMN note" > /dev/null
+    echo "schema_on: ok ($loaded schema-carrying events loaded)"
+    ;;
+
   signals)
     # SIGTERM and SIGINT stop a job gracefully with exit code 0; bad flags exit 2 naming the flag.
     "$JOBS" stop > /dev/null
@@ -295,5 +336,5 @@ case "${1:-}" in
     echo "schema_change: ok"
     ;;
 
-  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|metrics|partitions|schema_change|signals" >&2; exit 2 ;;
+  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|metrics|partitions|schema_change|schema_on|signals" >&2; exit 2 ;;
 esac
