@@ -327,6 +327,7 @@ class Supervisor {
         ::close(fd);
       }
       if (job.metricsPort > 0) ::setenv("METRICS_PORT", std::to_string(job.metricsPort).c_str(), 1);
+      ::setenv("DATAFLOW_RESTARTS", std::to_string(job.restarts).c_str(), 1);  // exported as a metric
       int devnull = ::open("/dev/null", O_RDONLY);
       if (devnull >= 0) ::dup2(devnull, 0);
       std::vector<char*> args;

@@ -266,6 +266,8 @@ case "${1:-}" in
     [[ $(scrape dataflow_dead_letters_total kind=truncated_json) -ge 1 ]] || fail "no truncated_json dead letter by kind"
     scrape dataflow_batch_duration_seconds_count > /dev/null
     [[ $(scrape dataflow_offsets_behind_latest stat=max) == 0 ]] || fail "lag not 0 after catching up"
+    [[ $(scrape dataflow_partition_offsets_behind_latest partition=dbserver1.public.orders-0) == 0 ]] || fail "no per-partition lag"
+    [[ $(scrape dataflow_job_restarts) == 0 ]] || fail "no restarts gauge"
     curl -sf "$url/progress" | jq -e 'length > 0 and .[-1].name == "orders-cdc-warehouse" and (.[-1].sources[0].metrics.maxOffsetsBehindLatest | length) > 0' > /dev/null \
       || fail "/progress"
     # Source-side health: slot lag and connector state, and a stopped connector reported.

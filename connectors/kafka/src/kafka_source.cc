@@ -461,9 +461,14 @@ SourceMetrics KafkaSource::metrics(const Offsets& end, const Offsets& latest) {
   }
   char avg[32];
   std::snprintf(avg, sizeof avg, "%.1f", static_cast<double>(total) / static_cast<double>(latest.partitions().size()));
-  return {{"minOffsetsBehindLatest", std::to_string(minBehind)},
-          {"maxOffsetsBehindLatest", std::to_string(maxBehind)},
-          {"avgOffsetsBehindLatest", avg}};
+  SourceMetrics out{{"minOffsetsBehindLatest", std::to_string(minBehind)},
+                    {"maxOffsetsBehindLatest", std::to_string(maxBehind)},
+                    {"avgOffsetsBehindLatest", avg}};
+  // And per partition, for dashboards: "offsetsBehindLatest.<topic>-<partition>".
+  for (const auto& [p, high] : latest.partitions()) {
+    out.emplace_back("offsetsBehindLatest." + p.toString(), std::to_string(std::max<int64_t>(0, high - end.get(p, 0))));
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------- sink

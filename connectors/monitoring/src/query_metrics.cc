@@ -12,6 +12,7 @@
 #include <boost/json.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -36,6 +37,10 @@ struct QueryMetrics::Impl {
       .Name("dataflow_checkpoint_commit_seconds").Help("Time to write the commit log per batch").Register(*registry);
   prometheus::Family<prometheus::Gauge>& behind = prometheus::BuildGauge()
       .Name("dataflow_offsets_behind_latest").Help("Records not yet processed (min, max, avg over partitions)").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& partitionBehind = prometheus::BuildGauge()
+      .Name("dataflow_partition_offsets_behind_latest").Help("Records not yet processed, per source partition").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& restarts = prometheus::BuildGauge()
+      .Name("dataflow_job_restarts").Help("Times the supervisor restarted this job after a failure").Register(*registry);
   prometheus::Family<prometheus::Gauge>& lastBatch = prometheus::BuildGauge()
       .Name("dataflow_last_batch_id").Help("Id of the last committed batch").Register(*registry);
   prometheus::Family<prometheus::Gauge>& active = prometheus::BuildGauge()
@@ -67,6 +72,9 @@ void QueryMetrics::onQueryStarted(const Started& event) {
   std::lock_guard lock(impl_->mu);
   if (!event.name.empty()) impl_->name = event.name;
   impl_->active.Add({{"query", impl_->name}}).Set(1);
+  // Set by the supervisor (dataflow supervise) for the processes it starts.
+  const char* restarts = std::getenv("DATAFLOW_RESTARTS");
+  impl_->restarts.Add({{"query", impl_->name}}).Set(restarts ? std::atof(restarts) : 0);
   impl_->startTime.Add({{"query", impl_->name}})
       .Set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
@@ -91,6 +99,10 @@ void QueryMetrics::onQueryProgress(const QueryProgress& p) {
   }
   for (const auto& source : p.sources) {
     for (const auto& [key, value] : source.metrics) {
+      if (key.starts_with("offsetsBehindLatest.")) {
+        impl_->partitionBehind.Add({{"query", impl_->name}, {"partition", key.substr(20)}}).Set(std::stod(value));
+        continue;
+      }
       std::string stat = key == "minOffsetsBehindLatest" ? "min" : key == "maxOffsetsBehindLatest" ? "max"
                        : key == "avgOffsetsBehindLatest" ? "avg" : "";
       if (stat.empty()) continue;

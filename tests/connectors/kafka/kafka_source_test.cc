@@ -99,7 +99,8 @@ TEST(KafkaSource, ReadsEveryPartitionInOffsetOrder) {
   ASSERT_TRUE(p);
   EXPECT_EQ(p->sources[0].description, "KafkaV2[Subscribe[events]]");
   EXPECT_EQ(p->sources[0].endOffset, R"({"events":{"0":100,"1":100,"2":100}})");
-  ASSERT_EQ(p->sources[0].metrics.size(), 3u);
+  ASSERT_EQ(p->sources[0].metrics.size(), 6u);  // min, max, avg, then one per partition
+  EXPECT_EQ(p->sources[0].metrics[3].first, "offsetsBehindLatest.events-0");
   EXPECT_EQ(p->sources[0].metrics[1].first, "maxOffsetsBehindLatest");
   EXPECT_EQ(p->sources[0].metrics[1].second, "0");
 }
