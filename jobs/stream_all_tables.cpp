@@ -52,11 +52,10 @@ int main(int argc, char** argv) {
                      .foreachBatch([&](const dataflow::Batch<cdc::WarehouseChange>& batch, const dataflow::BatchInfo& info) {
                        std::vector<std::vector<dataflow::postgres::UpsertRow>> perTable(targets.size());
                        for (const auto& change : batch.rows()) perTable[static_cast<size_t>(change.table)].push_back(change.row);
-                       warehouse.writer->writeBatch(info, [&](dataflow::postgres::WarehouseTransaction& tx) {
-                         for (size_t i = 0; i < targets.size(); ++i) tx.upsert(targets[i], perTable[i]);
-                         tx.deadLetters(batch.deadLetters(), info);
-                       });
-                       monitoring.metrics->recordDeadLetters(batch.deadLetters());
+                       cdc::writeToWarehouse(warehouse, batch.deadLetters(), info, monitoring,
+                                             [&](dataflow::postgres::WarehouseTransaction& tx) {
+                                               for (size_t i = 0; i < targets.size(); ++i) tx.upsert(targets[i], perTable[i]);
+                                             });
                      })
                      .start();
     monitoring.serve(config, query);

@@ -163,11 +163,18 @@ void Monitoring::serve(const JobConfig& config, const dataflow::StreamingQuery& 
 void writeToWarehouse(Warehouse& warehouse, const dataflow::postgres::UpsertTable& table,
                       const dataflow::Batch<dataflow::postgres::UpsertRow>& batch, const dataflow::BatchInfo& info,
                       Monitoring& monitoring) {
+  writeToWarehouse(warehouse, batch.deadLetters(), info, monitoring,
+                   [&](dataflow::postgres::WarehouseTransaction& tx) { tx.upsert(table, batch); });
+}
+
+void writeToWarehouse(Warehouse& warehouse, std::span<const dataflow::DeadLetter> deadLetters,
+                      const dataflow::BatchInfo& info, Monitoring& monitoring,
+                      const std::function<void(dataflow::postgres::WarehouseTransaction&)>& upserts) {
   warehouse.writer->writeBatch(info, [&](dataflow::postgres::WarehouseTransaction& tx) {
-    tx.upsert(table, batch);
-    tx.deadLetters(batch.deadLetters(), info);
+    upserts(tx);
+    tx.deadLetters(deadLetters, info);
   });
-  monitoring.metrics->recordDeadLetters(batch.deadLetters());
+  monitoring.metrics->recordDeadLetters(deadLetters);
 }
 
 bool notTombstone(const dataflow::kafka::KafkaRecord& record) {

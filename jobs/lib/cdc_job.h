@@ -10,7 +10,9 @@
 #include "lib/source_health.h"
 #include <dataflow/postgres/warehouse.h>
 
+#include <functional>
 #include <map>
+#include <span>
 #include <memory>
 #include <string>
 #include <vector>
@@ -88,6 +90,10 @@ struct Monitoring {
 void writeToWarehouse(Warehouse& warehouse, const dataflow::postgres::UpsertTable& table,
                       const dataflow::Batch<dataflow::postgres::UpsertRow>& batch, const dataflow::BatchInfo& info,
                       Monitoring& monitoring);
+// The same for any upserts (several tables): `upserts` runs inside the batch's transaction.
+void writeToWarehouse(Warehouse& warehouse, std::span<const dataflow::DeadLetter> deadLetters,
+                      const dataflow::BatchInfo& info, Monitoring& monitoring,
+                      const std::function<void(dataflow::postgres::WarehouseTransaction&)>& upserts);
 
 // Counts Debezium tombstones (null values after deletes): they are skipped, never dead letters.
 bool notTombstone(const dataflow::kafka::KafkaRecord& record);
