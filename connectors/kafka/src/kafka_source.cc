@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <mutex>
 #include <random>
 #include <regex>
@@ -91,6 +92,8 @@ void KafkaSourceOptions::set(const std::string& key, const std::string& value) {
     failOnDataLoss = parseBool(key, value);
   } else if (key == "includeHeaders") {
     includeHeaders = parseBool(key, value);
+  } else if (key == "consumerGroup") {
+    consumerGroup = value;
   } else if (key == "commitOffsetsToGroup") {
     commitOffsetsToGroup = value;
   } else if (key == "kafkaConsumer.pollTimeoutMs") {
@@ -128,6 +131,15 @@ void KafkaSourceOptions::validate() const {
                                "(use commitOffsetsToGroup to expose lag to a consumer group)");
     }
   }
+  if (!consumerGroup.empty() && !assign.empty()) {
+    throw ConfigurationError("Kafka source option 'consumerGroup' cannot be combined with 'assign': the group "
+                             "assigns partitions (use subscribe or subscribePattern)");
+  }
+  if (!consumerGroup.empty() && !commitOffsetsToGroup.empty() && commitOffsetsToGroup != consumerGroup) {
+    throw ConfigurationError("Kafka source option 'commitOffsetsToGroup' ('" + commitOffsetsToGroup +
+                             "') differs from 'consumerGroup' ('" + consumerGroup +
+                             "'): with a consumer group, processed offsets are committed to that group");
+  }
   if (startingOffsets != "earliest" && startingOffsets != "latest") {
     try {
       Offsets::fromJson(startingOffsets);
@@ -155,6 +167,119 @@ struct KafkaSource::Impl {
   std::set<std::string, std::less<>> topicNames;  // interned: KafkaRecord::topic points here
   std::vector<PartitionId> partitions;
   Clock::time_point lastDiscovery{};
+
+  // Scale-out: the consumer-group member and what the group assigned it. Touched by the driver
+  // thread only (the rebalance callback runs inside its polls), under assignmentMu for metrics.
+  Handle member;
+  std::mutex assignmentMu;
+  std::set<PartitionId> assigned;
+  std::map<PartitionId, Clock::time_point> fenced;  // not reported until reassigned or expired
+  std::vector<std::string> memberTopics;           // the member's current subscription
+
+  static void onRebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts, void* opaque) {
+    static_cast<Impl*>(opaque)->rebalance(rk, err, parts);
+  }
+
+  void rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts) {
+    bool cooperative = std::strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    std::string names;
+    for (int i = 0; i < parts->cnt; ++i) {
+      names += (i ? ", " : "") + std::string(parts->elems[i].topic) + "-" + std::to_string(parts->elems[i].partition);
+    }
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      // No exception may cross librdkafka's C frames: failures are logged, and the partitions
+      // are then simply not reported as assigned.
+      std::string failure;
+      if (cooperative) {
+        if (rd_kafka_error_t* error = rd_kafka_incremental_assign(rk, parts)) {
+          failure = rd_kafka_error_string(error);
+          rd_kafka_error_destroy(error);
+        }
+      } else if (rd_kafka_resp_err_t e = rd_kafka_assign(rk, parts)) {
+        failure = rd_kafka_err2str(e);
+      }
+      if (!failure.empty()) {
+        spdlog::error("Kafka: consumer group '{}': assigning {} failed: {}", options.consumerGroup, names, failure);
+        return;
+      }
+      // The member never fetches: the per-partition readers read from the checkpoint's offsets.
+      rd_kafka_pause_partitions(rk, parts);
+      std::lock_guard lock(assignmentMu);
+      for (int i = 0; i < parts->cnt; ++i) {
+        PartitionId p{parts->elems[i].topic, parts->elems[i].partition};
+        assigned.insert(p);
+        fenced.erase(p);
+      }
+      spdlog::info("Kafka: consumer group '{}' assigned {}", options.consumerGroup, names);
+    } else {
+      // Revoked (a rebalance) or lost (this member was evicted, e.g. after a long pause). Either
+      // way it happens inside latestOffsets(), between batches: no batch is in flight.
+      bool lost = rd_kafka_assignment_lost(rk);
+      {
+        std::lock_guard lock(assignmentMu);
+        for (int i = 0; i < parts->cnt; ++i) {
+          PartitionId p{parts->elems[i].topic, parts->elems[i].partition};
+          assigned.erase(p);
+          fenced.erase(p);
+        }
+      }
+      if (cooperative) {
+        if (rd_kafka_error_t* error = rd_kafka_incremental_unassign(rk, parts)) {
+          spdlog::warn("Kafka: consumer group '{}': unassigning failed: {}", options.consumerGroup, rd_kafka_error_string(error));
+          rd_kafka_error_destroy(error);
+        }
+      } else {
+        rd_kafka_assign(rk, nullptr);
+      }
+      spdlog::info("Kafka: consumer group '{}' {} {}", options.consumerGroup, lost ? "lost" : "revoked", names);
+    }
+  }
+
+  std::chrono::milliseconds sessionTimeout() const {
+    auto it = options.kafka.find("session.timeout.ms");
+    int64_t ms = 45000;  // librdkafka's default
+    if (it != options.kafka.end()) std::from_chars(it->second.data(), it->second.data() + it->second.size(), ms);
+    return std::chrono::milliseconds(ms);
+  }
+
+  // Serves the member's rebalance callbacks and keeps its subscription equal to the topics the
+  // source reads (a pattern's matches change as topics appear).
+  void followGroup() {
+    std::vector<std::string> topics;
+    if (pattern) {
+      std::set<std::string> matched;
+      for (const auto& p : discover()) matched.insert(p.topic);
+      topics.assign(matched.begin(), matched.end());
+    } else {
+      topics = options.subscribe;
+      std::sort(topics.begin(), topics.end());
+    }
+    if (topics != memberTopics && !topics.empty()) {
+      PartitionList list(rd_kafka_topic_partition_list_new(static_cast<int>(topics.size())));
+      for (const auto& t : topics) rd_kafka_topic_partition_list_add(list.get(), t.c_str(), RD_KAFKA_PARTITION_UA);
+      detail::check(rd_kafka_subscribe(member.get(), list.get()), "subscribing consumer group '" + options.consumerGroup + "'");
+      memberTopics = topics;
+    }
+    for (int i = 0; i < 1000; ++i) {
+      Message m(rd_kafka_consumer_poll(member.get(), 0));
+      if (!m) break;
+      if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        spdlog::warn("Kafka: consumer group '{}': {}", options.consumerGroup, rd_kafka_message_errstr(m.get()));
+      }
+    }
+  }
+
+  std::vector<PartitionId> assignedNow() {
+    std::lock_guard lock(assignmentMu);
+    auto now = Clock::now();
+    std::vector<PartitionId> out;
+    for (const auto& p : assigned) {
+      auto f = fenced.find(p);
+      if (f != fenced.end() && f->second > now) continue;
+      out.push_back(p);
+    }
+    return out;
+  }
 
   std::map<std::string, std::string> consumerProperties(const std::string& groupId) const {
     std::map<std::string, std::string> p = {
@@ -297,12 +422,30 @@ std::string KafkaSource::description() const {
 
 void KafkaSource::open() {
   impl_->meta = detail::createHandle(RD_KAFKA_CONSUMER, impl_->consumerProperties("dataflow-meta-" + randomSuffix()));
-  if (!impl_->options.commitOffsetsToGroup.empty()) {
+  if (!impl_->options.consumerGroup.empty()) {
+    auto props = impl_->consumerProperties(impl_->options.consumerGroup);
+    if (!impl_->options.kafka.contains("partition.assignment.strategy")) props["partition.assignment.strategy"] = "cooperative-sticky";
+    props["queued.max.messages.kbytes"] = "64";  // it never fetches anyway (paused)
+    Impl* self = impl_.get();
+    impl_->member = detail::createHandle(RD_KAFKA_CONSUMER, props, [self](rd_kafka_conf_t* conf) {
+      rd_kafka_conf_set_rebalance_cb(conf, &Impl::onRebalance);
+      rd_kafka_conf_set_opaque(conf, self);
+    });
+    rd_kafka_poll_set_consumer(impl_->member.get());
+    impl_->followGroup();
+  } else if (!impl_->options.commitOffsetsToGroup.empty()) {
     impl_->committer = detail::createHandle(RD_KAFKA_CONSUMER, impl_->consumerProperties(impl_->options.commitOffsetsToGroup));
   }
 }
 
 void KafkaSource::close() {
+  if (impl_->member) {
+    // Leave the group now, so that the others get this member's partitions at once instead of
+    // after the session timeout. The revocation callback runs inside the close.
+    rd_kafka_resp_err_t err = rd_kafka_consumer_close(impl_->member.get());
+    if (err) spdlog::warn("Kafka: leaving consumer group '{}': {}", impl_->options.consumerGroup, rd_kafka_err2str(err));
+    impl_->member.reset();
+  }
   std::lock_guard lock(impl_->mu);
   impl_->readers.clear();
   impl_->committer.reset();
@@ -333,8 +476,25 @@ Offsets KafkaSource::initialOffsets() {
 
 Offsets KafkaSource::latestOffsets() {
   Offsets out;
+  if (impl_->member) {
+    impl_->followGroup();
+    for (const auto& p : impl_->assignedNow()) out.set(p, impl_->watermarks(p).second);
+    return out;
+  }
   for (const auto& p : impl_->discover()) out.set(p, impl_->watermarks(p).second);
   return out;
+}
+
+bool KafkaSource::isCoordinated() const { return !impl_->options.consumerGroup.empty(); }
+
+void KafkaSource::onPartitionsFenced(const std::vector<PartitionId>& partitions) {
+  // Another member committed for them after a rebalance this member has not heard of yet (it was
+  // paused past the session timeout, say). Its eviction reaches it within a heartbeat or two;
+  // until then, or until the group assigns them again, they are not read here. After a session
+  // timeout they are reported again: if they really are this member's, it takes them back.
+  std::lock_guard lock(impl_->assignmentMu);
+  auto until = Clock::now() + impl_->sessionTimeout();
+  for (const auto& p : partitions) impl_->fenced[p] = until;
 }
 
 int64_t KafkaSource::startOfNewPartition(const PartitionId& partition) { return impl_->watermarks(partition).first; }
@@ -441,6 +601,15 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
 }
 
 void KafkaSource::onBatchCommitted(const Offsets& end) {
+  if (impl_->member) {
+    // For lag tools only (asynchronous): the query never reads the group's offsets back.
+    PartitionList list(rd_kafka_topic_partition_list_new(static_cast<int>(end.partitions().size())));
+    for (const auto& [p, offset] : end.partitions()) {
+      rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), p.partition)->offset = offset;
+    }
+    if (list->cnt > 0) rd_kafka_commit(impl_->member.get(), list.get(), 1);
+    return;
+  }
   if (!impl_->committer) return;
   PartitionList list(rd_kafka_topic_partition_list_new(static_cast<int>(end.partitions().size())));
   for (const auto& [p, offset] : end.partitions()) {
@@ -468,6 +637,7 @@ SourceMetrics KafkaSource::metrics(const Offsets& end, const Offsets& latest) {
   for (const auto& [p, high] : latest.partitions()) {
     out.emplace_back("offsetsBehindLatest." + p.toString(), std::to_string(std::max<int64_t>(0, high - end.get(p, 0))));
   }
+  if (impl_->member) out.emplace_back("assignedPartitions", std::to_string(latest.partitions().size()));
   return out;
 }
 

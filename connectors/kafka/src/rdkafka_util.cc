@@ -51,7 +51,8 @@ void logCallback(const rd_kafka_t*, int level, const char* facility, const char*
 
 }  // namespace
 
-Handle createHandle(rd_kafka_type_t type, const std::map<std::string, std::string>& properties) {
+Handle createHandle(rd_kafka_type_t type, const std::map<std::string, std::string>& properties,
+                    const std::function<void(rd_kafka_conf_t*)>& configure) {
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   char err[512];
   for (const auto& [key, value] : properties) {
@@ -62,6 +63,7 @@ Handle createHandle(rd_kafka_type_t type, const std::map<std::string, std::strin
     }
   }
   rd_kafka_conf_set_log_cb(conf, logCallback);
+  if (configure) configure(conf);
   rd_kafka_t* rk = rd_kafka_new(type, conf, err, sizeof err);
   if (!rk) {
     rd_kafka_conf_destroy(conf);

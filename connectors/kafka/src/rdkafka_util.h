@@ -4,6 +4,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -35,6 +36,8 @@ void check(rd_kafka_resp_err_t err, const std::string& what);
 
 // Creates a handle from properties; throws ConfigurationError naming a rejected property. Logs go
 // to spdlog; secrets never appear (librdkafka does not log them, and we never log properties).
-Handle createHandle(rd_kafka_type_t type, const std::map<std::string, std::string>& properties);
+// `configure`, if given, may set callbacks on the configuration before the handle is created.
+Handle createHandle(rd_kafka_type_t type, const std::map<std::string, std::string>& properties,
+                    const std::function<void(rd_kafka_conf_t*)>& configure = {});
 
 }  // namespace dataflow::kafka::detail

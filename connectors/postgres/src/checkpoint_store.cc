@@ -2,7 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <set>
 
 namespace dataflow::postgres {
 namespace {
@@ -13,10 +16,39 @@ int64_t nowMs() {
 
 // The advisory lock key: 64 bits from the checkpoint name, computed by the server.
 constexpr const char* kLockSql = "SELECT pg_try_advisory_lock(hashtextextended('dataflow:' || $1, 0))";
+constexpr const char* kSharedLockSql = "SELECT pg_try_advisory_lock_shared(hashtextextended('dataflow:' || $1, 0))";
+
+// A PostgreSQL array literal of strings: every element quoted, quotes and backslashes escaped.
+std::string textArray(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) {
+    out += i ? ",\"" : "\"";
+    for (char c : items[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+
+template <class Int>
+std::string intArray(const std::vector<Int>& items) {
+  std::string out = "{";
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? "," : "") + std::to_string(items[i]);
+  return out + "}";
+}
+
+std::string hostAndPid() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
+  return std::string(host) + ":" + std::to_string(::getpid());
+}
 
 }  // namespace
 
-PostgresCheckpointStore::PostgresCheckpointStore(PostgresCheckpointOptions options) : options_(std::move(options)) {
+PostgresCheckpointStore::PostgresCheckpointStore(PostgresCheckpointOptions options)
+    : options_(std::move(options)), owner_(hostAndPid()) {
   if (options_.name.empty()) throw ConfigurationError("PostgresCheckpointOptions.name is required");
   if (options_.retainBatches < 1) throw ConfigurationError("PostgresCheckpointOptions.retainBatches must be >= 1");
 }
@@ -34,7 +66,7 @@ auto PostgresCheckpointStore::withConnection(F&& fn) {
   if (!conn_ || !conn_->isOpen()) {
     conn_.reset();
     conn_.emplace(Connection::open(options_.connection));
-    if (acquired_) lockAndBump();
+    if (acquired_) shared_ ? lockShared() : lockAndBump();
   }
   try {
     return fn(*conn_);
@@ -55,9 +87,9 @@ std::optional<QueryMetadata> PostgresCheckpointStore::readMetadata() {
 void PostgresCheckpointStore::writeMetadata(const QueryMetadata& metadata) {
   withConnection([&](Connection& c) {
     c.execParams(
+        // Instances of a scaled-out query may start together: the first one's identity stays.
         "INSERT INTO public.dataflow_checkpoints (checkpoint_name, query_id, sources) VALUES ($1, $2, $3) "
-        "ON CONFLICT (checkpoint_name) DO UPDATE SET sources = EXCLUDED.sources, query_id = EXCLUDED.query_id, "
-        "updated_at = now()",
+        "ON CONFLICT (checkpoint_name) DO NOTHING",
         {options_.name, metadata.id, serializeMetadata(metadata)});
   });
 }
@@ -77,9 +109,19 @@ void PostgresCheckpointStore::lockAndBump() {
 }
 
 void PostgresCheckpointStore::acquire(const QueryMetadata&) {
-  withConnection([&](Connection&) {
+  withConnection([&](Connection& c) {
     lockAndBump();
     acquired_ = true;
+    // Its offsets log stopped when it was scaled out: resuming from it would go back in time.
+    auto scaled = c.execParams(
+        "SELECT count(*) FROM public.dataflow_partition_offsets WHERE checkpoint_name = $1 AND next_offset IS NOT NULL",
+        {options_.name});
+    if (scaled.int64(0, 0) > 0) {
+      c.execParams("SELECT pg_advisory_unlock(hashtextextended('dataflow:' || $1, 0))", {options_.name});
+      acquired_ = false;
+      throw CheckpointError("checkpoint " + describe() + " was last run scaled out (Kafka consumer group), with offsets "
+                            "per partition; run it with its consumer group again, or use a new checkpoint");
+    }
   });
   spdlog::info("checkpoint {}: acquired, epoch {}", describe(), epoch_);
 }
@@ -112,7 +154,146 @@ std::optional<OffsetLogEntry> PostgresCheckpointStore::readOffsets(int64_t batch
   });
 }
 
-void PostgresCheckpointStore::commitWithin(Connection& tx, int64_t batchId) {
+void PostgresCheckpointStore::lockShared() {
+  auto locked = conn_->execParams(kSharedLockSql, {options_.name});
+  if (locked.value(0, 0) != "t") {
+    throw CheckpointError("checkpoint " + describe() + " is in use by a single-instance run of the query; stop it "
+                          "before starting instances in a consumer group");
+  }
+}
+
+void PostgresCheckpointStore::join(const QueryMetadata&) {
+  withConnection([&](Connection&) {
+    lockShared();
+    shared_ = true;
+    acquired_ = true;
+  });
+  spdlog::info("checkpoint {}: joined as {} (scale-out: offsets per partition)", describe(), owner_);
+}
+
+PartitionLeases PostgresCheckpointStore::leasePartitions(size_t source, const std::vector<PartitionId>& partitions) {
+  return withConnection([&](Connection& c) {
+    PartitionLeases out;
+    c.exec("BEGIN");
+    try {
+      std::string index = std::to_string(source);
+      auto started = c.execParams(
+          "SELECT count(*) FROM public.dataflow_partition_offsets "
+          "WHERE checkpoint_name = $1 AND source_index = $2 AND next_offset IS NOT NULL",
+          {options_.name, index});
+      out.sourceHasCommits = started.int64(0, 0) > 0;
+      // Scaling out a query that ran as a single instance: continue from its last committed batch.
+      Offsets seed;
+      if (!out.sourceHasCommits) {
+        auto last = c.execParams(
+            "SELECT o.batch_id, o.entry FROM public.dataflow_offsets o JOIN public.dataflow_commits m "
+            "USING (checkpoint_name, batch_id) WHERE o.checkpoint_name = $1 ORDER BY o.batch_id DESC LIMIT 1",
+            {options_.name});
+        if (last.rows() == 1) {
+          auto entry = parseOffsetLogEntry(last.value(0, 1), describe() + " offsets/" + std::string(last.value(0, 0)));
+          if (source < entry.sources.size()) seed = entry.sources[source].end;
+          out.sourceHasCommits = true;
+        }
+      }
+      for (const auto& p : partitions) {
+        std::optional<std::string> seeded;
+        if (int64_t offset = seed.get(p, -1); offset >= 0) seeded = std::to_string(offset);
+        auto r = c.execParams(
+            "INSERT INTO public.dataflow_partition_offsets AS t "
+            "  (checkpoint_name, source_index, topic, kafka_partition, next_offset, owner) VALUES ($1, $2, $3, $4, $5, $6) "
+            "ON CONFLICT (checkpoint_name, source_index, topic, kafka_partition) DO UPDATE "
+            "  SET lease_epoch = t.lease_epoch + 1, owner = EXCLUDED.owner, leased_at = now() "
+            "RETURNING next_offset, lease_epoch",
+            {options_.name, index, p.topic, std::to_string(p.partition), seeded, owner_});
+        PartitionLease lease{p, r.int64(0, 1), std::nullopt};
+        if (!r.isNull(0, 0)) lease.committed = r.int64(0, 0);
+        out.leases.push_back(std::move(lease));
+      }
+      c.exec("COMMIT");
+    } catch (...) {
+      if (c.isOpen()) c.exec("ROLLBACK");
+      throw;
+    }
+    return out;
+  });
+}
+
+void PostgresCheckpointStore::commitPartitionsWithin(Connection& tx, const BatchInfo& batch) {
+  std::vector<int> sources, partitionNumbers;
+  std::vector<std::string> topics;
+  std::vector<int64_t> starts, ends, epochs;
+  std::set<std::pair<int, PartitionId>> pending;
+  for (size_t i = 0; i < batch.sources.size(); ++i) {
+    for (const auto& [p, end] : batch.sources[i].end.partitions()) {
+      int64_t start = batch.sources[i].start.get(p, end);
+      if (end <= start) continue;
+      int64_t epoch = -1;
+      if (i < batch.leaseEpochs.size()) {
+        if (auto e = batch.leaseEpochs[i].find(p); e != batch.leaseEpochs[i].end()) epoch = e->second;
+      }
+      sources.push_back(static_cast<int>(i));
+      topics.push_back(p.topic);
+      partitionNumbers.push_back(p.partition);
+      starts.push_back(start);
+      ends.push_back(end);
+      epochs.push_back(epoch);
+      pending.insert({static_cast<int>(i), p});
+    }
+  }
+  if (pending.empty()) return;
+  // One round trip for all partitions. The update takes each row's lock, so a lease taken
+  // concurrently waits for this transaction and then sees its offsets.
+  auto r = tx.execParams(
+      "UPDATE public.dataflow_partition_offsets t SET next_offset = b.end_offset, committed_at = now() "
+      "FROM unnest($2::int[], $3::text[], $4::int[], $5::bigint[], $6::bigint[], $7::bigint[]) "
+      "  AS b(source_index, topic, kafka_partition, start_offset, end_offset, epoch) "
+      "WHERE t.checkpoint_name = $1 AND t.source_index = b.source_index AND t.topic = b.topic "
+      "  AND t.kafka_partition = b.kafka_partition AND t.lease_epoch = b.epoch "
+      "  AND (t.next_offset IS NULL OR t.next_offset = b.start_offset) "
+      "RETURNING t.source_index, t.topic, t.kafka_partition",
+      {options_.name, intArray(sources), textArray(topics), intArray(partitionNumbers), intArray(starts), intArray(ends),
+       intArray(epochs)});
+  for (int row = 0; row < r.rows(); ++row) {
+    pending.erase({static_cast<int>(r.int64(row, 0)), PartitionId{std::string(r.value(row, 1)), static_cast<int32_t>(r.int64(row, 2))}});
+  }
+  if (pending.empty()) return;
+  std::vector<PartitionId> lost;
+  std::string names;
+  for (const auto& [source, p] : pending) {
+    lost.push_back(p);
+    names += (names.empty() ? "" : ", ") + p.toString();
+  }
+  throw PartitionsFencedError("checkpoint " + describe() + ": batch " + std::to_string(batch.batchId) +
+                                  " was not committed: another instance holds the lease of " + names +
+                                  " now (a consumer-group rebalance this instance has not seen yet)",
+                              std::move(lost));
+}
+
+void PostgresCheckpointStore::commitPartitions(const BatchInfo& batch) {
+  {
+    std::lock_guard lock(mu_);
+    if (committedWithin_ == batch.batchId) return;
+  }
+  withConnection([&](Connection& c) {
+    c.exec("BEGIN");
+    try {
+      commitPartitionsWithin(c, batch);
+      c.exec("COMMIT");
+    } catch (...) {
+      if (c.isOpen()) c.exec("ROLLBACK");
+      throw;
+    }
+  });
+}
+
+void PostgresCheckpointStore::commitWithin(Connection& tx, const BatchInfo& batch) {
+  if (shared_) {
+    commitPartitionsWithin(tx, batch);
+    std::lock_guard lock(mu_);
+    committedWithin_ = batch.batchId;
+    return;
+  }
+  const int64_t batchId = batch.batchId;
   auto r = tx.execParams(
       "INSERT INTO public.dataflow_commits (checkpoint_name, batch_id, commit_ts_ms) "
       "SELECT checkpoint_name, $2, $3 FROM public.dataflow_checkpoints WHERE checkpoint_name = $1 AND epoch = $4 "

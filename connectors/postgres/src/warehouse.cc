@@ -220,7 +220,7 @@ void Warehouse::writeBatch(const BatchInfo& info, const std::function<void(Wareh
     WarehouseTransaction tx(*conn_);
     tx.table_ = quoteTable(*conn_, options_.deadLetterTable);
     body(tx);
-    if (store_) store_->commitWithin(*conn_, info.batchId);
+    if (store_) store_->commitWithin(*conn_, info);
     conn_->exec("COMMIT");
   } catch (...) {
     if (conn_->isOpen()) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <ranges>
 #include <string>
 #include <vector>
@@ -86,6 +87,10 @@ struct BatchInfo {
   std::string queryName;
   int64_t batchTimestampMs = 0;
   std::vector<SourceRange> sources;
+  // Scale-out only (sources assigned by a consumer group): per source, the lease epoch of every
+  // partition this instance reads. A store commits a partition's offset only with its newest
+  // lease (CheckpointStore::commitPartitions). Empty otherwise.
+  std::vector<std::map<PartitionId, int64_t>> leaseEpochs;
 };
 
 }  // namespace dataflow

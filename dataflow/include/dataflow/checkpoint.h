@@ -37,6 +37,22 @@ struct CommitLogEntry {
   int64_t commitTimestampMs = 0;
 };
 
+// Scale-out: a partition's lease, taken by the instance a consumer group assigned it to. Each
+// lease gets a higher epoch than the one before; a commit for the partition succeeds only with
+// the newest epoch, so an instance that lost a partition (a zombie) cannot commit for it.
+struct PartitionLease {
+  PartitionId partition;
+  int64_t epoch = 0;
+  std::optional<int64_t> committed;  // where the partition resumes; nullopt: never committed
+};
+
+struct PartitionLeases {
+  std::vector<PartitionLease> leases;
+  // Whether any partition of this source was ever committed: if not, the query is new and the
+  // source's starting offsets apply; otherwise a never-committed partition is read from its start.
+  bool sourceHasCommits = false;
+};
+
 // Thread-safety: a store is used by one query's driver thread at a time. Every write must be
 // durable when it returns. Read errors and damaged entries throw CheckpointError naming the entry.
 class CheckpointStore {
@@ -58,6 +74,24 @@ class CheckpointStore {
 
   virtual void writeCommit(const CommitLogEntry& entry) = 0;
   virtual std::optional<CommitLogEntry> latestCommit() = 0;
+
+  // Scale-out (Source::isCoordinated): several instances of one query share the store. Then the
+  // engine calls join() instead of acquire(), leases partitions as they are assigned, and commits
+  // each batch with commitPartitions() instead of the offsets and commit logs: the durable state
+  // of such a query is the next offset of every partition.
+  virtual bool supportsScaleOut() const { return false; }
+  // Registers one of several running instances. Refuses (CheckpointError) while a
+  // single-instance run holds the checkpoint.
+  virtual void join(const QueryMetadata& metadata);
+  // Takes the lease of `partitions` of source `source` (its index in the query) and returns
+  // where each resumes.
+  virtual PartitionLeases leasePartitions(size_t source, const std::vector<PartitionId>& partitions);
+  // Records, durably, the end offset of every partition the batch read (BatchInfo::sources),
+  // provided every one of them is still leased with BatchInfo::leaseEpochs and continues from its
+  // committed offset. Otherwise writes nothing and throws PartitionsFencedError naming the lost
+  // partitions. A store whose sink already committed the batch in its own transaction (the
+  // PostgreSQL store's commitWithin) makes this a no-op.
+  virtual void commitPartitions(const BatchInfo& batch);
 };
 
 // Options of the directory store.
@@ -76,7 +110,8 @@ std::shared_ptr<CheckpointStore> directoryCheckpoint(const std::filesystem::path
                                                      const DirectoryCheckpointOptions& options = {});
 
 // Kept in memory: for tests and benchmarks. Survives a query restart when the same shared_ptr is
-// passed to the new query.
+// passed to the new query. Supports scale-out: queries in one process that share it behave like
+// instances of one query in several processes.
 std::shared_ptr<CheckpointStore> memoryCheckpoint();
 
 // The text forms the directory store writes (also used by other stores for their payloads).

@@ -5,6 +5,9 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
+
+#include "dataflow/offsets.h"
 
 namespace dataflow {
 
@@ -36,6 +39,20 @@ class ConnectorError : public Error {
 class CheckpointError : public Error {
  public:
   using Error::Error;
+};
+
+// Scale-out: this instance no longer holds the lease of some partitions, because a rebalance gave
+// them to another instance that has leased them since (e.g. this one was paused past the consumer
+// group's session timeout). The batch is abandoned, never committed; the engine drops those
+// partitions and the new owner continues from their last committed offsets.
+class PartitionsFencedError : public CheckpointError {
+ public:
+  PartitionsFencedError(const std::string& what, std::vector<PartitionId> partitions)
+      : CheckpointError(what), partitions_(std::move(partitions)) {}
+  const std::vector<PartitionId>& partitions() const noexcept { return partitions_; }
+
+ private:
+  std::vector<PartitionId> partitions_;
 };
 
 // A broken invariant inside the framework: a bug, never the user's fault.

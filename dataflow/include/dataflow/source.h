@@ -50,6 +50,19 @@ class Source {
   // commit a Kafka consumer group for lag monitoring). Must not throw for a harmless failure.
   virtual void onBatchCommitted(const Offsets& /*end*/) {}
 
+  // True when an outside coordinator (a Kafka consumer group) decides which partitions this
+  // instance reads, so that several processes of one query share the work (scale-out). Then
+  // latestOffsets() covers only the partitions assigned to this instance now; a partition that
+  // disappears from it was revoked, one that appears was assigned. The engine keeps the offsets
+  // of such sources per partition in the checkpoint store and leases each partition on
+  // assignment. Revocations must only take effect inside latestOffsets(), i.e. between batches,
+  // so that an in-flight batch always finishes before its partitions are released.
+  virtual bool isCoordinated() const { return false; }
+  // Scale-out: the checkpoint store refused this instance's commit for `partitions`, because
+  // another instance leased them after a rebalance. The source should stop reporting them until
+  // its coordinator confirms the assignment again.
+  virtual void onPartitionsFenced(const std::vector<PartitionId>& /*partitions*/) {}
+
   // Extra metrics for the progress record, computed after a batch.
   virtual SourceMetrics metrics(const Offsets& /*end*/, const Offsets& /*latest*/) { return {}; }
 };

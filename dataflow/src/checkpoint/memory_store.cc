@@ -1,9 +1,12 @@
 // The in-memory checkpoint store. Entries go through the same text form as the directory store,
-// so tests of the in-memory store also exercise serialization.
+// so tests of the in-memory store also exercise serialization. Its scale-out part follows the
+// same rules as the PostgreSQL store's, so that engine tests can run several instances of one
+// query in one process.
 #include <map>
 #include <mutex>
 
 #include "dataflow/checkpoint.h"
+#include "dataflow/error.h"
 
 namespace dataflow {
 namespace {
@@ -50,7 +53,63 @@ class MemoryCheckpointStore final : public CheckpointStore {
     return std::prev(commits_.end())->second;
   }
 
+  bool supportsScaleOut() const override { return true; }
+  void join(const QueryMetadata&) override {}
+
+  PartitionLeases leasePartitions(size_t source, const std::vector<PartitionId>& partitions) override {
+    std::lock_guard lock(mu_);
+    PartitionLeases out;
+    for (const auto& [key, state] : partitions_) {
+      if (key.first == source && state.committed) out.sourceHasCommits = true;
+    }
+    for (const auto& p : partitions) {
+      PartitionState& state = partitions_[{source, p}];
+      ++state.epoch;
+      out.leases.push_back({p, state.epoch, state.committed});
+    }
+    return out;
+  }
+
+  void commitPartitions(const BatchInfo& batch) override {
+    std::lock_guard lock(mu_);
+    std::vector<PartitionId> fenced;
+    std::vector<std::pair<PartitionState*, int64_t>> updates;
+    for (size_t i = 0; i < batch.sources.size(); ++i) {
+      const SourceRange& range = batch.sources[i];
+      for (const auto& [p, end] : range.end.partitions()) {
+        int64_t start = range.start.get(p, end);
+        if (end <= start) continue;
+        auto it = partitions_.find({i, p});
+        int64_t epoch = -1;
+        if (i < batch.leaseEpochs.size()) {
+          if (auto e = batch.leaseEpochs[i].find(p); e != batch.leaseEpochs[i].end()) epoch = e->second;
+        }
+        // Committed == end: this batch was already committed by the sink, in its own step.
+        auto committed = it == partitions_.end() ? std::nullopt : it->second.committed;
+        if (it == partitions_.end() || it->second.epoch != epoch ||
+            (committed && *committed != start && *committed != end)) {
+          fenced.push_back(p);
+        } else {
+          updates.emplace_back(&it->second, end);
+        }
+      }
+    }
+    if (!fenced.empty()) {
+      std::string names;
+      for (const auto& p : fenced) names += (names.empty() ? "" : ", ") + p.toString();
+      throw PartitionsFencedError("checkpoint memory: batch " + std::to_string(batch.batchId) +
+                                      " lost the lease of " + names + " to another instance",
+                                  fenced);
+    }
+    for (auto& [state, end] : updates) state->committed = end;
+  }
+
  private:
+  struct PartitionState {
+    int64_t epoch = 0;
+    std::optional<int64_t> committed;
+  };
+  std::map<std::pair<size_t, PartitionId>, PartitionState> partitions_;
   std::mutex mu_;
   std::optional<std::string> metadata_;
   std::map<int64_t, std::string> offsets_;

@@ -5,6 +5,14 @@
 //   4. write the commit log, then tell the sources.
 // A crash between 2 and 4 leaves an offsets entry without a commit: the next run replays it with
 // the same batch id and exactly the same ranges.
+//
+// Scale-out (sources whose partitions a Kafka consumer group assigns): several processes run the
+// same query. There the durable state is the next offset of every partition, committed together
+// with the batch (in the sink's transaction when the sink supports it): on assignment a partition
+// is leased and resumes from its committed offset; a commit with a lost lease is refused and the
+// batch abandoned. Revocations are taken between batches, so an in-flight batch always finishes
+// (commits or is abandoned) before its partitions are released. No offsets log is kept: a batch
+// that never committed is re-read by whichever instance owns its partitions next.
 #include "dataflow/detail/micro_batch_execution.h"
 
 #include <spdlog/spdlog.h>
@@ -116,6 +124,18 @@ void MicroBatchExecution::initialize() {
   } else {
     id_ = newUuid();
     store.writeMetadata({id_, descriptions});
+    // Instances of a scaled-out query may start together: keep the id that was written first.
+    if (auto written = store.readMetadata()) id_ = written->id;
+  }
+  size_t coordinated = std::count_if(plan_.sources.begin(), plan_.sources.end(),
+                                     [](const auto& s) { return s->isCoordinated(); });
+  if (coordinated > 0) {
+    if (coordinated != plan_.sources.size()) {
+      throw ConfigurationError("query " + options_.name +
+                               ": sources assigned by a consumer group cannot be mixed with other sources");
+    }
+    initializeScaleOut({id_, descriptions});
+    return;
   }
   store.acquire({id_, descriptions});
 
@@ -153,12 +173,91 @@ void MicroBatchExecution::initialize() {
   initialized_ = true;
 }
 
+void MicroBatchExecution::initializeScaleOut(const QueryMetadata& metadata) {
+  CheckpointStore& store = *options_.checkpoint;
+  if (!store.supportsScaleOut()) store.join(metadata);  // throws, naming the store
+  auto kind = options_.trigger.kind();
+  if (kind == Trigger::Kind::kOnce || kind == Trigger::Kind::kAvailableNow) {
+    throw ConfigurationError("query " + options_.name + ": trigger " + options_.trigger.toString() +
+                             " cannot be used with a source assigned by a consumer group (what is available "
+                             "depends on the assignment, which changes)");
+  }
+  store.join(metadata);
+  scaleOut_ = true;
+  committedEnd_.assign(plan_.sources.size(), Offsets{});
+  leaseEpochs_.assign(plan_.sources.size(), {});
+  for (auto& s : plan_.sources) s->open();
+  plan_.root->open();
+  spdlog::info("query {} [{}]: scale-out: partitions are assigned by the consumer group, offsets kept per "
+               "partition in {}", options_.name, id_, store.describe());
+  initialized_ = true;
+}
+
+void MicroBatchExecution::followAssignment(const std::vector<Offsets>& latest) {
+  for (size_t i = 0; i < plan_.sources.size(); ++i) {
+    Source& source = *plan_.sources[i];
+    auto& committed = committedEnd_[i].partitions();
+    std::vector<std::string> revoked;
+    for (auto it = committed.begin(); it != committed.end();) {
+      if (latest[i].partitions().contains(it->first)) {
+        ++it;
+        continue;
+      }
+      revoked.push_back(it->first.toString());
+      leaseEpochs_[i].erase(it->first);
+      it = committed.erase(it);
+    }
+    if (!revoked.empty()) spdlog::info("query {}: partitions revoked: {}", options_.name, joined(revoked));
+
+    std::vector<PartitionId> assigned;
+    for (const auto& [p, _] : latest[i].partitions()) {
+      if (!committed.contains(p)) assigned.push_back(p);
+    }
+    if (assigned.empty()) continue;
+    PartitionLeases leased = options_.checkpoint->leasePartitions(i, assigned);
+    std::optional<Offsets> initial;
+    std::vector<std::string> resumed;
+    for (const PartitionLease& lease : leased.leases) {
+      int64_t start;
+      if (lease.committed) {
+        start = *lease.committed;
+      } else if (!leased.sourceHasCommits) {
+        if (!initial) initial = source.initialOffsets();  // a new query: its starting offsets
+        start = initial->get(lease.partition, source.startOfNewPartition(lease.partition));
+      } else {
+        start = source.startOfNewPartition(lease.partition);
+      }
+      committed[lease.partition] = start;
+      leaseEpochs_[i][lease.partition] = lease.epoch;
+      resumed.push_back(lease.partition.toString() + "@" + std::to_string(start) + " (lease " +
+                        std::to_string(lease.epoch) + (lease.committed ? ")" : ", never committed)"));
+    }
+    spdlog::info("query {}: partitions assigned: {}", options_.name, joined(resumed));
+  }
+}
+
+void MicroBatchExecution::dropFencedPartitions(const PartitionsFencedError& e, int64_t batchId) {
+  spdlog::warn("query {} batch {}: abandoned, nothing committed: {}", options_.name, batchId, e.what());
+  for (size_t i = 0; i < plan_.sources.size(); ++i) {
+    std::vector<PartitionId> lost;
+    for (const auto& p : e.partitions()) {
+      if (committedEnd_[i].partitions().erase(p) > 0) {
+        leaseEpochs_[i].erase(p);
+        lost.push_back(p);
+      }
+    }
+    if (!lost.empty()) plan_.sources[i]->onPartitionsFenced(lost);
+  }
+  nextBatchId_ = batchId + 1;
+}
+
 std::optional<MicroBatchExecution::PlannedBatch> MicroBatchExecution::planNextBatch(
     std::map<std::string, int64_t>& durations) {
   PlannedBatch batch;
   auto t0 = Clock::now();
   for (auto& s : plan_.sources) batch.latest.push_back(s->latestOffsets());
   durations["latestOffset"] = elapsedMs(t0);
+  if (scaleOut_) followAssignment(batch.latest);
 
   if (pendingReplay_) {
     batch.entry = std::move(*pendingReplay_);
@@ -201,7 +300,7 @@ bool MicroBatchExecution::runBatch() {
   std::optional<PlannedBatch> batch;
   try {
     batch = planNextBatch(durations);
-    if (batch && !batch->replay) {
+    if (batch && !batch->replay && !scaleOut_) {
       auto t = Clock::now();
       options_.checkpoint->writeOffsets(batch->entry);
       durations["walCommit"] = elapsedMs(t);
@@ -251,38 +350,49 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
   ctx.info.queryName = options_.name;
   ctx.info.batchTimestampMs = entry.batchTimestampMs;
   ctx.info.sources = entry.sources;
+  if (scaleOut_) ctx.info.leaseEpochs = leaseEpochs_;
 
   auto t = Clock::now();
   RootOperator::Result result;
-  auto backoff = options_.initialBackoff;
-  for (int attempt = 1;; ++attempt) {
-    for (size_t i = 0; i < plan_.sources.size(); ++i) ctx.inputRows[i].store(0);
-    try {
-      session_->arena.execute([&] { result = plan_.root->execute(ctx); });
-      break;
-    } catch (const ConnectorError& e) {
-      if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
-      spdlog::warn("query {} batch {}: attempt {}/{} failed, retrying in {} ms: {}", options_.name,
-                   entry.batchId, attempt, options_.maxBatchAttempts, backoff.count(), e.what());
-      std::unique_lock lock(mu_);
-      if (cv_.wait_for(lock, backoff, [&] { return stopRequested_; })) throw StopDuringBackoff{};
-      backoff = std::min(backoff * 2, options_.maxBackoff);
+  try {  // scale-out: a commit refused for lost partitions abandons the batch
+    auto backoff = options_.initialBackoff;
+    for (int attempt = 1;; ++attempt) {
+      for (size_t i = 0; i < plan_.sources.size(); ++i) ctx.inputRows[i].store(0);
+      try {
+        session_->arena.execute([&] { result = plan_.root->execute(ctx); });
+        break;
+      } catch (const ConnectorError& e) {
+        if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
+        spdlog::warn("query {} batch {}: attempt {}/{} failed, retrying in {} ms: {}", options_.name,
+                     entry.batchId, attempt, options_.maxBatchAttempts, backoff.count(), e.what());
+        std::unique_lock lock(mu_);
+        if (cv_.wait_for(lock, backoff, [&] { return stopRequested_; })) throw StopDuringBackoff{};
+        backoff = std::min(backoff * 2, options_.maxBackoff);
+      }
     }
-  }
-  durations["addBatch"] = elapsedMs(t);
+    durations["addBatch"] = elapsedMs(t);
 
-  t = Clock::now();
-  for (int attempt = 1;; ++attempt) {
-    try {
-      options_.checkpoint->writeCommit({entry.batchId, nowEpochMs()});
-      break;
-    } catch (const ConnectorError& e) {
-      // The sink has its data; without the commit the batch would be replayed. Keep trying.
-      if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
-      spdlog::warn("query {} batch {}: writing the commit failed, retrying: {}", options_.name, entry.batchId, e.what());
-      std::unique_lock lock(mu_);
-      if (cv_.wait_for(lock, options_.initialBackoff * attempt, [&] { return stopRequested_; })) throw StopDuringBackoff{};
+    t = Clock::now();
+    for (int attempt = 1;; ++attempt) {
+      try {
+        if (scaleOut_) {
+          options_.checkpoint->commitPartitions(ctx.info);
+        } else {
+          options_.checkpoint->writeCommit({entry.batchId, nowEpochMs()});
+        }
+        break;
+      } catch (const ConnectorError& e) {
+        // The sink has its data; without the commit the batch would be replayed. Keep trying.
+        if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
+        spdlog::warn("query {} batch {}: writing the commit failed, retrying: {}", options_.name, entry.batchId, e.what());
+        std::unique_lock lock(mu_);
+        if (cv_.wait_for(lock, options_.initialBackoff * attempt, [&] { return stopRequested_; })) throw StopDuringBackoff{};
+      }
     }
+  } catch (const PartitionsFencedError& e) {
+    if (!scaleOut_) throw;
+    dropFencedPartitions(e, entry.batchId);
+    return;
   }
   for (size_t i = 0; i < plan_.sources.size(); ++i) {
     committedEnd_[i] = entry.sources[i].end;

@@ -7,6 +7,8 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include <filesystem>
+#include <numeric>
+#include <set>
 #include <thread>
 
 namespace dataflow::kafka {
@@ -307,8 +309,75 @@ TEST(KafkaSourceOptions, BadSettingsFailFastNamingTheSetting) {
   EXPECT_THROW(base.set("subscibe", "t"), ConfigurationError);
   base.set("kafka.security.protocol", "SASL_SSL");
   EXPECT_EQ(base.kafka["security.protocol"], "SASL_SSL");
+  o = base;
+  o.consumerGroup = "g";
+  o.commitOffsetsToGroup = "other";
+  expectError(o, "commitOffsetsToGroup");
   base.set("assign", R"({"t":[0,2]})");
   EXPECT_EQ(base.assign.size(), 2u);
+  base.subscribe.clear();
+  base.set("consumerGroup", "g");
+  expectError(base, "consumerGroup");
+}
+
+// Scale-out: two instances of one query join a consumer group; the group splits the partitions,
+// and when one instance leaves, the other takes its partitions over from their committed offsets.
+TEST(KafkaSource, ConsumerGroupSplitsPartitionsAndHandsThemOverOnLeave) {
+  MockKafka kafka;
+  kafka.createTopic("events", 4);
+  auto produce = [&](int from, int until) {
+    for (int i = from; i < until; ++i) kafka.produce("events", i % 4, "k", std::to_string(i));
+    kafka.flush();
+  };
+  produce(0, 400);
+  auto options = optionsFor(kafka, {"events"});
+  options.set("consumerGroup", "scaled-job");
+  options.set("kafka.session.timeout.ms", "6000");
+  options.set("kafka.heartbeat.interval.ms", "500");
+  auto store = memoryCheckpoint();
+  Session session;
+  auto start = [&](std::shared_ptr<MemorySink<KafkaRecord>> sink) {
+    return session.readStream(std::make_shared<KafkaSource>(options)).writeStream().queryName("scaled")
+        .checkpoint(store).sink(sink).start();
+  };
+  auto sinkA = std::make_shared<MemorySink<KafkaRecord>>();
+  auto sinkB = std::make_shared<MemorySink<KafkaRecord>>();
+  auto a = start(sinkA);
+  auto b = start(sinkB);
+  auto valuesOf = [](const std::vector<KafkaRecord>& a, const std::vector<KafkaRecord>& b) {
+    std::vector<int> out;
+    for (const auto* rows : {&a, &b}) {
+      for (const auto& r : *rows) out.push_back(std::stoi(r.value));
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  auto expected = [](int n) {
+    std::vector<int> v(static_cast<size_t>(n));
+    std::iota(v.begin(), v.end(), 0);
+    return v;
+  };
+  // Both members joined: each ends up reading only its own partitions.
+  for (int i = 0; i < 300; ++i) {
+    if (valuesOf(sinkA->rows(), sinkB->rows()).size() >= 400 && !sinkA->rows().empty() && !sinkB->rows().empty()) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  produce(400, 800);
+  for (int i = 0; i < 300 && valuesOf(sinkA->rows(), sinkB->rows()).size() < 800; ++i) std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(valuesOf(sinkA->rows(), sinkB->rows()), expected(800));
+  // The first batch may come before the second member joined; later ones are disjoint.
+  EXPECT_FALSE(sinkB->rows().empty());
+  // One leaves: the other gets all four partitions and continues where the leaver committed.
+  a.stop();
+  produce(800, 1200);
+  for (int i = 0; i < 600 && valuesOf(sinkA->rows(), sinkB->rows()).size() < 1200; ++i) std::this_thread::sleep_for(50ms);
+  b.stop();
+  EXPECT_EQ(valuesOf(sinkA->rows(), sinkB->rows()), expected(1200));
+  std::set<int32_t> lastOfB;
+  for (const auto& r : sinkB->rows()) {
+    if (std::stoi(r.value) >= 800) lastOfB.insert(r.partition);
+  }
+  EXPECT_EQ(lastOfB, (std::set<int32_t>{0, 1, 2, 3}));
 }
 
 TEST(KafkaSink, ProducesAndFlushesBeforeReturning) {

@@ -313,11 +313,118 @@ TEST_F(ExactlyOnceTest, AZombieInstanceCannotCommit) {
   successor->acquire(meta);
   auto conn = Connection::open(configFor(url_));
   conn.exec("BEGIN");
-  EXPECT_THROW(zombie->commitWithin(conn, 5), CheckpointError);
+  EXPECT_THROW(zombie->commitWithin(conn, info(5)), CheckpointError);
   conn.exec("ROLLBACK");
   conn.exec("BEGIN");
-  EXPECT_NO_THROW(successor->commitWithin(conn, 5));
+  EXPECT_NO_THROW(successor->commitWithin(conn, info(5)));
   conn.exec("COMMIT");
+}
+
+// A batch of a scaled-out query: ranges per partition of source 0, with this instance's leases.
+BatchInfo scaledBatch(int64_t batchId, std::map<int32_t, std::pair<int64_t, int64_t>> ranges,
+                      const PartitionLeases& leases) {
+  BatchInfo b = info(batchId);
+  SourceRange range{"KafkaV2[Subscribe[t]]", {}, {}};
+  for (const auto& [p, r] : ranges) {
+    range.start.set({"t", p}, r.first);
+    range.end.set({"t", p}, r.second);
+  }
+  b.sources.push_back(range);
+  b.leaseEpochs.resize(1);
+  for (const auto& l : leases.leases) b.leaseEpochs[0][l.partition] = l.epoch;
+  return b;
+}
+
+TEST_F(ExactlyOnceTest, ScaleOutLeasesPartitionsAndFencesAnInstanceThatLostOne) {
+  QueryMetadata meta{"id-1", {"KafkaV2[Subscribe[t]]"}};
+  auto a = store();
+  auto b = store();
+  a->writeMetadata(meta);
+  a->join(meta);
+  b->join(meta);
+  // A single-instance run is kept out while instances are joined.
+  EXPECT_THROW(store()->acquire(meta), CheckpointError);
+
+  PartitionLeases leasedByA = a->leasePartitions(0, {{"t", 0}, {"t", 1}});
+  ASSERT_EQ(leasedByA.leases.size(), 2u);
+  EXPECT_FALSE(leasedByA.sourceHasCommits);
+  EXPECT_FALSE(leasedByA.leases[0].committed);
+  auto warehouse = Warehouse(WarehouseOptions{.connection = configFor(url_)}, a);
+  warehouse.writeBatch(scaledBatch(0, {{0, {0, 5}}, {1, {0, 3}}}, leasedByA), [](WarehouseTransaction&) {});
+
+  // A rebalance moves partition 1 to B, which resumes where A committed.
+  PartitionLeases leasedByB = b->leasePartitions(0, {{"t", 1}});
+  EXPECT_TRUE(leasedByB.sourceHasCommits);
+  ASSERT_EQ(leasedByB.leases.size(), 1u);
+  EXPECT_EQ(leasedByB.leases[0].committed, 3);
+  EXPECT_GT(leasedByB.leases[0].epoch, leasedByA.leases[1].epoch);
+
+  // A has not heard of the rebalance: its next batch covers both partitions and is refused as a
+  // whole, naming the lost one; its rows roll back with it.
+  UpsertTable table(kCustomers);
+  try {
+    warehouse.writeBatch(scaledBatch(1, {{0, {5, 9}}, {1, {3, 6}}}, leasedByA), [&](WarehouseTransaction& tx) {
+      tx.upsert(table, std::vector<UpsertRow>{row(1, "zombie@x", "XX", 10)});
+    });
+    FAIL() << "a zombie committed";
+  } catch (const PartitionsFencedError& e) {
+    EXPECT_EQ(e.partitions(), (std::vector<PartitionId>{{"t", 1}}));
+    EXPECT_NE(std::string(e.what()).find("t-1"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(readCustomers(*check_).empty());
+  auto offsets = [&] {
+    std::map<int32_t, int64_t> out;
+    auto r = check_->exec("SELECT kafka_partition, next_offset FROM dataflow_partition_offsets WHERE checkpoint_name = 'q'");
+    for (int i = 0; i < r.rows(); ++i) out[static_cast<int32_t>(r.int64(i, 0))] = r.int64(i, 1);
+    return out;
+  };
+  EXPECT_EQ(offsets(), (std::map<int32_t, int64_t>{{0, 5}, {1, 3}}));
+
+  // B continues partition 1; A continues partition 0 alone; a batch that does not start at the
+  // committed offset (a gap or an overlap) is refused too.
+  auto warehouseB = Warehouse(WarehouseOptions{.connection = configFor(url_)}, b);
+  warehouseB.writeBatch(scaledBatch(0, {{1, {3, 6}}}, leasedByB), [](WarehouseTransaction&) {});
+  warehouse.writeBatch(scaledBatch(2, {{0, {5, 9}}}, leasedByA), [](WarehouseTransaction&) {});
+  EXPECT_THROW(warehouseB.writeBatch(scaledBatch(1, {{1, {4, 8}}}, leasedByB), [](WarehouseTransaction&) {}),
+               PartitionsFencedError);
+  EXPECT_EQ(offsets(), (std::map<int32_t, int64_t>{{0, 9}, {1, 6}}));
+  // Without the sink's transaction, commitPartitions commits on its own.
+  b->commitPartitions(scaledBatch(2, {{1, {6, 7}}}, leasedByB));
+  EXPECT_EQ(offsets(), (std::map<int32_t, int64_t>{{0, 9}, {1, 7}}));
+
+  // Once scaled out, a single-instance run would resume from a stale offsets log: refused.
+  check_->exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  std::string refusal;
+  for (int i = 0; i < 50 && refusal.find("scaled out") == std::string::npos; ++i) {
+    try {
+      store()->acquire(meta);
+      FAIL() << "a single instance resumed a scaled-out checkpoint";
+    } catch (const CheckpointError& e) {
+      refusal = e.what();  // first maybe "in use", while the terminated sessions wind down
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  EXPECT_NE(refusal.find("scaled out"), std::string::npos) << refusal;
+}
+
+TEST_F(ExactlyOnceTest, ScalingOutContinuesFromTheSingleInstanceCheckpoint) {
+  QueryMetadata meta{"id-1", {"KafkaV2[Subscribe[t]]"}};
+  {
+    auto single = store();
+    single->writeMetadata(meta);
+    single->acquire(meta);
+    single->writeOffsets({0, 1, {{"KafkaV2[Subscribe[t]]", Offsets({{{"t", 0}, 0}}), Offsets({{{"t", 0}, 7}})}}});
+    single->writeCommit({0, 2});
+    single->writeOffsets({1, 3, {{"KafkaV2[Subscribe[t]]", Offsets({{{"t", 0}, 7}}), Offsets({{{"t", 0}, 9}})}}});
+    // Batch 1 never committed: scale-out must not skip it.
+  }
+  auto scaled = store();
+  scaled->join(meta);
+  PartitionLeases leases = scaled->leasePartitions(0, {{"t", 0}, {"t", 1}});
+  EXPECT_TRUE(leases.sourceHasCommits);
+  ASSERT_EQ(leases.leases.size(), 2u);
+  EXPECT_EQ(leases.leases[0].committed, 7);
+  EXPECT_FALSE(leases.leases[1].committed);  // a partition the single instance never saw
 }
 
 TEST_F(ExactlyOnceTest, StoreKeepsOffsetsCommitsAndMetadata) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "dataflow/checkpoint.h"
+#include "dataflow/error.h"
 #include "dataflow/detail/operators.h"
 #include "dataflow/detail/plan.h"
 #include "dataflow/progress.h"
@@ -78,6 +79,11 @@ class MicroBatchExecution {
   };
 
   void driverLoop();
+  void initializeScaleOut(const QueryMetadata& metadata);
+  // Scale-out: drops revoked partitions and leases newly assigned ones, from the sources' latest
+  // offsets (which cover only the partitions assigned to this instance).
+  void followAssignment(const std::vector<Offsets>& latest);
+  void dropFencedPartitions(const PartitionsFencedError& e, int64_t batchId);
   std::optional<PlannedBatch> planNextBatch(std::map<std::string, int64_t>& durations);
   void executeBatch(PlannedBatch batch, std::map<std::string, int64_t> durations,
                     std::chrono::steady_clock::time_point triggerStart);
@@ -97,6 +103,9 @@ class MicroBatchExecution {
   std::optional<OffsetLogEntry> pendingReplay_;  // uncommitted batch found at start
   int64_t nextBatchId_ = 0;
   std::vector<Offsets> committedEnd_;  // per source
+  // Scale-out (coordinated sources): per source, the lease epoch of each partition read here.
+  bool scaleOut_ = false;
+  std::vector<std::map<PartitionId, int64_t>> leaseEpochs_;
   std::vector<Offsets> availableNowTarget_;
   std::chrono::steady_clock::time_point lastTriggerEnd_{};
   std::chrono::steady_clock::time_point lastIdleEvent_{};

@@ -5,6 +5,11 @@
 // planned range [from, until) of every partition, so a replay after a restart reads the same
 // records. Optionally, committed batches are also committed to a consumer group so that standard
 // lag tools (kafka-consumer-groups, Burrow) see the job's lag.
+//
+// Scale-out (option consumerGroup): several processes of one query join a consumer group and
+// Kafka's group protocol (cooperative-sticky by default) decides which partitions each reads. The
+// group member only follows the assignment, paused: records are still read by the per-partition
+// readers, from the offsets the query's checkpoint keeps per partition, never from the group's.
 #pragma once
 
 #include <chrono>
@@ -74,6 +79,12 @@ struct KafkaSourceOptions {
   // If set, offsets of committed batches are committed to this consumer group (lag monitoring
   // only: the job never reads them back). Option "commitOffsetsToGroup".
   std::string commitOffsetsToGroup;
+  // Scale-out: join this consumer group; Kafka assigns this process its share of the partitions.
+  // Needs a checkpoint store that keeps offsets per partition (the PostgreSQL store). Processed
+  // offsets are also committed to the group, for lag tools. Session and rebalance settings go
+  // through kafka.* (kafka.session.timeout.ms, kafka.partition.assignment.strategy). Not with
+  // assign. Option "consumerGroup".
+  std::string consumerGroup;
   // How long a read waits for records it knows exist before failing (retriably).
   // Option "kafkaConsumer.pollTimeoutMs". Default: 120 s.
   std::chrono::milliseconds pollTimeout{120000};
@@ -110,7 +121,10 @@ class KafkaSource final : public TypedSource<KafkaRecord> {
   std::optional<int64_t> maxRecordsPerBatch() const override;
   void read(const PartitionId& partition, int64_t from, int64_t until, std::vector<KafkaRecord>& out) override;
   void onBatchCommitted(const Offsets& end) override;
-  // minOffsetsBehindLatest, maxOffsetsBehindLatest, avgOffsetsBehindLatest.
+  bool isCoordinated() const override;
+  void onPartitionsFenced(const std::vector<PartitionId>& partitions) override;
+  // minOffsetsBehindLatest, maxOffsetsBehindLatest, avgOffsetsBehindLatest, and with a consumer
+  // group assignedPartitions.
   SourceMetrics metrics(const Offsets& end, const Offsets& latest) override;
 
  private:

@@ -6,6 +6,13 @@
 // Only one running instance per checkpoint: acquire() takes a session advisory lock and bumps an
 // epoch; commitWithin() checks the epoch inside the batch's transaction, so an instance that lost
 // its lock (a zombie after a long pause) cannot commit.
+//
+// Scale-out (a source in a Kafka consumer group, sql/004_partition_offsets.sql): any number of
+// instances join() with a shared advisory lock (which keeps a single-instance run out, and the
+// reverse). Each assigned partition is leased with a new epoch; commitWithin() writes the next
+// offset of every partition the batch read, only where the lease is still this instance's and the
+// batch continues from the stored offset, else the whole transaction fails with
+// PartitionsFencedError.
 #pragma once
 
 #include <memory>
@@ -43,19 +50,36 @@ class PostgresCheckpointStore final : public CheckpointStore {
   void writeCommit(const CommitLogEntry& entry) override;
   std::optional<CommitLogEntry> latestCommit() override;
 
-  // Records batch `batchId` as committed inside the caller's open transaction on `tx`. Throws
-  // CheckpointError (not retriable) when this instance has been fenced by a newer one.
-  void commitWithin(Connection& tx, int64_t batchId);
+  bool supportsScaleOut() const override { return true; }
+  // Takes the checkpoint's advisory lock in shared mode. Throws CheckpointError while a
+  // single-instance run holds it.
+  void join(const QueryMetadata& metadata) override;
+  // A partition never committed in scale-out starts from the query's last committed batch when
+  // it ran as a single instance before, so a job can be scaled out without reprocessing.
+  PartitionLeases leasePartitions(size_t source, const std::vector<PartitionId>& partitions) override;
+  // A no-op when commitWithin() already recorded this batch; else commits it in a transaction of
+  // its own.
+  void commitPartitions(const BatchInfo& batch) override;
+
+  // Records the batch as committed inside the caller's open transaction on `tx`: its commit entry,
+  // or in scale-out the next offset of each partition it read. Throws CheckpointError (not
+  // retriable) when this instance has been fenced by a newer one; in scale-out,
+  // PartitionsFencedError naming the partitions whose lease it lost.
+  void commitWithin(Connection& tx, const BatchInfo& batch);
 
  private:
   template <class F>
   auto withConnection(F&& fn);
   void lockAndBump();
+  void lockShared();
+  void commitPartitionsWithin(Connection& tx, const BatchInfo& batch);
 
   PostgresCheckpointOptions options_;
+  std::string owner_;  // host:pid, recorded with each lease
   std::mutex mu_;
   std::optional<Connection> conn_;
   bool acquired_ = false;
+  bool shared_ = false;  // joined as one of several instances (scale-out)
   int64_t epoch_ = -1;
   int64_t committedWithin_ = -1;
 };
