@@ -11,42 +11,18 @@
 # Writes bench/results/e2e-<date>.json and .md.
 #   bench/e2e/run.sh [N=200000] [RATE=1000] [SECONDS=30]
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 N=${1:-200000}
 RATE=${2:-1000}
 DURATION=${3:-30}
-export DATAFLOW_STATE_DIR=${BENCH_STATE_DIR:-$ROOT/build/bench-stack}
-BUILD=$ROOT/build/release
-OUT=$ROOT/bench/results
-WORK=$DATAFLOW_STATE_DIR/bench
-mkdir -p "$OUT" "$WORK"
-cd "$ROOT"
-cmake --preset release > /dev/null
-cmake --build build/release -j2 --target stream_orders simulate_writes kafka_consume > /dev/null
-scripts/stack up > /dev/null
-eval "$(scripts/stack env)"
-export PGOPTIONS="-c client_min_messages=warning"
-q() { psql -X -q -tA -v ON_ERROR_STOP=1 -c "$1"; }
-ms_now() { date +%s%3N; }
+source "$(dirname "$0")/lib.sh" stream_orders simulate_writes kafka_consume
 vmhwm() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 # ------------------------------------------------------------------ 1. drain throughput
 topic=bench.drain.$(date +%s)
-template=$(jq -r '.payload' tests/data/debezium/plain-orders.jsonl | sed -n 2p)
 echo "generating $N events into $topic"
 q "TRUNCATE fact_orders" > /dev/null
-T="$template" awk -v n="$N" 'BEGIN {
-  t = ENVIRON["T"];  # not -v: awk would process the backslash escapes of the JSON
-  # Mark the varied fields once, then print the pieces: no regex per event.
-  sub(/"after":\{"id":[0-9]+/, "\"after\":{\"id\":\001", t);
-  sub(/"amount":"[0-9.]+"/, "\"amount\":\"\001\"", t);
-  sub(/"lsn":[0-9]+/, "\"lsn\":\001", t);
-  split(t, p, "\001");
-  for (i = 1; i <= n; i++) {
-    printf "{\"id\":%d}\t%s%d%s%d.%02d%s%d%s\n", i, p[1], i, p[2], i % 100000, i % 90 + 10, p[3], 1000000 + i, p[4];
-  }
-}' > "$WORK/events.tsv"
-kcat -b "$KAFKA_BOOTSTRAP" -P -t "$topic" -K $'\t' -X linger.ms=50 -X batch.num.messages=10000 -l "$WORK/events.tsv"
+generate_events "$N" "$WORK/events.tsv"
+produce_events "$topic" "$WORK/events.tsv"
 bytes=$(stat -c %s "$WORK/events.tsv")
 # The Kafka source alone, into a sink that does nothing.
 consume=$("$BUILD/bench/kafka_consume" "$KAFKA_BOOTSTRAP" "$topic" 2>/dev/null | tail -n 1)

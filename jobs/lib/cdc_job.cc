@@ -54,6 +54,10 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
   app.add_flag("--available-now", c.availableNow, "Process what is in the topics now, then exit (a backfill run)");
   app.add_option("--kafka-lag-group", c.commitOffsetsToGroup, "Commit processed offsets to this consumer group (lag tools)")
       ->envname("KAFKA_LAG_GROUP");
+  app.add_option("--consumer-group", c.consumerGroup,
+                 "Scale out: every process started with this group shares the topics' partitions (Kafka assigns "
+                 "them); offsets stay per partition in the warehouse checkpoint")
+      ->envname("CONSUMER_GROUP");
   app.add_option("--metrics-port", c.metricsPort, "Serve /metrics, /healthz and /progress on this port (0: off)")
       ->envname("METRICS_PORT")->default_val(0)->check(CLI::Range(0, 65535));
   app.add_option("--connect-url", c.connectUrl, "Kafka Connect REST URL: watch the connector's state")->envname("CONNECT_URL");
@@ -64,7 +68,8 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
   app.add_option("--slot-lag-alert-bytes", c.slotLagAlertBytes, "Warn when the slot lags more than this and keeps growing")
       ->envname("SLOT_LAG_ALERT_BYTES")->default_val(int64_t{512} << 20)->check(kNonNegative);
   std::vector<std::string> kafkaOptions;
-  app.add_option("--kafka-option", kafkaOptions, "librdkafka property key=value (TLS, SASL, ...); repeatable");
+  app.add_option("--kafka-option", kafkaOptions, "librdkafka property key=value (TLS, SASL, ...); repeatable")
+      ->envname("KAFKA_OPTIONS")->delimiter(',');
   std::string logLevel;
   app.add_option("--log-level", logLevel, "trace, debug, info, warn, error")->envname("LOG_LEVEL")->default_val("info")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
@@ -82,6 +87,18 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
     }
     c.kafkaOptions[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
+  auto refuse = [&](const std::string& message) {
+    std::cerr << defaults.program << ": " << message << "\n";
+    std::exit(2);
+  };
+  if (!c.consumerGroup.empty() && !c.checkpointDir.empty()) {
+    refuse("--consumer-group (CONSUMER_GROUP) needs the warehouse checkpoint, which keeps offsets per partition; "
+           "unset --checkpoint-dir (CHECKPOINT_DIR)");
+  }
+  if (!c.consumerGroup.empty() && c.availableNow) {
+    refuse("--available-now cannot be combined with --consumer-group (CONSUMER_GROUP): what is available depends on "
+           "the group's assignment");
+  }
   // Fail fast on settings the Kafka source rejects, naming them.
   try {
     dataflow::kafka::KafkaSourceOptions probe;
@@ -89,6 +106,8 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
     if (c.topicPattern.empty()) probe.subscribe = c.topics;
     else probe.subscribePattern = c.topicPattern;
     probe.startingOffsets = c.startingOffsets;
+    probe.consumerGroup = c.consumerGroup;
+    probe.commitOffsetsToGroup = c.commitOffsetsToGroup;
     for (const auto& [k, v] : c.kafkaOptions) probe.kafka[k] = v;
     probe.validate();
   } catch (const dataflow::Error& e) {
@@ -114,6 +133,7 @@ std::shared_ptr<dataflow::kafka::KafkaSource> kafkaSource(const JobConfig& c) {
   o.startingOffsets = c.startingOffsets;
   o.maxOffsetsPerTrigger = c.maxOffsetsPerTrigger;
   o.commitOffsetsToGroup = c.commitOffsetsToGroup;
+  o.consumerGroup = c.consumerGroup;
   o.kafka = c.kafkaOptions;
   return std::make_shared<dataflow::kafka::KafkaSource>(o);
 }

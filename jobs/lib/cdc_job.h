@@ -47,6 +47,7 @@ struct JobConfig {
   int workers = 0;                        // WORKERS, default 0 = one per core
   bool availableNow = false;              // --available-now: drain what exists, then exit
   std::string commitOffsetsToGroup;       // KAFKA_LAG_GROUP: expose lag to a consumer group
+  std::string consumerGroup;              // CONSUMER_GROUP: scale out; processes of the job share the partitions
   int metricsPort = 0;                    // METRICS_PORT: /metrics, /healthz, /progress; 0 = off
   std::string connectUrl;                 // CONNECT_URL: watch the Debezium connector's state
   std::string connectorName;              // CDC_CONNECTOR, default postgres-cdc

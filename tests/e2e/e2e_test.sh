@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
-#   backfill manual_checks malformed mixed_workload faults multi_table signals
+#   backfill manual_checks malformed mixed_workload faults multi_table metrics partitions
+#   schema_change schema_on signals scale_out
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -338,5 +339,61 @@ case "${1:-}" in
     echo "schema_change: ok"
     ;;
 
-  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|metrics|partitions|schema_change|schema_on|signals" >&2; exit 2 ;;
+  scale_out)
+    # Scale-out across processes: three processes of stream_orders join one consumer group and
+    # share the 3 partitions of its topic, with offsets per partition in the warehouse checkpoint
+    # (continuing from the single-instance runs before). Mid-stream one is killed (-9) and a new
+    # one started, and one is paused past the group's session timeout (a zombie) and resumed.
+    # The warehouse ends equal to the source, with no dead letters and no offset skipped.
+    "$JOBS" stop > /dev/null
+    "$JOBS" start stream_customers > /dev/null
+    start_dlq=$(dlq_count)
+    partitions=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t dbserver1.public.orders | grep -c 'partition [0-9]*,') || true
+    ((partitions >= 3)) || fail "dbserver1.public.orders has $partitions partitions, expected 3 (the partitions test)"
+    export CONSUMER_GROUP=orders-scaled KAFKA_OPTIONS=session.timeout.ms=6000,heartbeat.interval.ms=500
+    logs=$DATAFLOW_STATE_DIR/jobs
+    for i in 1 2 3; do rm -f "$logs/stream_orders@$i.log"; done
+    "$JOBS" start stream_orders@1 stream_orders@2 stream_orders@3 > /dev/null
+    # The group settles with every process owning a partition.
+    for _ in $(seq 1 150); do
+      owners=0
+      for i in 1 2 3; do grep -q "partitions assigned" "$logs/stream_orders@$i.log" 2>/dev/null && owners=$((owners + 1)); done
+      ((owners == 3)) && break
+      sleep 0.2
+    done
+    ((owners == 3)) || fail "only $owners of 3 processes were assigned partitions"
+    "$SIM" --ops 12000 --rate 800 --batch 2 --seed 61 > "$DATA/scale_out_sim.log" 2>&1 &
+    sim=$!
+    sleep 2
+    "$JOBS" kill stream_orders@2 > /dev/null
+    sleep 1
+    rm -f "$logs/stream_orders@4.log"
+    "$JOBS" start stream_orders@4 > /dev/null
+    sleep 1
+    "$JOBS" pause stream_orders@3 > /dev/null
+    sleep 10  # > session.timeout.ms: the group evicts it and gives its partitions to the others
+    "$JOBS" resume stream_orders@3 > /dev/null
+    wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/scale_out_sim.log")"
+    verify 120
+    [[ $(dlq_count) == "$start_dlq" ]] || fail "dead letters while scaled out"
+    # Every partition's stored offset reaches the end of the topic: nothing skipped, nothing left.
+    for p in $(seq 0 $((partitions - 1))); do
+      end=$(kcat -b "$KAFKA_BOOTSTRAP" -Q -t "dbserver1.public.orders:$p:-1" | awk '{print $NF}')
+      wait_sql "SELECT next_offset FROM dataflow_partition_offsets WHERE checkpoint_name = 'orders-cdc-warehouse' AND topic = 'dbserver1.public.orders' AND kafka_partition = $p" "$end" 60
+    done
+    # The paused process learnt it had been replaced (its partitions were lost, or its batch
+    # refused) and kept running; the new one took over partitions.
+    grep -qE "consumer group 'orders-scaled' lost|abandoned, nothing committed" "$logs/stream_orders@3.log" ||
+      fail "the paused process did not notice its eviction: $(tail -n 5 "$logs/stream_orders@3.log")"
+    grep -q "partitions assigned" "$logs/stream_orders@4.log" || fail "the process started later got no partition"
+    for i in 1 3 4; do "$JOBS" status "stream_orders@$i" | grep -q running || fail "stream_orders@$i stopped"; done
+    "$JOBS" stop stream_orders@1 stream_orders@3 stream_orders@4 > /dev/null
+    # A single-instance run of a scaled-out checkpoint is refused, naming why.
+    rc=0; out=$(unset CONSUMER_GROUP; timeout 30 "$BUILD/jobs/stream_orders" 2>&1) || rc=$?
+    [[ $rc != 0 && "$out" == *"scaled out"* ]] || fail "a single instance was not refused: rc=$rc, $(echo "$out" | tail -n 2)"
+    leases=$(q "SELECT max(lease_epoch) FROM dataflow_partition_offsets WHERE checkpoint_name = 'orders-cdc-warehouse'")
+    echo "scale_out: ok ($partitions partitions, 4 processes, highest lease epoch $leases)"
+    ;;
+
+  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|metrics|partitions|schema_change|schema_on|signals|scale_out" >&2; exit 2 ;;
 esac

@@ -190,6 +190,9 @@ struct KafkaSource::Impl {
       // No exception may cross librdkafka's C frames: failures are logged, and the partitions
       // are then simply not reported as assigned.
       std::string failure;
+      // A fixed position: the member does not look up the group's committed offsets (it never
+      // fetches, and the query's offsets are in its checkpoint).
+      for (int i = 0; i < parts->cnt; ++i) parts->elems[i].offset = RD_KAFKA_OFFSET_END;
       if (cooperative) {
         if (rd_kafka_error_t* error = rd_kafka_incremental_assign(rk, parts)) {
           failure = rd_kafka_error_string(error);
@@ -210,7 +213,7 @@ struct KafkaSource::Impl {
         assigned.insert(p);
         fenced.erase(p);
       }
-      spdlog::info("Kafka: consumer group '{}' assigned {}", options.consumerGroup, names);
+      if (parts->cnt > 0) spdlog::info("Kafka: consumer group '{}' assigned {}", options.consumerGroup, names);
     } else {
       // Revoked (a rebalance) or lost (this member was evicted, e.g. after a long pause). Either
       // way it happens inside latestOffsets(), between batches: no batch is in flight.

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
 
@@ -39,6 +40,10 @@ struct QueryMetrics::Impl {
       .Name("dataflow_offsets_behind_latest").Help("Records not yet processed (min, max, avg over partitions)").Register(*registry);
   prometheus::Family<prometheus::Gauge>& partitionBehind = prometheus::BuildGauge()
       .Name("dataflow_partition_offsets_behind_latest").Help("Records not yet processed, per source partition").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& assignedPartitions = prometheus::BuildGauge()
+      .Name("dataflow_assigned_partitions").Help("Partitions the consumer group assigned to this process (scale-out)").Register(*registry);
+  // The per-partition gauges last set: a partition that moved to another process is removed.
+  std::map<std::string, prometheus::Gauge*> partitionGauges;
   prometheus::Family<prometheus::Gauge>& restarts = prometheus::BuildGauge()
       .Name("dataflow_job_restarts").Help("Times the supervisor restarted this job after a failure").Register(*registry);
   prometheus::Family<prometheus::Gauge>& lastBatch = prometheus::BuildGauge()
@@ -97,10 +102,17 @@ void QueryMetrics::onQueryProgress(const QueryProgress& p) {
   if (auto it = p.durationMs.find("commitOffsets"); it != p.durationMs.end()) {
     impl_->commitSeconds.Add(query, Impl::buckets()).Observe(it->second / 1000.0);
   }
+  std::map<std::string, prometheus::Gauge*> partitionGauges;
   for (const auto& source : p.sources) {
     for (const auto& [key, value] : source.metrics) {
       if (key.starts_with("offsetsBehindLatest.")) {
-        impl_->partitionBehind.Add({{"query", impl_->name}, {"partition", key.substr(20)}}).Set(std::stod(value));
+        auto& gauge = impl_->partitionBehind.Add({{"query", impl_->name}, {"partition", key.substr(20)}});
+        gauge.Set(std::stod(value));
+        partitionGauges[key.substr(20)] = &gauge;
+        continue;
+      }
+      if (key == "assignedPartitions") {
+        impl_->assignedPartitions.Add(query).Set(std::stod(value));
         continue;
       }
       std::string stat = key == "minOffsetsBehindLatest" ? "min" : key == "maxOffsetsBehindLatest" ? "max"
@@ -109,6 +121,10 @@ void QueryMetrics::onQueryProgress(const QueryProgress& p) {
       impl_->behind.Add({{"query", impl_->name}, {"source", source.description}, {"stat", stat}}).Set(std::stod(value));
     }
   }
+  for (const auto& [partition, gauge] : impl_->partitionGauges) {
+    if (!partitionGauges.contains(partition)) impl_->partitionBehind.Remove(gauge);
+  }
+  impl_->partitionGauges = std::move(partitionGauges);
 }
 
 void QueryMetrics::recordDeadLetters(std::span<const DeadLetter> letters) {

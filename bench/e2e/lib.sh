@@ -1,0 +1,41 @@
+# Shared by the end-to-end benchmarks (sourced): the benchmark stack (its own state folder), the
+# release build of the given targets, and helpers. Sets ROOT, BUILD, OUT, WORK and the stack's
+# environment (KAFKA_BOOTSTRAP, PG*).
+#   source bench/e2e/lib.sh TARGET...
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export DATAFLOW_STATE_DIR=${BENCH_STATE_DIR:-$ROOT/build/bench-stack}
+BUILD=$ROOT/build/release
+OUT=$ROOT/bench/results
+WORK=$DATAFLOW_STATE_DIR/bench
+mkdir -p "$OUT" "$WORK"
+cd "$ROOT"
+cmake --preset release > /dev/null
+cmake --build build/release -j2 --target "$@" > /dev/null
+scripts/stack up > /dev/null
+eval "$(scripts/stack env)"
+export PGOPTIONS="-c client_min_messages=warning"
+q() { psql -X -q -tA -v ON_ERROR_STOP=1 -c "$1"; }
+ms_now() { date +%s%3N; }
+
+# generate_events N FILE: N Debezium order events ("key<TAB>value" lines), made from a captured
+# event with the order id, amount and LSN varied.
+generate_events() {
+  local template
+  template=$(jq -r '.payload' tests/data/debezium/plain-orders.jsonl | sed -n 2p)
+  T="$template" awk -v n="$1" 'BEGIN {
+    t = ENVIRON["T"];  # not -v: awk would process the backslash escapes of the JSON
+    # Mark the varied fields once, then print the pieces: no regex per event.
+    sub(/"after":\{"id":[0-9]+/, "\"after\":{\"id\":\001", t);
+    sub(/"amount":"[0-9.]+"/, "\"amount\":\"\001\"", t);
+    sub(/"lsn":[0-9]+/, "\"lsn\":\001", t);
+    split(t, p, "\001");
+    for (i = 1; i <= n; i++) {
+      printf "{\"id\":%d}\t%s%d%s%d.%02d%s%d%s\n", i, p[1], i, p[2], i % 100000, i % 90 + 10, p[3], 1000000 + i, p[4];
+    }
+  }' > "$2"
+}
+
+# produce_events TOPIC FILE: the events, keyed (the default partitioner spreads keys over partitions).
+produce_events() {
+  kcat -b "$KAFKA_BOOTSTRAP" -P -t "$1" -K $'\t' -X linger.ms=50 -X batch.num.messages=10000 -l "$2"
+}
