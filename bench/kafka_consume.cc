@@ -23,9 +23,12 @@ int main(int argc, char** argv) {
   auto query = session.readStream(std::make_shared<dataflow::kafka::KafkaSource>(options))
                    .writeStream()
                    .trigger(dataflow::Trigger::availableNow())
-                   .foreachBatch([&](const dataflow::Batch<dataflow::kafka::KafkaRecord>& batch, const dataflow::BatchInfo&) {
+                   .foreachBatch([&](const dataflow::Batch<dataflow::kafka::KafkaRecord>& batch, const dataflow::BatchInfo& info) {
                      for (const auto& r : batch.rows()) bytes += static_cast<int64_t>(r.value.size());
                      records += static_cast<int64_t>(batch.numRows());
+                     // Per batch on stderr: where the time goes (start-up, a stall, steady reads).
+                     std::fprintf(stderr, "batch %lld: %zu records, %.0f ms since start\n", static_cast<long long>(info.batchId),
+                                  batch.numRows(), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
                    })
                    .start();
   query.awaitTermination();
