@@ -47,7 +47,7 @@ drain_ms=$((end - start))
 # Sustained: from the first committed batch to the last, without process start-up.
 read -r sustained_eps <<< "$(grep ' batch [0-9]*: ' "$WORK/drain.log" | awk -v n="$N" '
   { split($2, t, /[:.]/); ms = ((t[1] * 60 + t[2]) * 60 + t[3]) * 1000 + t[4]; sub(/\]$/, "", ms)
-    if (NR == 1) { first = ms; firstRows = $6 } last = ms }
+    if (NR == 1) { first = ms; firstRows = $7 } last = ms }
   END { if (last > first) printf "%.0f", (n - firstRows) * 1000 / (last - first); else print 0 }')"
 drain_eps=$(awk -v n="$N" -v ms="$drain_ms" 'BEGIN {printf "%.0f", n * 1000 / ms}')
 
