@@ -19,6 +19,19 @@ consume() {
   timeout 60 kcat -b "$KAFKA_BOOTSTRAP" -C -t "$topic" -o "$from" -c "$count" -J -q \
     || fail "fewer than $count records arrived in $topic within 60 s"
 }
+# consume_key TOPIC FROM COUNT ID: the first COUNT records from offset FROM whose key is
+# {"id":ID}; records of other keys (e.g. the simulator's, still arriving) are skipped.
+consume_key() {
+  local topic=$1 from=$2 count=$3 id=$4 out=""
+  wait_topic "$topic"
+  for _ in $(seq 1 300); do
+    out=$(kcat -b "$KAFKA_BOOTSTRAP" -C -t "$topic" -o "$from" -e -J -q |
+      jq -c --argjson id "$id" 'select(((.key // "{}") | fromjson? | .id?) == $id)' | head -n "$count")
+    (($(grep -c . <<< "$out") >= count)) && { echo "$out"; return 0; }
+    sleep 0.2
+  done
+  fail "fewer than $count records keyed $id arrived in $topic within 60 s"
+}
 # Topics appear with their first record; wait for one (up to 60 s).
 wait_topic() {
   for _ in $(seq 1 300); do
@@ -52,7 +65,7 @@ case "${1:-}" in
     q "DELETE FROM orders WHERE id = $oid" > /dev/null
     q "DELETE FROM customers WHERE id = $cid" > /dev/null
 
-    customers=$(consume dbserver1.public.customers "$c0" 4)
+    customers=$(consume_key dbserver1.public.customers "$c0" 4 "$cid")
     ops=$(echo "$customers" | jq -r 'if .payload == null then "tombstone" else (.payload | fromjson | .op) end' | paste -sd,)
     [[ "$ops" == "c,u,d,tombstone" ]] || fail "customers events were $ops, expected c,u,d,tombstone"
     echo "$customers" | jq -s -e --arg id "$cid" '[.[] | select(.payload != null) | .payload | fromjson
@@ -62,7 +75,7 @@ case "${1:-}" in
     tombstone_key=$(echo "$customers" | jq -r 'select(.payload == null) | .key')
     [[ $(echo "$tombstone_key" | jq -r .id) == "$cid" ]] || fail "tombstone key is $tombstone_key"
 
-    orders=$(consume dbserver1.public.orders "$o0" 4)
+    orders=$(consume_key dbserver1.public.orders "$o0" 4 "$oid")
     ops=$(echo "$orders" | jq -r 'if .payload == null then "tombstone" else (.payload | fromjson | .op) end' | paste -sd,)
     [[ "$ops" == "c,u,d,tombstone" ]] || fail "orders events were $ops, expected c,u,d,tombstone"
     amount=$(echo "$orders" | jq -r 'select(.payload != null) | .payload | fromjson | select(.op == "c") | .after.amount')

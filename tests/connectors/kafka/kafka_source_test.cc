@@ -546,5 +546,35 @@ TEST_F(RealBroker, OffsetsDeletedByRetentionFailOrSkipPerFailOnDataLoss) {
   std::filesystem::remove_all(dir);
 }
 
+// Scale-out with a pattern (the multi-table job): the group member subscribes to the matching
+// topics, including one created while the query runs, and the query reads what it is assigned.
+// On the real broker: the mock cluster does not rebalance a group whose subscription grows.
+TEST_F(RealBroker, ConsumerGroupFollowsTopicsMatchingAPattern) {
+  auto produceTo = [&](const std::string& topic, std::string value) {
+    ASSERT_EQ(rd_kafka_producev(producer_, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_VALUE(value.data(), value.size()),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+              RD_KAFKA_RESP_ERR_NO_ERROR);
+    ASSERT_EQ(rd_kafka_flush(producer_, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
+  };
+  produceTo(topic_ + ".customers", "c0");
+  KafkaSourceOptions o = options();
+  o.subscribe.clear();
+  o.subscribePattern = topic_ + "\\..*";
+  o.partitionDiscoveryInterval = std::chrono::milliseconds(100);
+  o.consumerGroup = topic_ + "-group";
+  Session session;
+  auto sink = std::make_shared<MemorySink<Seen>>();
+  auto q = session.readStream(std::make_shared<KafkaSource>(o)).map(toSeen).writeStream()
+               .checkpoint(memoryCheckpoint()).sink(sink).start();
+  for (int i = 0; i < 600 && sink->rows().empty(); ++i) std::this_thread::sleep_for(50ms);
+  produceTo(topic_ + ".orders", "o0");
+  for (int i = 0; i < 600 && sink->rows().size() < 2; ++i) std::this_thread::sleep_for(50ms);
+  q.stop();
+  std::vector<std::string> values;
+  for (const auto& r : sink->rows()) values.push_back(r.value);
+  std::sort(values.begin(), values.end());
+  EXPECT_EQ(values, (std::vector<std::string>{"c0", "o0"}));
+}
+
 }  // namespace
 }  // namespace dataflow::kafka
