@@ -2,8 +2,9 @@
 --
 -- Replica identity: DEFAULT (the primary key). Updates carry the full new row in `after`; deletes
 -- carry only the key in `before`, which is all the warehouse needs to soft-delete. FULL would
--- double the WAL written per change for no gain here, and no column is large enough to be
--- TOASTed (so the `__debezium_unavailable_value` placeholder cannot occur for these tables).
+-- double the WAL written per change for no gain here. A text value large enough to be TOASTed is
+-- not logged again by an update that leaves it unchanged; Debezium then sends the
+-- `__debezium_unavailable_value` placeholder, and the jobs keep the warehouse's stored value.
 --
 -- Deleting a customer deletes its orders (ON DELETE CASCADE): PostgreSQL logs each cascaded row,
 -- so Debezium emits a delete event for every one of those orders and the warehouse soft-deletes

@@ -48,6 +48,14 @@ std::optional<std::string> text(const std::optional<dbz::Timestamp>& t) {
 
 std::string eventTime(const dbz::SourceInfo& source) { return dbz::Timestamp{source.tsMs * 1000}.toString(); }
 
+// Whether column `index` of the mapping came with the event (see ChangeEvent::unavailable). The
+// mappings above declare their columns in the order of the warehouse row's values, so the same
+// bits mark the values the sink must keep (UpsertRow::keepStored).
+template <class Row>
+bool sent(const dbz::ChangeEvent<Row>& e, int index) {
+  return ((e.unavailable >> index) & 1) == 0;
+}
+
 template <class Row>
 Result<dbz::ChangeEvent<Row>> decode(const dbz::TableMapping<Row>& mapping, const KafkaRecord& record) {
   if (!record.hasValue) return parseError("tombstone", "a tombstone reached the decoder");
@@ -90,11 +98,11 @@ Result<UpsertRow> customerChange(const KafkaRecord& record) {
     return UpsertRow{{std::to_string(c.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)},
                      *e.source.lsn, true};
   }
-  if (c.email.empty() || c.email.find('@') == std::string::npos) {
+  if (sent(e, 1) && (c.email.empty() || c.email.find('@') == std::string::npos)) {
     return parseError("invalid_value", "customer " + std::to_string(c.id) + ": email '" + c.email.substr(0, 80) + "' has no '@'");
   }
   return UpsertRow{{std::to_string(c.id), c.email, c.country, text(c.createdAt), text(c.updatedAt), eventTime(e.source)},
-                   *e.source.lsn, false};
+                   *e.source.lsn, false, e.unavailable};
 }
 
 Result<UpsertRow> orderChange(const KafkaRecord& record) {
@@ -111,12 +119,12 @@ Result<UpsertRow> orderChange(const KafkaRecord& record) {
     return UpsertRow{{std::to_string(o.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)},
                      *e.source.lsn, true};
   }
-  if (o.customerId <= 0) return parseError("invalid_value", "order " + std::to_string(o.id) + ": customer_id is not positive");
+  if (sent(e, 1) && o.customerId <= 0) return parseError("invalid_value", "order " + std::to_string(o.id) + ": customer_id is not positive");
   if (o.amount.text.starts_with('-')) return parseError("invalid_value", "order " + std::to_string(o.id) + ": negative amount " + o.amount.text);
-  if (o.status.empty()) return parseError("invalid_value", "order " + std::to_string(o.id) + ": empty status");
+  if (sent(e, 3) && o.status.empty()) return parseError("invalid_value", "order " + std::to_string(o.id) + ": empty status");
   return UpsertRow{{std::to_string(o.id), std::to_string(o.customerId), o.amount.text, o.status, text(o.createdAt),
                     text(o.updatedAt), eventTime(e.source)},
-                   *e.source.lsn, false};
+                   *e.source.lsn, false, e.unavailable};
 }
 
 const CdcTable& customersTable() {

@@ -785,13 +785,14 @@ Result<Envelope> parseEnvelope(std::string_view payload) {
 }
 
 std::optional<ParseError> decodeField(const RowImage& row, const RowSchema* schema, std::string_view name,
-                                      const ColumnOptions& options, Member& out, bool& present) {
-  present = false;
+                                      const ColumnOptions& options, Member& out, FieldPresence& presence) {
+  presence = FieldPresence::kAbsent;
   const Value* found = row.find(name);
   if (!found || found->kind == Value::Kind::kNull) return std::nullopt;
   const Value& v = *found;
   if (v.kind == Value::Kind::kString && v.s == "__debezium_unavailable_value") {
-    // An unchanged TOASTed value under REPLICA IDENTITY DEFAULT: not known, treated as absent.
+    // An unchanged TOASTed value under REPLICA IDENTITY DEFAULT: not sent; the stored one stands.
+    presence = FieldPresence::kUnavailable;
     return std::nullopt;
   }
   const FieldSchema* field = schema ? schema->find(name) : nullptr;
@@ -883,7 +884,7 @@ std::optional<ParseError> decodeField(const RowImage& row, const RowSchema* sche
         }
       },
       out);
-  if (!error) present = true;
+  if (!error) presence = FieldPresence::kPresent;
   return error;
 }
 

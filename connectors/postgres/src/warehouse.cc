@@ -93,6 +93,10 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   std::unordered_map<std::string, size_t> newest;
   newest.reserve(rows.size());
   std::vector<char> keep(rows.size(), 0);
+  // Bits of UpsertRow::keepStored that name value columns (not keys).
+  const uint64_t valueBits = (width >= 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1) & ~((uint64_t{1} << keys) - 1);
+  std::unordered_map<size_t, UpsertRow> patched;  // newest changes completed from older ones
+  bool anyKept = false;
   std::string key;
   for (size_t i = 0; i < rows.size(); ++i) {
     const UpsertRow& r = rows[i];
@@ -111,7 +115,23 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     if (inserted) {
       keep[i] = 1;
     } else if (rows[it->second].version <= r.version) {
-      keep[it->second] = 0;
+      // A column the newer change did not send has the value of the previous change, unless that
+      // was a delete (which carries only the key; the stored row keeps its last values).
+      const uint64_t kept = r.keepStored & valueBits;
+      const size_t previous = it->second;
+      const UpsertRow& older = patched.contains(previous) ? patched.at(previous) : rows[previous];
+      if (kept != 0 && !older.deleted && !r.deleted) {
+        UpsertRow merged = r;
+        for (size_t c = keys; c < width && c < 64; ++c) {
+          const uint64_t bit = uint64_t{1} << c;
+          if ((kept & bit) && !(older.keepStored & bit)) {
+            merged.values[c] = older.values[c];
+            merged.keepStored &= ~bit;
+          }
+        }
+        patched[i] = std::move(merged);
+      }
+      keep[previous] = 0;
       keep[i] = 1;
       it->second = i;
     }
@@ -125,20 +145,27 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   const std::string version = conn_.quoteIdentifier(o.versionColumn);
   std::string stageColumns = keyList + (o.valueColumns.empty() ? "" : ", " + valueList) + ", " + version;
   conn_.exec("CREATE TEMP TABLE IF NOT EXISTS " + stage + " ON COMMIT DELETE ROWS AS SELECT " + stageColumns +
-             ", NULL::boolean AS __dataflow_deleted FROM " + target + " WITH NO DATA");
+             ", NULL::boolean AS __dataflow_deleted, NULL::bigint AS __dataflow_keep FROM " + target +
+             " WITH NO DATA");
 
-  conn_.copyStart("COPY " + stage + " (" + stageColumns + ", __dataflow_deleted) FROM STDIN");
+  conn_.copyStart("COPY " + stage + " (" + stageColumns + ", __dataflow_deleted, __dataflow_keep) FROM STDIN");
   std::string buffer;
   buffer.reserve(1 << 20);
   for (size_t i = 0; i < rows.size(); ++i) {
     if (!keep[i]) continue;
-    const UpsertRow& r = rows[i];
-    for (const auto& v : r.values) {
-      appendCopyField(buffer, v);
+    auto patch = patched.find(i);
+    const UpsertRow& r = patch != patched.end() ? patch->second : rows[i];
+    const uint64_t kept = r.deleted ? 0 : r.keepStored & valueBits;
+    anyKept |= kept != 0;
+    for (size_t c = 0; c < r.values.size(); ++c) {
+      // A kept column's text is no value (it may not even parse as the column's type).
+      appendCopyField(buffer, c < 64 && ((kept >> c) & 1) ? std::nullopt : r.values[c]);
       buffer += '\t';
     }
     buffer += std::to_string(r.version);
-    buffer += r.deleted ? "\tt\n" : "\tf\n";
+    buffer += r.deleted ? "\tt\t" : "\tf\t";
+    buffer += std::to_string(static_cast<int64_t>(kept));
+    buffer += '\n';
     if (buffer.size() > (1 << 20) - 4096) {
       conn_.copyData(buffer);
       buffer.clear();
@@ -146,6 +173,20 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   }
   if (!buffer.empty()) conn_.copyData(buffer);
   conn_.copyEnd();
+  if (anyKept) {
+    // Columns a change did not send take the stored value, before the merge.
+    std::string set, match;
+    for (size_t j = 0; j < o.valueColumns.size() && keys + j < 64; ++j) {
+      std::string q = conn_.quoteIdentifier(o.valueColumns[j]);
+      set += std::string(set.empty() ? "" : ", ") + q + " = CASE WHEN s.__dataflow_keep & (1::bigint << " +
+             std::to_string(keys + j) + ") <> 0 THEN t." + q + " ELSE s." + q + " END";
+    }
+    for (const auto& k : o.keyColumns) {
+      std::string q = conn_.quoteIdentifier(k);
+      match += " AND s." + q + " = t." + q;
+    }
+    conn_.exec("UPDATE " + stage + " s SET " + set + " FROM " + target + " t WHERE s.__dataflow_keep <> 0" + match);
+  }
 
   std::string insertColumns = stageColumns;
   std::string select = stageColumns;

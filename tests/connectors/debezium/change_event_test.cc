@@ -207,6 +207,21 @@ TEST(ChangeEvent, UnknownFieldsAndNewColumnsAreIgnoredAndDroppedOptionalColumnsA
   EXPECT_EQ(e.value().source.snapshot, "true");  // the documented boolean form
 }
 
+TEST(ChangeEvent, UnchangedToastedValuesAreMarkedUnavailableNotNullAndNotMissing) {
+  // PostgreSQL does not log an unchanged TOASTed value; Debezium sends a placeholder instead.
+  auto e = kCustomers.decode(R"({"op": "u", "after": {"id": 9, "email": "__debezium_unavailable_value",
+                                  "country": "__debezium_unavailable_value"}, "source": {"lsn": 5}})");
+  ASSERT_TRUE(e.ok()) << e.error().message;  // a required column that was not sent is no error
+  EXPECT_EQ(e.value().unavailable, (uint64_t{1} << 1) | (uint64_t{1} << 2));  // email, country
+  EXPECT_FALSE(e.value().row.country.has_value());
+  auto sent = kCustomers.decode(R"({"op": "u", "after": {"id": 9, "email": "a@b"}, "source": {"lsn": 6}})");
+  ASSERT_TRUE(sent.ok());
+  EXPECT_EQ(sent.value().unavailable, 0u);
+  // A key column is always sent: a placeholder there is an error.
+  EXPECT_FALSE(kCustomers.decode(R"({"op": "u", "after": {"id": "__debezium_unavailable_value", "email": "a@b"},
+                                      "source": {"lsn": 7}})").ok());
+}
+
 TEST(ChangeEvent, DeletesNeedOnlyTheKeyAndTruncatesCarryNoRow) {
   auto d = kCustomers.decode(R"({"op": "d", "before": {"id": 4, "email": ""}, "after": null, "source": {"lsn": 7}})");
   ASSERT_TRUE(d.ok());

@@ -90,6 +90,29 @@ TEST_F(WarehouseTest, SeveralChangesToOneKeyInABatchKeepTheNewest) {
   EXPECT_EQ(readCustomers(*check_)[1].country, "FR");
 }
 
+// An update that did not send a column (an unchanged TOASTed value) keeps the stored value, or
+// within one batch the value of the key's previous change; a column it did send still applies.
+TEST_F(WarehouseTest, ColumnsAChangeDidNotSendKeepTheirValue) {
+  Warehouse w({.connection = configFor(url_)});
+  auto keeping = [](UpsertRow r, uint64_t bits) {
+    r.keepStored = bits;
+    return r;
+  };
+  constexpr uint64_t kEmail = 1 << 1, kCountry = 1 << 2;
+  const std::string big(5000, 'x');
+  write(w, 0, {row(1, "a@x", big, 100)});
+  write(w, 1, {keeping(row(1, "b@x", std::nullopt, 200), kCountry)});
+  EXPECT_EQ(readCustomers(*check_)[1], (Customer{"b@x", big, false, 200}));
+  // In one batch: an insert, then an update that did not send the country, then one that did
+  // not send the email either; the previous change's values carry over.
+  write(w, 2, {row(2, "c@x", "NL", 100), keeping(row(2, "d@x", std::nullopt, 200), kCountry),
+               keeping(row(2, std::nullopt, std::nullopt, 300), kEmail | kCountry)});
+  EXPECT_EQ(readCustomers(*check_)[2], (Customer{"d@x", "NL", false, 300}));
+  // Never seen before: nothing to keep, the column stays unknown (NULL).
+  write(w, 3, {keeping(row(3, "e@x", std::nullopt, 100), kCountry)});
+  EXPECT_EQ(readCustomers(*check_)[3], (Customer{"e@x", std::nullopt, false, 100}));
+}
+
 TEST_F(WarehouseTest, OutOfOrderAndReplayedChangesNeverOverwriteNewerRows) {
   Warehouse w({.connection = configFor(url_)});
   write(w, 0, {row(1, "a@x", "CA", 500)});

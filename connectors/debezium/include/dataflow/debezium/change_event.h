@@ -96,6 +96,12 @@ struct ChangeEvent {
   // Default-constructed for t and m, which carry no row.
   Row row{};
   bool hasRow = false;
+  // Bit i: the i-th column of the mapping (in declaration order, keys included) was not sent.
+  // That happens when PostgreSQL logs an update without a TOASTed value that did not change
+  // (REPLICA IDENTITY DEFAULT) and Debezium puts its placeholder in. The member then keeps its
+  // default, and the stored value is still the right one: a sink must keep it, not overwrite it.
+  // Columns past the 64th are never marked.
+  uint64_t unavailable = 0;
   SourceInfo source;
   int64_t tsMs = 0;  // when the connector processed the change
   bool isDelete() const { return op == Operation::kDelete; }
@@ -129,11 +135,18 @@ inline constexpr bool kIsOptional<std::optional<T>> = true;
 
 using Member = std::variant<int64_t, int32_t, bool, double, std::string, Decimal, Timestamp, Date>;
 
+// What an event says about one column.
+enum class FieldPresence : char {
+  kAbsent,       // null or not in the image
+  kPresent,      // decoded into `out`
+  kUnavailable,  // Debezium's placeholder for an unchanged TOASTed value
+};
+
 // Decodes field `name` of `row` into `out` (which holds the target type). Returns an empty
-// optional on success, else the error. `present` tells whether the field was non-null.
+// optional on success, else the error.
 std::optional<ParseError> decodeField(const RowImage& row, const RowSchema* schema,
                                       std::string_view name, const ColumnOptions& options, Member& out,
-                                      bool& present);
+                                      FieldPresence& presence);
 
 }  // namespace detail
 
@@ -170,12 +183,17 @@ class TableMapping {
                                              "' event");
     }
     if (!event.source.lsn) return parseError("missing_field", "source.lsn is null or absent");
-    for (const Column& c : columns_) {
+    for (size_t i = 0; i < columns_.size(); ++i) {
+      const Column& c = columns_[i];
       if (isDelete && !c.options.key) continue;  // only the key is reliable in a delete
       detail::Member value = c.setter.prototype();
-      bool present = false;
-      if (auto error = detail::decodeField(*image, env.afterSchema, c.name, c.options, value, present)) return *error;
-      if (!present) {
+      auto presence = detail::FieldPresence::kAbsent;
+      if (auto error = detail::decodeField(*image, env.afterSchema, c.name, c.options, value, presence)) return *error;
+      if (presence == detail::FieldPresence::kUnavailable && !c.options.key) {
+        if (i < 64) event.unavailable |= uint64_t{1} << i;
+        continue;
+      }
+      if (presence != detail::FieldPresence::kPresent) {
         if (c.setter.required() || c.options.key) {
           return parseError("missing_field", "required column '" + c.name + "' is null or absent");
         }

@@ -51,6 +51,10 @@ struct UpsertRow {
   std::vector<std::optional<std::string>> values;
   int64_t version = 0;
   bool deleted = false;
+  // Bit i: values[i] was not sent with the change (an unchanged TOASTed column, see
+  // debezium::ChangeEvent::unavailable): the stored value is kept, or, within one batch, the
+  // value of the key's previous change. Bits of key columns and past the 64th are ignored.
+  uint64_t keepStored = 0;
 };
 
 // A validated upsert target; the SQL is built once, from configuration only (never from data),
