@@ -387,18 +387,31 @@ case "${1:-}" in
     ((owners == 3)) || fail "only $owners of 3 processes were assigned partitions"
     "$SIM" --ops 12000 --rate 800 --batch 2 --seed 61 > "$DATA/scale_out_sim.log" 2>&1 &
     sim=$!
+    # Malformed records in every partition, before the kill and during the pause: each must reach
+    # the DLQ exactly once, whichever process held its partition.
+    malformed() {
+      for p in $(seq 0 $((partitions - 1))); do
+        printf '{"broken-scale-out-%s-%s' "$$" "$1" | kcat -b "$KAFKA_BOOTSTRAP" -P -t dbserver1.public.orders -p "$p" -k '{"id":0}'
+      done
+    }
     sleep 2
+    malformed 1
     "$JOBS" kill stream_orders@2 > /dev/null
     sleep 1
     rm -f "$logs/stream_orders@4.log"
     "$JOBS" start stream_orders@4 > /dev/null
     sleep 1
     "$JOBS" pause stream_orders@3 > /dev/null
+    malformed 2
     sleep 10  # > session.timeout.ms: the group evicts it and gives its partitions to the others
     "$JOBS" resume stream_orders@3 > /dev/null
     wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/scale_out_sim.log")"
     verify 120
-    [[ $(dlq_count) == "$start_dlq" ]] || fail "dead letters while scaled out"
+    expected=$((2 * partitions))
+    wait_sql "SELECT count(*) FROM dlq_events WHERE position(convert_to('{\"broken-scale-out-$$-', 'UTF8') in raw_payload) = 1" "$expected" 60
+    [[ $(q "SELECT count(DISTINCT (source_partition, source_offset)) FROM dlq_events WHERE position(convert_to('{\"broken-scale-out-$$-', 'UTF8') in raw_payload) = 1") == "$expected" ]] ||
+      fail "the malformed records are not each in the DLQ once"
+    [[ $(dlq_count) == $((start_dlq + expected)) ]] || fail "dead letters other than the malformed records while scaled out"
     # Every partition's stored offset reaches the end of the topic: nothing skipped, nothing left.
     for p in $(seq 0 $((partitions - 1))); do
       end=$(kcat -b "$KAFKA_BOOTSTRAP" -Q -t "dbserver1.public.orders:$p:-1" | awk '{print $NF}')
