@@ -182,18 +182,18 @@ PartitionLeases PostgresCheckpointStore::leasePartitions(size_t source, const st
           "WHERE checkpoint_name = $1 AND source_index = $2 AND next_offset IS NOT NULL",
           {options_.name, index});
       out.sourceHasCommits = started.int64(0, 0) > 0;
-      // Scaling out a query that ran as a single instance: continue from its last committed batch.
+      // Scaling out a query that ran as a single instance: a partition leased for the first time
+      // continues from the last batch that instance committed. Whichever process leases it first:
+      // the processes of a new group may split the partitions from their first assignment on.
       Offsets seed;
-      if (!out.sourceHasCommits) {
-        auto last = c.execParams(
-            "SELECT o.batch_id, o.entry FROM public.dataflow_offsets o JOIN public.dataflow_commits m "
-            "USING (checkpoint_name, batch_id) WHERE o.checkpoint_name = $1 ORDER BY o.batch_id DESC LIMIT 1",
-            {options_.name});
-        if (last.rows() == 1) {
-          auto entry = parseOffsetLogEntry(last.value(0, 1), describe() + " offsets/" + std::string(last.value(0, 0)));
-          if (source < entry.sources.size()) seed = entry.sources[source].end;
-          out.sourceHasCommits = true;
-        }
+      auto last = c.execParams(
+          "SELECT o.batch_id, o.entry FROM public.dataflow_offsets o JOIN public.dataflow_commits m "
+          "USING (checkpoint_name, batch_id) WHERE o.checkpoint_name = $1 ORDER BY o.batch_id DESC LIMIT 1",
+          {options_.name});
+      if (last.rows() == 1) {
+        auto entry = parseOffsetLogEntry(last.value(0, 1), describe() + " offsets/" + std::string(last.value(0, 0)));
+        if (source < entry.sources.size()) seed = entry.sources[source].end;
+        out.sourceHasCommits = true;
       }
       for (const auto& p : partitions) {
         std::optional<std::string> seeded;

@@ -436,18 +436,26 @@ TEST_F(ExactlyOnceTest, ScalingOutContinuesFromTheSingleInstanceCheckpoint) {
     auto single = store();
     single->writeMetadata(meta);
     single->acquire(meta);
-    single->writeOffsets({0, 1, {{"KafkaV2[Subscribe[t]]", Offsets({{{"t", 0}, 0}}), Offsets({{{"t", 0}, 7}})}}});
+    single->writeOffsets({0, 1, {{"KafkaV2[Subscribe[t]]", Offsets({{{"t", 0}, 0}, {{"t", 1}, 0}}),
+                                  Offsets({{{"t", 0}, 7}, {{"t", 1}, 4}})}}});
     single->writeCommit({0, 2});
-    single->writeOffsets({1, 3, {{"KafkaV2[Subscribe[t]]", Offsets({{{"t", 0}, 7}}), Offsets({{{"t", 0}, 9}})}}});
+    single->writeOffsets({1, 3, {{"KafkaV2[Subscribe[t]]", Offsets({{{"t", 0}, 7}, {{"t", 1}, 4}}),
+                                  Offsets({{{"t", 0}, 9}, {{"t", 1}, 6}})}}});
     // Batch 1 never committed: scale-out must not skip it.
   }
+  // Two processes split the partitions from their first assignment on; both continue.
   auto scaled = store();
+  auto other = store();
   scaled->join(meta);
-  PartitionLeases leases = scaled->leasePartitions(0, {{"t", 0}, {"t", 1}});
+  other->join(meta);
+  PartitionLeases leases = scaled->leasePartitions(0, {{"t", 1}, {"t", 2}});
   EXPECT_TRUE(leases.sourceHasCommits);
   ASSERT_EQ(leases.leases.size(), 2u);
-  EXPECT_EQ(leases.leases[0].committed, 7);
+  EXPECT_EQ(leases.leases[0].committed, 4);
   EXPECT_FALSE(leases.leases[1].committed);  // a partition the single instance never saw
+  PartitionLeases second = other->leasePartitions(0, {{"t", 0}});
+  ASSERT_EQ(second.leases.size(), 1u);
+  EXPECT_EQ(second.leases[0].committed, 7);
 }
 
 TEST_F(ExactlyOnceTest, StoreKeepsOffsetsCommitsAndMetadata) {
