@@ -546,6 +546,7 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
   }
   auto deadline = Clock::now() + impl_->options.pollTimeout;
   int emptyPolls = 0;
+  int stallLimit = 3;  // empty polls of 10 ms before the fetch is restarted
   while (expected < until) {
     Message m(rd_kafka_consumer_poll(r.rk.get(), 10));
     if (!m) {
@@ -561,9 +562,12 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
       // written, and librdkafka 2.0 waits a hard-coded second before fetching again. Restarting
       // the fetch at our position costs a round trip instead. bench/kafka_consume: 65-97 k
       // records/s before, about 1 M after.
-      if (++emptyPolls == 3) {
+      // A restart discards a fetch in flight, so each further one waits twice as long: a broker
+      // that is merely slow (a cold segment) still gets to answer.
+      if (++emptyPolls == stallLimit) {
         impl_->seek(r, partition, expected);
         emptyPolls = 0;
+        stallLimit = std::min(stallLimit * 2, 100);
       }
       if (Clock::now() > deadline) {
         r.next = -1;
