@@ -16,6 +16,19 @@ eval "$(scripts/stack env)"
 export PGOPTIONS="-c client_min_messages=warning"
 q() { psql -X -q -tA -v ON_ERROR_STOP=1 -c "$1"; }
 ms_now() { date +%s%3N; }
+# Peak resident memory of a process so far, in MB.
+vmhwm() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# peak_rss_until_exit PID: polls /proc until PID exits
+# and prints its peak resident memory in MB.
+peak_rss_until_exit() {
+  local rss=0 r
+  while kill -0 "$1" 2>/dev/null; do
+    r=$(vmhwm "$1" 2>/dev/null || true)
+    [[ "$r" =~ ^[0-9.]+$ ]] && rss=$r
+    sleep 0.05
+  done
+  echo "$rss"
+}
 
 # generate_events N FILE: N Debezium order events ("key<TAB>value" lines), made from a captured
 # event with the order id, amount and LSN varied.

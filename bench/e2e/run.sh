@@ -15,7 +15,6 @@ N=${1:-200000}
 RATE=${2:-1000}
 DURATION=${3:-30}
 source "$(dirname "$0")/lib.sh" stream_orders simulate_writes kafka_consume
-vmhwm() { awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 # ------------------------------------------------------------------ 1. drain throughput
 topic=bench.drain.$(date +%s)
@@ -29,15 +28,10 @@ consume=$("$BUILD/bench/kafka_consume" "$KAFKA_BOOTSTRAP" "$topic" 2>/dev/null |
 consume_rps=$(echo "$consume" | jq -r '.records_per_second')
 
 start=$(ms_now)
-ORDERS_TOPIC=$topic QUERY_NAME=bench-drain-$start MAX_OFFSETS_PER_TRIGGER=${BENCH_BATCH:-40000} \
+ORDERS_TOPIC=$topic QUERY_NAME=bench-drain-$start MAX_OFFSETS_PER_TRIGGER=${BENCH_BATCH:-30000} \
   "$BUILD/jobs/stream_orders" --available-now > "$WORK/drain.log" 2>&1 &
 pid=$!
-rss=0
-while kill -0 "$pid" 2>/dev/null; do
-  r=$(vmhwm "$pid" 2>/dev/null || true)
-  [[ "$r" =~ ^[0-9.]+$ ]] && rss=$r
-  sleep 0.05
-done
+rss=$(peak_rss_until_exit "$pid")
 wait "$pid"
 end=$(ms_now)
 rows=$(q "SELECT count(*) FROM fact_orders")
@@ -122,7 +116,7 @@ Machine: $machine. Command: \`bench/e2e/run.sh $N $RATE $DURATION\`.
 | drain, sustained (first to last committed batch) | $sustained_eps events/s | >= 50k/s (stretch 100k) |
 | same rows, plain COPY into an empty copy of the table | $copy_rps rows/s | (for scale) |
 | process start -> first committed batch | $first_batch_ms ms | < 1 s |
-| peak RSS while draining (batches of ${BENCH_BATCH:-40000}) | $rss MB | < 100 MB |
+| peak RSS while draining (batches of ${BENCH_BATCH:-30000}) | $rss MB | < 100 MB |
 | latency at $RATE inserts/s, source commit -> warehouse, p50 / p95 / p99 | $s50 / $s95 / $s99 ms | |
 | latency at $RATE inserts/s, Kafka append -> warehouse, p50 / p95 / p99 | $k50 / $k95 / $k99 ms | p99 < 100 ms |
 | peak RSS of the live job | $live_rss MB | < 100 MB |

@@ -9,11 +9,11 @@
 # Everything shares this machine's cores with PostgreSQL and Kafka: on 2 cores, more processes
 # cannot add CPU, only overlap one process's waits (Kafka, the warehouse) with another's work.
 # Writes bench/results/scale-out-<date>.json and .md.
-#   bench/e2e/scale_out.sh [N=600000] [P=3] [BATCH=40000]
+#   bench/e2e/scale_out.sh [N=600000] [P=3] [BATCH=30000]
 set -euo pipefail
 N=${1:-600000}
 P=${2:-3}
-BATCH=${3:-40000}
+BATCH=${3:-30000}
 source "$(dirname "$0")/lib.sh" stream_orders
 
 topic=bench.scale.$(date +%s)

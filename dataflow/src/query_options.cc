@@ -32,12 +32,17 @@ void QueryOptions::set(const std::string& key, const std::string& value) {
     idlePollInterval = milliseconds(parsePositive(key, value, 1));
   } else if (key == "progress.retained") {
     retainedProgress = static_cast<int>(parsePositive(key, value, 1));
+  } else if (key == "overlapBatches") {
+    if (value != "true" && value != "false") {
+      throw ConfigurationError("option 'overlapBatches': expected true or false, got '" + value + "'");
+    }
+    overlapBatches = value == "true";
   } else if (key == "queryName") {
     name = value;
   } else {
     throw ConfigurationError("unknown query option '" + key +
                              "' (known: queryName, retry.maxAttempts, retry.initialBackoffMs, "
-                             "retry.maxBackoffMs, idlePollIntervalMs, progress.retained)");
+                             "retry.maxBackoffMs, idlePollIntervalMs, progress.retained, overlapBatches)");
   }
 }
 

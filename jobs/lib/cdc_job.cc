@@ -42,7 +42,7 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
                  "Where a new query starts: earliest (backfill: snapshot + history), latest, or Spark JSON")
       ->envname("STARTING_OFFSETS")->default_val("earliest");
   app.add_option("--max-offsets-per-trigger", c.maxOffsetsPerTrigger, "Records per batch at most (0: unlimited)")
-      ->envname("MAX_OFFSETS_PER_TRIGGER")->default_val(40000)->check(kNonNegative);
+      ->envname("MAX_OFFSETS_PER_TRIGGER")->default_val(30000)->check(kNonNegative);
   app.add_option("--trigger-interval-ms", c.triggerIntervalMs, "Batch interval (0: next batch as soon as possible)")
       ->envname("TRIGGER_INTERVAL_MS")->default_val(0)->check(kNonNegative);
   app.add_option("--checkpoint-dir", c.checkpointDir,
@@ -51,6 +51,9 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
   app.add_option("--pg-url", c.pgUrl, "Warehouse connection URL (else PG_HOST, PG_PORT, PG_DB, PG_USER, PG_PASSWORD)")
       ->envname("PG_URL");
   app.add_option("--workers", c.workers, "Worker threads (0: one per core)")->envname("WORKERS")->default_val(0)->check(kNonNegative);
+  app.add_option("--overlap-batches", c.overlapBatches,
+                 "Read and parse the next batch while the warehouse writes the current one (more memory)")
+      ->envname("OVERLAP_BATCHES")->default_val(true);
   app.add_flag("--available-now", c.availableNow, "Process what is in the topics now, then exit (a backfill run)");
   app.add_option("--kafka-lag-group", c.commitOffsetsToGroup, "Commit processed offsets to this consumer group (lag tools)")
       ->envname("KAFKA_LAG_GROUP");

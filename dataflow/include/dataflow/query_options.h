@@ -31,6 +31,11 @@ struct QueryOptions {
   // How often the default trigger polls the sources while there is no new data.
   // Option "idlePollIntervalMs". Default: 10 ms.
   std::chrono::milliseconds idlePollInterval{10};
+  // Read and process the next batch while the sink writes the current one. The next batch's plan
+  // is still logged before its sink runs, so restarts replay exactly as without overlap. It costs
+  // memory for a second batch in flight; with a scaled-out source it is not used (partitions may
+  // move between batches). Option "overlapBatches". Default: false.
+  bool overlapBatches = false;
   // How many progress records recentProgress() keeps. Option "progress.retained". Default: 100.
   int retainedProgress = 100;
   std::vector<std::shared_ptr<QueryListener>> listeners;

@@ -75,7 +75,9 @@ class TypedSource : public Source {
 
   // Appends the records of `partition` with offsets in [from, until) to `out`, in offset order.
   // Called concurrently for different partitions of one batch: implementations must be safe for
-  // that. Must return exactly the same records when called again with the same range, or throw
+  // that. With overlapped batches (QueryOptions::overlapBatches) the next batch is read while the
+  // driver thread calls the other methods (latestOffsets, onBatchCommitted, metrics): those must
+  // be safe to run alongside read. Must return exactly the same records when called again with the same range, or throw
   // (ConnectorError when the data is gone or unreachable).
   virtual void read(const PartitionId& partition, int64_t from, int64_t until,
                     std::vector<T>& out) = 0;

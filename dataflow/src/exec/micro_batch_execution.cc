@@ -106,6 +106,7 @@ MicroBatchExecution::MicroBatchExecution(std::shared_ptr<SessionState> session, 
 MicroBatchExecution::~MicroBatchExecution() {
   stop();
   if (driver_.joinable()) driver_.join();
+  dropSpeculation();  // benchmarks drive runBatch() without a driver thread
 }
 
 void MicroBatchExecution::initialize() {
@@ -266,13 +267,32 @@ std::optional<MicroBatchExecution::PlannedBatch> MicroBatchExecution::planNextBa
     return batch;
   }
 
-  bool hasData = false;
   batch.entry.batchId = nextBatchId_;
   batch.entry.batchTimestampMs = nowEpochMs();
+  if (speculation_) {
+    if (speculation_->base == committedEnd_) {
+      // The batch prepared during the previous write starts right here: its ranges are a valid
+      // plan (offsets only grow), and adopting them lets the prepared records be used.
+      batch.entry.sources = speculation_->ranges;
+      batch.speculated = true;
+      return batch;
+    }
+    dropSpeculation();
+  }
+  bool hasData = false;
+  batch.entry.sources = planRanges(committedEnd_, batch.latest, hasData);
+  if (!hasData) return std::nullopt;
+  return batch;
+}
+
+std::vector<SourceRange> MicroBatchExecution::planRanges(const std::vector<Offsets>& starts,
+                                                         const std::vector<Offsets>& latest, bool& hasData) {
+  hasData = false;
+  std::vector<SourceRange> ranges;
   for (size_t i = 0; i < plan_.sources.size(); ++i) {
     Source& source = *plan_.sources[i];
-    Offsets start = committedEnd_[i];
-    Offsets target = batch.latest[i];
+    Offsets start = starts[i];
+    Offsets target = latest[i];
     if (!availableNowTarget_.empty()) {
       Offsets capped;
       for (const auto& [p, t] : availableNowTarget_[i].partitions()) capped.set(p, std::min(t, target.get(p, t)));
@@ -285,10 +305,61 @@ std::optional<MicroBatchExecution::PlannedBatch> MicroBatchExecution::planNextBa
         options_.trigger.kind() == Trigger::Kind::kOnce ? std::nullopt : source.maxRecordsPerBatch();
     Offsets end = limitRange(start, target, limit);
     if (start.distanceTo(end) > 0) hasData = true;
-    batch.entry.sources.push_back({source.description(), std::move(start), std::move(end)});
+    ranges.push_back({source.description(), std::move(start), std::move(end)});
   }
-  if (!hasData) return std::nullopt;
-  return batch;
+  return ranges;
+}
+
+std::unique_ptr<ExecContext> MicroBatchExecution::makeContext(const std::vector<SourceRange>& ranges) const {
+  auto ctx = std::make_unique<ExecContext>();
+  ctx->chunkSize = session_->chunkSize;
+  ctx->ranges.resize(plan_.sources.size());
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    for (const auto& [p, until] : ranges[i].end.partitions()) {
+      int64_t from = ranges[i].start.get(p, until);
+      if (until > from) ctx->ranges[i].push_back({p, from, until});
+    }
+  }
+  ctx->inputRows = std::make_unique<std::atomic<int64_t>[]>(plan_.sources.size());
+  for (size_t i = 0; i < plan_.sources.size(); ++i) ctx->inputRows[i].store(0);
+  return ctx;
+}
+
+void MicroBatchExecution::startSpeculation(const OffsetLogEntry& current) {
+  dropSpeculation();
+  if (!options_.overlapBatches || scaleOut_ || options_.trigger.kind() == Trigger::Kind::kOnce) return;
+  {
+    std::lock_guard lock(mu_);
+    if (stopRequested_) return;
+  }
+  std::vector<Offsets> base, latest;
+  for (size_t i = 0; i < plan_.sources.size(); ++i) {
+    base.push_back(current.sources[i].end);
+    latest.push_back(plan_.sources[i]->latestOffsets());
+  }
+  bool hasData = false;
+  auto ranges = planRanges(base, latest, hasData);
+  if (!hasData) return;
+  Speculation spec{std::move(base), std::move(ranges), nullptr, {}};
+  spec.ctx = makeContext(spec.ranges);
+  ExecContext* ctx = spec.ctx.get();
+  spec.prepared = std::async(std::launch::async, [this, ctx] {
+    std::unique_ptr<RootOperator::Prepared> out;
+    session_->arena.execute([&] { out = plan_.root->prepare(*ctx); });
+    return out;
+  });
+  speculation_ = std::move(spec);
+}
+
+void MicroBatchExecution::dropSpeculation() {
+  if (!speculation_) return;
+  try {
+    speculation_->prepared.wait();
+    speculation_->prepared.get();
+  } catch (const std::exception& e) {
+    spdlog::debug("query {}: a batch prepared ahead failed and is dropped: {}", options_.name, e.what());
+  }
+  speculation_.reset();
 }
 
 bool MicroBatchExecution::runBatch() {
@@ -333,17 +404,22 @@ bool MicroBatchExecution::runBatch() {
 void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string, int64_t> durations,
                                        Clock::time_point triggerStart) {
   const OffsetLogEntry& entry = batch.entry;
-  ExecContext ctx;
-  ctx.chunkSize = session_->chunkSize;
-  ctx.ranges.resize(plan_.sources.size());
-  for (size_t i = 0; i < entry.sources.size(); ++i) {
-    const auto& range = entry.sources[i];
-    for (const auto& [p, until] : range.end.partitions()) {
-      int64_t from = range.start.get(p, until);
-      if (until > from) ctx.ranges[i].push_back({p, from, until});
+  std::unique_ptr<ExecContext> context;
+  std::unique_ptr<RootOperator::Prepared> prepared;
+  if (batch.speculated) {
+    context = std::move(speculation_->ctx);
+    try {
+      prepared = speculation_->prepared.get();
+    } catch (const std::exception& e) {
+      // Read or processed ahead and failed (e.g. the broker was away): do it again, with retries.
+      spdlog::debug("query {} batch {}: preparing ahead failed, preparing again: {}", options_.name, entry.batchId, e.what());
+      context = makeContext(entry.sources);
     }
+    speculation_.reset();
+  } else {
+    context = makeContext(entry.sources);
   }
-  ctx.inputRows = std::make_unique<std::atomic<int64_t>[]>(plan_.sources.size());
+  ExecContext& ctx = *context;
   ctx.info.batchId = entry.batchId;
   ctx.info.queryId = id_;
   ctx.info.runId = runId_;
@@ -356,10 +432,20 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
   RootOperator::Result result;
   try {  // scale-out: a commit refused for lost partitions abandons the batch
     auto backoff = options_.initialBackoff;
+    bool overlapped = false;
     for (int attempt = 1;; ++attempt) {
-      for (size_t i = 0; i < plan_.sources.size(); ++i) ctx.inputRows[i].store(0);
       try {
-        session_->arena.execute([&] { result = plan_.root->execute(ctx); });
+        if (!prepared) {
+          for (size_t i = 0; i < plan_.sources.size(); ++i) ctx.inputRows[i].store(0);
+          session_->arena.execute([&] { prepared = plan_.root->prepare(ctx); });
+        }
+        // The next batch is read and processed while the sink writes this one.
+        if (!overlapped) {
+          overlapped = true;
+          startSpeculation(entry);
+        }
+        // A retriable failure of the sink hands it the same prepared batch again.
+        result = plan_.root->deliver(*prepared, ctx);
         break;
       } catch (const ConnectorError& e) {
         if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
@@ -543,6 +629,7 @@ void MicroBatchExecution::driverLoop() {
 }
 
 void MicroBatchExecution::finish(std::exception_ptr error) {
+  dropSpeculation();  // it reads from the sources closed below
   try {
     plan_.root->close();
   } catch (const std::exception& e) {

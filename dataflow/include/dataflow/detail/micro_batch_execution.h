@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -76,9 +77,27 @@ class MicroBatchExecution {
     OffsetLogEntry entry;
     std::vector<Offsets> latest;
     bool replay = false;
+    bool speculated = false;  // the ranges of the batch prepared while the previous one was written
+  };
+
+  // Overlap (QueryOptions::overlapBatches): the next batch, read and processed on the arena while
+  // the sink writes the current one. The next plan adopts its ranges when the current batch
+  // commits (the plan is then logged as usual, before the sink sees the batch).
+  struct Speculation {
+    std::vector<Offsets> base;         // per source: where it starts (the current batch's end)
+    std::vector<SourceRange> ranges;   // per source
+    std::unique_ptr<ExecContext> ctx;  // its ranges and input-row counters
+    std::future<std::unique_ptr<RootOperator::Prepared>> prepared;
   };
 
   void driverLoop();
+  // The ranges from `start` (per source) to `latest`, within the AvailableNow target and the
+  // sources' per-batch limits. `hasData`: whether any range is non-empty.
+  std::vector<SourceRange> planRanges(const std::vector<Offsets>& start, const std::vector<Offsets>& latest,
+                                      bool& hasData);
+  std::unique_ptr<ExecContext> makeContext(const std::vector<SourceRange>& ranges) const;
+  void startSpeculation(const OffsetLogEntry& current);
+  void dropSpeculation();  // waits for a running one
   void initializeScaleOut(const QueryMetadata& metadata);
   // Scale-out: drops revoked partitions and leases newly assigned ones, from the sources' latest
   // offsets (which cover only the partitions assigned to this instance).
@@ -107,6 +126,7 @@ class MicroBatchExecution {
   bool scaleOut_ = false;
   std::vector<std::map<PartitionId, int64_t>> leaseEpochs_;
   std::vector<Offsets> availableNowTarget_;
+  std::optional<Speculation> speculation_;
   std::chrono::steady_clock::time_point lastTriggerEnd_{};
   std::chrono::steady_clock::time_point lastIdleEvent_{};
   bool wasIdle_ = false;

@@ -43,17 +43,28 @@ class BatchOperator {
   virtual void produce(ExecContext& ctx, Batch<T>& out) = 0;
 };
 
-// The root of a physical plan: produces the batch and hands it to the sink.
+// The root of a physical plan: produces the batch and hands it to the sink. The two steps are
+// separate so that the driver can produce the next batch while the sink writes this one.
 class RootOperator {
  public:
   struct Result {
     int64_t outputRows = 0;
     int64_t deadLetters = 0;
   };
+  // A produced batch, typed inside.
+  struct Prepared {
+    virtual ~Prepared() = default;
+  };
   virtual ~RootOperator() = default;
   virtual void open() = 0;
   virtual void close() = 0;
-  virtual Result execute(ExecContext& ctx) = 0;
+  // Reads and processes the batch of ctx.ranges (uses ranges, inputRows and chunkSize only, so it
+  // may run before the batch's id is known). Runs on the arena.
+  virtual std::unique_ptr<Prepared> prepare(ExecContext& ctx) = 0;
+  // Hands a prepared batch to the dead-letter handler and the sink. May be called again with the
+  // same batch after a retriable failure.
+  virtual Result deliver(const Prepared& prepared, ExecContext& ctx) = 0;
+  Result execute(ExecContext& ctx) { return deliver(*prepare(ctx), ctx); }
 };
 
 template <class T>
@@ -241,9 +252,18 @@ class SinkOperator final : public RootOperator {
   void open() override { sink_->open(); }
   void close() override { sink_->close(); }
 
-  Result execute(ExecContext& ctx) override {
+  struct Produced final : Prepared {
     Batch<T> batch;
-    input_->produce(ctx, batch);
+  };
+
+  std::unique_ptr<Prepared> prepare(ExecContext& ctx) override {
+    auto out = std::make_unique<Produced>();
+    input_->produce(ctx, out->batch);
+    return out;
+  }
+
+  Result deliver(const Prepared& prepared, ExecContext& ctx) override {
+    const Batch<T>& batch = static_cast<const Produced&>(prepared).batch;
     if (deadLetters_ && !batch.deadLetters().empty()) deadLetters_(batch.deadLetters(), ctx.info);
     sink_->addBatch(batch, ctx.info);
     return {static_cast<int64_t>(batch.numRows()), static_cast<int64_t>(batch.deadLetters().size())};
