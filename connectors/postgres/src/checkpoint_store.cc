@@ -108,22 +108,52 @@ void PostgresCheckpointStore::lockAndBump() {
   epoch_ = r.int64(0, 0);
 }
 
-void PostgresCheckpointStore::acquire(const QueryMetadata&) {
+void PostgresCheckpointStore::acquire(const QueryMetadata& metadata) {
   withConnection([&](Connection& c) {
     lockAndBump();
     acquired_ = true;
-    // Its offsets log stopped when it was scaled out: resuming from it would go back in time.
-    auto scaled = c.execParams(
-        "SELECT count(*) FROM public.dataflow_partition_offsets WHERE checkpoint_name = $1 AND next_offset IS NOT NULL",
-        {options_.name});
-    if (scaled.int64(0, 0) > 0) {
-      c.execParams("SELECT pg_advisory_unlock(hashtextextended('dataflow:' || $1, 0))", {options_.name});
-      acquired_ = false;
-      throw CheckpointError("checkpoint " + describe() + " was last run scaled out (Kafka consumer group), with offsets "
-                            "per partition; run it with its consumer group again, or use a new checkpoint");
-    }
+    scaleIn(c, metadata);
   });
   spdlog::info("checkpoint {}: acquired, epoch {}", describe(), epoch_);
+}
+
+// A query that last ran scaled out has its offsets per partition, and its offsets log stopped
+// when it scaled out: resuming from that log would go back in time. The per-partition offsets
+// become one committed batch of the log instead, and the single instance continues from there.
+// Safe: the exclusive lock is held, so no scaled-out instance runs.
+void PostgresCheckpointStore::scaleIn(Connection& c, const QueryMetadata& metadata) {
+  auto rows = c.execParams(
+      "SELECT source_index, topic, kafka_partition, next_offset FROM public.dataflow_partition_offsets "
+      "WHERE checkpoint_name = $1 AND next_offset IS NOT NULL",
+      {options_.name});
+  if (rows.rows() == 0) return;
+  OffsetLogEntry entry;
+  entry.batchTimestampMs = nowMs();
+  for (const auto& description : metadata.sourceDescriptions) entry.sources.push_back({description, {}, {}});
+  for (int r = 0; r < rows.rows(); ++r) {
+    auto source = static_cast<size_t>(rows.int64(r, 0));
+    if (source >= entry.sources.size()) continue;
+    PartitionId p{std::string(rows.value(r, 1)), static_cast<int32_t>(rows.int64(r, 2))};
+    entry.sources[source].start.set(p, rows.int64(r, 3));
+    entry.sources[source].end.set(p, rows.int64(r, 3));
+  }
+  c.exec("BEGIN");
+  try {
+    auto last = c.execParams("SELECT coalesce(max(batch_id), -1) FROM public.dataflow_offsets WHERE checkpoint_name = $1",
+                             {options_.name});
+    entry.batchId = last.int64(0, 0) + 1;
+    c.execParams("INSERT INTO public.dataflow_offsets (checkpoint_name, batch_id, entry) VALUES ($1, $2, $3)",
+                 {options_.name, std::to_string(entry.batchId), serializeOffsetLogEntry(entry)});
+    c.execParams("INSERT INTO public.dataflow_commits (checkpoint_name, batch_id, commit_ts_ms) VALUES ($1, $2, $3)",
+                 {options_.name, std::to_string(entry.batchId), std::to_string(entry.batchTimestampMs)});
+    c.execParams("DELETE FROM public.dataflow_partition_offsets WHERE checkpoint_name = $1", {options_.name});
+    c.exec("COMMIT");
+  } catch (...) {
+    if (c.isOpen()) c.exec("ROLLBACK");
+    throw;
+  }
+  spdlog::info("checkpoint {}: scaled in: continuing from the stored offsets of {} partition(s), as committed batch {}",
+               describe(), rows.rows(), entry.batchId);
 }
 
 void PostgresCheckpointStore::writeOffsets(const OffsetLogEntry& entry) {

@@ -9,7 +9,8 @@
 //
 // Scale-out (a source in a Kafka consumer group, sql/004_partition_offsets.sql): any number of
 // instances join() with a shared advisory lock (which keeps a single-instance run out, and the
-// reverse). Each assigned partition is leased with a new epoch; commitWithin() writes the next
+// reverse). Scaling out continues from the single instance's last committed batch, and scaling
+// back in continues from the per-partition offsets. Each assigned partition is leased with a new epoch; commitWithin() writes the next
 // offset of every partition the batch read, only where the lease is still this instance's and the
 // batch continues from the stored offset, else the whole transaction fails with
 // PartitionsFencedError.
@@ -41,7 +42,8 @@ class PostgresCheckpointStore final : public CheckpointStore {
   std::optional<QueryMetadata> readMetadata() override;
   void writeMetadata(const QueryMetadata& metadata) override;
   // Takes the advisory lock for this checkpoint and bumps its epoch. Throws CheckpointError when
-  // another instance holds the lock.
+  // another instance holds the lock. A query that last ran scaled out continues from its
+  // per-partition offsets (they become one committed batch of the offsets log).
   void acquire(const QueryMetadata& metadata) override;
   void writeOffsets(const OffsetLogEntry& entry) override;
   std::optional<OffsetLogEntry> latestOffsets() override;
@@ -72,6 +74,7 @@ class PostgresCheckpointStore final : public CheckpointStore {
   auto withConnection(F&& fn);
   void lockAndBump();
   void lockShared();
+  void scaleIn(Connection& c, const QueryMetadata& metadata);
   void commitPartitionsWithin(Connection& tx, const BatchInfo& batch);
 
   PostgresCheckpointOptions options_;
