@@ -39,6 +39,19 @@ std::string intArray(const std::vector<Int>& items) {
   return out + "}";
 }
 
+// Runs fn(c) in a transaction of its own: committed when fn returns, rolled back when it throws.
+template <class F>
+void inTransaction(Connection& c, F&& fn) {
+  c.exec("BEGIN");
+  try {
+    fn(c);
+    c.exec("COMMIT");
+  } catch (...) {
+    if (c.isOpen()) c.exec("ROLLBACK");
+    throw;
+  }
+}
+
 std::string hostAndPid() {
   char host[256] = {};
   if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
@@ -137,21 +150,16 @@ void PostgresCheckpointStore::scaleIn(Connection& c, const QueryMetadata& metada
     entry.sources[source].start.set(p, rows.int64(r, 3));
     entry.sources[source].end.set(p, rows.int64(r, 3));
   }
-  c.exec("BEGIN");
-  try {
-    auto last = c.execParams("SELECT coalesce(max(batch_id), -1) FROM public.dataflow_offsets WHERE checkpoint_name = $1",
-                             {options_.name});
+  inTransaction(c, [&](Connection& tx) {
+    auto last = tx.execParams("SELECT coalesce(max(batch_id), -1) FROM public.dataflow_offsets WHERE checkpoint_name = $1",
+                              {options_.name});
     entry.batchId = last.int64(0, 0) + 1;
-    c.execParams("INSERT INTO public.dataflow_offsets (checkpoint_name, batch_id, entry) VALUES ($1, $2, $3)",
-                 {options_.name, std::to_string(entry.batchId), serializeOffsetLogEntry(entry)});
-    c.execParams("INSERT INTO public.dataflow_commits (checkpoint_name, batch_id, commit_ts_ms) VALUES ($1, $2, $3)",
-                 {options_.name, std::to_string(entry.batchId), std::to_string(entry.batchTimestampMs)});
-    c.execParams("DELETE FROM public.dataflow_partition_offsets WHERE checkpoint_name = $1", {options_.name});
-    c.exec("COMMIT");
-  } catch (...) {
-    if (c.isOpen()) c.exec("ROLLBACK");
-    throw;
-  }
+    tx.execParams("INSERT INTO public.dataflow_offsets (checkpoint_name, batch_id, entry) VALUES ($1, $2, $3)",
+                  {options_.name, std::to_string(entry.batchId), serializeOffsetLogEntry(entry)});
+    tx.execParams("INSERT INTO public.dataflow_commits (checkpoint_name, batch_id, commit_ts_ms) VALUES ($1, $2, $3)",
+                  {options_.name, std::to_string(entry.batchId), std::to_string(entry.batchTimestampMs)});
+    tx.execParams("DELETE FROM public.dataflow_partition_offsets WHERE checkpoint_name = $1", {options_.name});
+  });
   spdlog::info("checkpoint {}: scaled in: continuing from the stored offsets of {} partition(s), as committed batch {}",
                describe(), rows.rows(), entry.batchId);
 }
@@ -202,12 +210,11 @@ void PostgresCheckpointStore::join(const QueryMetadata&) {
 }
 
 PartitionLeases PostgresCheckpointStore::leasePartitions(size_t source, const std::vector<PartitionId>& partitions) {
-  return withConnection([&](Connection& c) {
-    PartitionLeases out;
-    c.exec("BEGIN");
-    try {
+  PartitionLeases out;
+  withConnection([&](Connection& c) {
+    inTransaction(c, [&](Connection& tx) {
       std::string index = std::to_string(source);
-      auto started = c.execParams(
+      auto started = tx.execParams(
           "SELECT count(*) FROM public.dataflow_partition_offsets "
           "WHERE checkpoint_name = $1 AND source_index = $2 AND next_offset IS NOT NULL",
           {options_.name, index});
@@ -216,7 +223,7 @@ PartitionLeases PostgresCheckpointStore::leasePartitions(size_t source, const st
       // continues from the last batch that instance committed. Whichever process leases it first:
       // the processes of a new group may split the partitions from their first assignment on.
       Offsets seed;
-      auto last = c.execParams(
+      auto last = tx.execParams(
           "SELECT o.batch_id, o.entry FROM public.dataflow_offsets o JOIN public.dataflow_commits m "
           "USING (checkpoint_name, batch_id) WHERE o.checkpoint_name = $1 ORDER BY o.batch_id DESC LIMIT 1",
           {options_.name});
@@ -228,7 +235,7 @@ PartitionLeases PostgresCheckpointStore::leasePartitions(size_t source, const st
       for (const auto& p : partitions) {
         std::optional<std::string> seeded;
         if (int64_t offset = seed.get(p, -1); offset >= 0) seeded = std::to_string(offset);
-        auto r = c.execParams(
+        auto r = tx.execParams(
             "INSERT INTO public.dataflow_partition_offsets AS t "
             "  (checkpoint_name, source_index, topic, kafka_partition, next_offset, owner) VALUES ($1, $2, $3, $4, $5, $6) "
             "ON CONFLICT (checkpoint_name, source_index, topic, kafka_partition) DO UPDATE "
@@ -239,13 +246,9 @@ PartitionLeases PostgresCheckpointStore::leasePartitions(size_t source, const st
         if (!r.isNull(0, 0)) lease.committed = r.int64(0, 0);
         out.leases.push_back(std::move(lease));
       }
-      c.exec("COMMIT");
-    } catch (...) {
-      if (c.isOpen()) c.exec("ROLLBACK");
-      throw;
-    }
-    return out;
+    });
   });
+  return out;
 }
 
 void PostgresCheckpointStore::commitPartitionsWithin(Connection& tx, const BatchInfo& batch) {
@@ -304,16 +307,7 @@ void PostgresCheckpointStore::commitPartitions(const BatchInfo& batch) {
     std::lock_guard lock(mu_);
     if (committedWithin_ == batch.batchId) return;
   }
-  withConnection([&](Connection& c) {
-    c.exec("BEGIN");
-    try {
-      commitPartitionsWithin(c, batch);
-      c.exec("COMMIT");
-    } catch (...) {
-      if (c.isOpen()) c.exec("ROLLBACK");
-      throw;
-    }
-  });
+  withConnection([&](Connection& c) { inTransaction(c, [&](Connection& tx) { commitPartitionsWithin(tx, batch); }); });
 }
 
 void PostgresCheckpointStore::commitWithin(Connection& tx, const BatchInfo& batch) {
