@@ -104,18 +104,9 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
   }
   // Fail fast on settings the Kafka source rejects, naming them.
   try {
-    dataflow::kafka::KafkaSourceOptions probe;
-    probe.bootstrapServers = c.kafkaBootstrap;
-    if (c.topicPattern.empty()) probe.subscribe = c.topics;
-    else probe.subscribePattern = c.topicPattern;
-    probe.startingOffsets = c.startingOffsets;
-    probe.consumerGroup = c.consumerGroup;
-    probe.commitOffsetsToGroup = c.commitOffsetsToGroup;
-    for (const auto& [k, v] : c.kafkaOptions) probe.kafka[k] = v;
-    probe.validate();
+    kafkaSourceOptions(c).validate();
   } catch (const dataflow::Error& e) {
-    std::cerr << defaults.program << ": " << e.what() << "\n";
-    std::exit(2);
+    refuse(e.what());
   }
   return c;
 }
@@ -128,7 +119,7 @@ void blockTerminationSignals() {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
-std::shared_ptr<dataflow::kafka::KafkaSource> kafkaSource(const JobConfig& c) {
+dataflow::kafka::KafkaSourceOptions kafkaSourceOptions(const JobConfig& c) {
   dataflow::kafka::KafkaSourceOptions o;
   o.bootstrapServers = c.kafkaBootstrap;
   if (c.topicPattern.empty()) o.subscribe = c.topics;
@@ -138,7 +129,11 @@ std::shared_ptr<dataflow::kafka::KafkaSource> kafkaSource(const JobConfig& c) {
   o.commitOffsetsToGroup = c.commitOffsetsToGroup;
   o.consumerGroup = c.consumerGroup;
   o.kafka = c.kafkaOptions;
-  return std::make_shared<dataflow::kafka::KafkaSource>(o);
+  return o;
+}
+
+std::shared_ptr<dataflow::kafka::KafkaSource> kafkaSource(const JobConfig& c) {
+  return std::make_shared<dataflow::kafka::KafkaSource>(kafkaSourceOptions(c));
 }
 
 dataflow::Trigger trigger(const JobConfig& c) {

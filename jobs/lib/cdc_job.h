@@ -66,6 +66,8 @@ struct JobConfig {
 // runUntilSignalled() receives them.
 void blockTerminationSignals();
 
+// The Kafka source the settings describe (also validated by JobConfig::fromArgs).
+dataflow::kafka::KafkaSourceOptions kafkaSourceOptions(const JobConfig& config);
 std::shared_ptr<dataflow::kafka::KafkaSource> kafkaSource(const JobConfig& config);
 dataflow::Trigger trigger(const JobConfig& config);
 
