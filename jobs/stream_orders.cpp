@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
                      .writeStream()
                      .queryName(config.queryName)
                      .trigger(cdc::trigger(config))
-                     .option("overlapBatches", config.overlapBatches ? "true" : "false")
+                     .overlapBatches(config.overlapBatches)
                      .checkpoint(warehouse.checkpoint)
                      .addListener(cdc::batchLogger())
                      .addListener(monitoring.metrics)

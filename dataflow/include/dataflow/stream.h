@@ -299,6 +299,11 @@ class DataStreamWriter {
     options_.checkpoint = std::move(store);
     return *this;
   }
+  // Read and process the next batch while the sink writes the current one (QueryOptions).
+  DataStreamWriter& overlapBatches(bool on) {
+    options_.overlapBatches = on;
+    return *this;
+  }
   // A directory checkpoint at `dir` (Spark's checkpointLocation).
   DataStreamWriter& checkpointLocation(const std::filesystem::path& dir) {
     options_.checkpoint = directoryCheckpoint(dir);
