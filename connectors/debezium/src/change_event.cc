@@ -199,8 +199,14 @@ bool parseIsoTimestamp(std::string_view s, Timestamp& out) {
 std::string Timestamp::toString() const {
   if (special == Special::kInfinity) return "infinity";
   if (special == Special::kMinusInfinity) return "-infinity";
-  int64_t days = micros >= 0 ? micros / 86400000000LL : -((-micros + 86400000000LL - 1) / 86400000000LL);
-  int64_t rest = micros - days * 86400000000LL;
+  // Floor division without negating (or multiplying back) micros: both overflow near INT64_MIN.
+  constexpr int64_t kMicrosPerDay = 86400000000LL;
+  int64_t days = micros / kMicrosPerDay;
+  int64_t rest = micros % kMicrosPerDay;
+  if (rest < 0) {
+    rest += kMicrosPerDay;
+    --days;
+  }
   int64_t y;
   unsigned m, d;
   civilFromDays(days, y, m, d);
@@ -869,7 +875,12 @@ std::optional<ParseError> decodeField(const RowImage& row, const RowSchema* sche
           } else if (v.kind == K::kInt) {
             std::string_view semantic = field ? field->name : std::string_view();
             if (semantic == "io.debezium.time.Timestamp" || (semantic.empty() && options.integerTimestamp == IntegerTimestamp::kMillis)) {
-              target = {v.i * 1000, Timestamp::Special::kNone};
+              int64_t micros = 0;
+              if (__builtin_mul_overflow(v.i, int64_t{1000}, &micros)) {
+                return void(error = parseError("wrong_type", "column '" + std::string(name) + "': " + std::to_string(v.i) +
+                                                                 " ms is out of the timestamp range"));
+              }
+              target = {micros, Timestamp::Special::kNone};
             } else if (semantic == "io.debezium.time.NanoTimestamp") {
               target = {v.i / 1000, Timestamp::Special::kNone};
             } else {

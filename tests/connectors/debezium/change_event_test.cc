@@ -193,6 +193,18 @@ TEST(ChangeEventErrors, EachMalformedInputHasItsOwnKind) {
   EXPECT_EQ(kindOf(R"({"op": "c", "after": {"id": 1, "email": "x", "country": 7}, "source": {"lsn": 1}})"), "wrong_type");
 }
 
+TEST(ChangeEventErrors, MillisecondTimestampsOutOfRangeAreWrongTypeNotOverflow) {
+  // Found by the fuzzer: milliseconds * 1000 overflowed int64 (undefined behaviour).
+  struct Row { int64_t id; std::optional<Timestamp> at; };
+  auto mapping = TableMapping<Row>().key("id", &Row::id).column("at", &Row::at, {.integerTimestamp = IntegerTimestamp::kMillis});
+  auto e = mapping.decode(R"({"op": "c", "after": {"id": 1, "at": 17092169494398932}, "source": {"lsn": 1}})");
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.error().kind, "wrong_type");
+  auto ok = mapping.decode(R"({"op": "c", "after": {"id": 1, "at": 1709216949439}, "source": {"lsn": 1}})");
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  EXPECT_EQ(ok.value().row.at->micros, 1709216949439000);
+}
+
 TEST(ChangeEventErrors, MessagesNameTheColumn) {
   auto e = kCustomers.decode(R"({"op": "c", "after": {"id": 1, "email": ["x"]}, "source": {"lsn": 1}})");
   ASSERT_FALSE(e.ok());
