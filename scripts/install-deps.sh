@@ -45,7 +45,26 @@ if ((${#missing[@]} == 0)); then
 fi
 echo "install-deps: installing ${missing[*]}"
 sudo_cmd=()
-if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
+if [[ $(id -u) -ne 0 ]]; then
+  if ! command -v sudo > /dev/null || ! sudo -n true 2> /dev/null; then
+    echo "install-deps: ERROR: ${#missing[@]} packages are missing (${missing[*]}) and installing them needs root:" \
+         "run this as root, or as a user with sudo (without a password prompt), or ask an administrator" \
+         "to run: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  sudo_cmd=(sudo -n)
+fi
 export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -qq
-"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+log=${TMPDIR:-/tmp}/dataflow-install-deps.$$.log
+apt() {
+  if ! "${sudo_cmd[@]}" apt-get "$@" > "$log" 2>&1; then
+    echo "install-deps: ERROR: apt-get $1 failed:" >&2
+    { grep -E '^(E|W): ' "$log" || tail -n 15 "$log"; } | sed 's/^/install-deps:   /' >&2
+    echo "install-deps:   full output: $log" >&2
+    exit 1
+  fi
+}
+apt update -qq
+apt install -y -qq --no-install-recommends "${missing[@]}"
+rm -f "$log"
+echo "install-deps: installed ${#missing[@]} packages"

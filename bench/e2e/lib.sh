@@ -11,8 +11,23 @@ mkdir -p "$OUT" "$WORK"
 cd "$ROOT"
 cmake --preset release > /dev/null
 cmake --build build/release -j2 --target "$@" > /dev/null
+# The benchmark stops the stack it started when it ends (Kafka and Connect alone hold over 1 GB),
+# unless BENCH_KEEP_STACK=1, or the stack was already running before (then it is left as found).
+bench_stack_was_up=0
+scripts/stack status > /dev/null 2>&1 && bench_stack_was_up=1
 scripts/stack up > /dev/null
 eval "$(scripts/stack env)"
+bench_stop_stack() {
+  if ((bench_stack_was_up)); then
+    echo "bench: the benchmark stack was running before and is left up ($DATAFLOW_STATE_DIR); stop it: DATAFLOW_STATE_DIR=$DATAFLOW_STATE_DIR scripts/stack down" >&2
+  elif [[ "${BENCH_KEEP_STACK:-0}" == 1 ]]; then
+    echo "bench: BENCH_KEEP_STACK=1, the benchmark stack is left up; stop it: DATAFLOW_STATE_DIR=$DATAFLOW_STATE_DIR scripts/stack down" >&2
+  else
+    echo "bench: stopping the benchmark stack (BENCH_KEEP_STACK=1 keeps it)" >&2
+    scripts/stack down > /dev/null 2>&1 || echo "bench: scripts/stack down failed; stop it: DATAFLOW_STATE_DIR=$DATAFLOW_STATE_DIR scripts/stack down" >&2
+  fi
+}
+trap bench_stop_stack EXIT
 export PGOPTIONS="-c client_min_messages=warning"
 q() { psql -X -q -tA -v ON_ERROR_STOP=1 -c "$1"; }
 ms_now() { date +%s%3N; }
