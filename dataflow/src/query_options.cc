@@ -37,12 +37,27 @@ void QueryOptions::set(const std::string& key, const std::string& value) {
       throw ConfigurationError("option 'overlapBatches': expected true or false, got '" + value + "'");
     }
     overlapBatches = value == "true";
+  } else if (key == "outputMode") {
+    if (value == "append") {
+      outputMode = OutputMode::kAppend;
+    } else if (value == "update") {
+      outputMode = OutputMode::kUpdate;
+    } else if (value == "complete") {
+      outputMode = OutputMode::kComplete;
+    } else {
+      throw ConfigurationError("option 'outputMode': expected append, update or complete, got '" + value + "'");
+    }
+  } else if (key == "state.minDeltasForSnapshot") {
+    state.minDeltasForSnapshot = static_cast<int>(parsePositive(key, value, 1));
+  } else if (key == "state.minVersionsToRetain") {
+    state.minVersionsToRetain = static_cast<int>(parsePositive(key, value, 1));
   } else if (key == "queryName") {
     name = value;
   } else {
     throw ConfigurationError("unknown query option '" + key +
                              "' (known: queryName, retry.maxAttempts, retry.initialBackoffMs, "
-                             "retry.maxBackoffMs, idlePollIntervalMs, progress.retained, overlapBatches)");
+                             "retry.maxBackoffMs, idlePollIntervalMs, progress.retained, overlapBatches, outputMode, "
+                             "state.minDeltasForSnapshot, state.minVersionsToRetain)");
   }
 }
 

@@ -52,6 +52,12 @@ void inTransaction(Connection& c, F&& fn) {
   }
 }
 
+// The watermark column: NULL for "no watermark yet".
+std::optional<std::string> watermarkParam(int64_t watermarkMs) {
+  if (watermarkMs == INT64_MIN) return std::nullopt;
+  return std::to_string(watermarkMs);
+}
+
 std::string hostAndPid() {
   char host[256] = {};
   if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
@@ -319,10 +325,11 @@ void PostgresCheckpointStore::commitWithin(Connection& tx, const BatchInfo& batc
   }
   const int64_t batchId = batch.batchId;
   auto r = tx.execParams(
-      "INSERT INTO public.dataflow_commits (checkpoint_name, batch_id, commit_ts_ms) "
-      "SELECT checkpoint_name, $2, $3 FROM public.dataflow_checkpoints WHERE checkpoint_name = $1 AND epoch = $4 "
+      "INSERT INTO public.dataflow_commits (checkpoint_name, batch_id, commit_ts_ms, next_watermark_ms) "
+      "SELECT checkpoint_name, $2, $3, $5 FROM public.dataflow_checkpoints WHERE checkpoint_name = $1 AND epoch = $4 "
       "ON CONFLICT (checkpoint_name, batch_id) DO NOTHING RETURNING batch_id",
-      {options_.name, std::to_string(batchId), std::to_string(nowMs()), std::to_string(epoch_)});
+      {options_.name, std::to_string(batchId), std::to_string(nowMs()), std::to_string(epoch_),
+       watermarkParam(batch.nextBatchWatermarkMs)});
   if (r.rows() == 0) {
     auto e = tx.execParams("SELECT epoch FROM public.dataflow_checkpoints WHERE checkpoint_name = $1", {options_.name});
     if (e.rows() == 1 && e.int64(0, 0) != epoch_) {
@@ -334,8 +341,84 @@ void PostgresCheckpointStore::commitWithin(Connection& tx, const BatchInfo& batc
     // DLQ uniqueness), so this attempt is a no-op and may commit.
     spdlog::warn("checkpoint {}: batch {} was already committed (lost COMMIT reply); nothing to redo", describe(), batchId);
   }
+  // The state a batch produced is written in the same transaction (after the epoch check above:
+  // a fenced instance fails before writing any).
+  if (batch.stateChanges && !batch.stateChanges->empty()) writeStateWithin(tx, *batch.stateChanges);
   std::lock_guard lock(mu_);
   committedWithin_ = batchId;
+  stateWrittenWithin_ = batch.stateChanges ? batchId : -1;
+}
+
+void PostgresCheckpointStore::writeStateWithin(Connection& tx, const StateChanges& changes) {
+  for (const auto& f : changes.files) {
+    tx.execParamsBinary(
+        "INSERT INTO public.dataflow_state (checkpoint_name, operator_id, partition_topic, partition_id, version, "
+        "is_snapshot, data) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+        "ON CONFLICT (checkpoint_name, operator_id, partition_topic, partition_id, version, is_snapshot) "
+        "DO UPDATE SET data = EXCLUDED.data",
+        {options_.name, std::to_string(f.id.operatorId), f.id.partition.topic, std::to_string(f.id.partition.partition),
+         std::to_string(f.id.version), f.id.snapshot ? "t" : "f", f.bytes},
+        {false, false, false, false, false, false, true});
+  }
+}
+
+void PostgresCheckpointStore::writeStateFiles(const StateChanges& changes) {
+  if (changes.empty()) return;
+  {
+    std::lock_guard lock(mu_);
+    bool allWithin = stateWrittenWithin_ >= 0;
+    for (const auto& f : changes.files) allWithin = allWithin && !f.id.snapshot && f.id.version == stateWrittenWithin_;
+    if (allWithin) return;
+  }
+  withConnection([&](Connection& c) { inTransaction(c, [&](Connection& tx) { writeStateWithin(tx, changes); }); });
+}
+
+std::vector<StateFileId> PostgresCheckpointStore::listStateFiles(int operatorId) {
+  return withConnection([&](Connection& c) {
+    auto r = c.execParams(
+        "SELECT partition_topic, partition_id, version, is_snapshot FROM public.dataflow_state "
+        "WHERE checkpoint_name = $1 AND operator_id = $2",
+        {options_.name, std::to_string(operatorId)});
+    std::vector<StateFileId> out;
+    for (int i = 0; i < r.rows(); ++i) {
+      out.push_back(StateFileId{operatorId, PartitionId{std::string(r.value(i, 0)), static_cast<int32_t>(r.int64(i, 1))},
+                                r.int64(i, 2), r.value(i, 3) == "t"});
+    }
+    return out;
+  });
+}
+
+std::string PostgresCheckpointStore::readStateFile(const StateFileId& id) {
+  return withConnection([&](Connection& c) {
+    auto r = c.execParams(
+        "SELECT encode(data, 'hex') FROM public.dataflow_state WHERE checkpoint_name = $1 AND operator_id = $2 "
+        "AND partition_topic = $3 AND partition_id = $4 AND version = $5 AND is_snapshot = $6",
+        {options_.name, std::to_string(id.operatorId), id.partition.topic, std::to_string(id.partition.partition),
+         std::to_string(id.version), id.snapshot ? "t" : "f"});
+    if (r.rows() != 1) throw CheckpointError("state file " + describe() + "/" + id.path() + " is missing");
+    std::string_view hex = r.value(0, 0);
+    std::string bytes(hex.size() / 2, '\0');
+    auto nibble = [](char ch) { return ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10; };
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      bytes[i] = static_cast<char>(nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1]));
+    }
+    return bytes;
+  });
+}
+
+void PostgresCheckpointStore::deleteStateFiles(const std::vector<StateFileId>& ids) {
+  if (ids.empty()) return;
+  withConnection([&](Connection& c) {
+    inTransaction(c, [&](Connection& tx) {
+      for (const auto& id : ids) {
+        tx.execParams(
+            "DELETE FROM public.dataflow_state WHERE checkpoint_name = $1 AND operator_id = $2 AND partition_topic = $3 "
+            "AND partition_id = $4 AND version = $5 AND is_snapshot = $6",
+            {options_.name, std::to_string(id.operatorId), id.partition.topic, std::to_string(id.partition.partition),
+             std::to_string(id.version), id.snapshot ? "t" : "f"});
+      }
+    });
+  });
 }
 
 void PostgresCheckpointStore::writeCommit(const CommitLogEntry& entry) {
@@ -347,9 +430,10 @@ void PostgresCheckpointStore::writeCommit(const CommitLogEntry& entry) {
   if (!alreadyWritten) {
     withConnection([&](Connection& c) {
       c.execParams(
-          "INSERT INTO public.dataflow_commits (checkpoint_name, batch_id, commit_ts_ms) VALUES ($1, $2, $3) "
-          "ON CONFLICT (checkpoint_name, batch_id) DO NOTHING",
-          {options_.name, std::to_string(entry.batchId), std::to_string(entry.commitTimestampMs)});
+          "INSERT INTO public.dataflow_commits (checkpoint_name, batch_id, commit_ts_ms, next_watermark_ms) "
+          "VALUES ($1, $2, $3, $4) ON CONFLICT (checkpoint_name, batch_id) DO NOTHING",
+          {options_.name, std::to_string(entry.batchId), std::to_string(entry.commitTimestampMs),
+           watermarkParam(entry.nextBatchWatermarkMs)});
     });
   }
   if (entry.batchId % 50 == 0 && entry.batchId > options_.retainBatches) {
@@ -364,11 +448,11 @@ void PostgresCheckpointStore::writeCommit(const CommitLogEntry& entry) {
 std::optional<CommitLogEntry> PostgresCheckpointStore::latestCommit() {
   return withConnection([&](Connection& c) -> std::optional<CommitLogEntry> {
     auto r = c.execParams(
-        "SELECT batch_id, commit_ts_ms FROM public.dataflow_commits WHERE checkpoint_name = $1 "
+        "SELECT batch_id, commit_ts_ms, next_watermark_ms FROM public.dataflow_commits WHERE checkpoint_name = $1 "
         "ORDER BY batch_id DESC LIMIT 1",
         {options_.name});
     if (r.rows() == 0) return std::nullopt;
-    return CommitLogEntry{r.int64(0, 0), r.int64(0, 1)};
+    return CommitLogEntry{r.int64(0, 0), r.int64(0, 1), r.isNull(0, 2) ? INT64_MIN : r.int64(0, 2)};
   });
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <climits>
 #include <map>
 #include <ranges>
 #include <string>
@@ -11,6 +12,8 @@
 #include "dataflow/offsets.h"
 
 namespace dataflow {
+
+struct StateChanges;  // state.h
 
 // A record that could not be processed, with everything needed to inspect or replay it. Where
 // the failing record came straight from a source that knows positions (see SourcePosition),
@@ -91,6 +94,13 @@ struct BatchInfo {
   // partition this instance reads. A store commits a partition's offset only with its newest
   // lease (CheckpointStore::commitPartitions). Empty otherwise.
   std::vector<std::map<PartitionId, int64_t>> leaseEpochs;
+  // Event time: the watermark this batch runs with, and the one the next batch will run with
+  // (both INT64_MIN, i.e. kNoWatermark, before any event time was seen).
+  int64_t batchWatermarkMs = INT64_MIN;
+  int64_t nextBatchWatermarkMs = INT64_MIN;
+  // The state changes of stateful operators in this batch (null without any), for a store that
+  // writes them in the sink's own transaction. Valid during the sink's addBatch.
+  const StateChanges* stateChanges = nullptr;
 };
 
 }  // namespace dataflow

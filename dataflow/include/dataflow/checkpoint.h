@@ -7,6 +7,7 @@
 // connectors/postgres) a store in the warehouse that commits in the sink's transaction.
 #pragma once
 
+#include <climits>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "dataflow/batch.h"
+#include "dataflow/state.h"
 
 namespace dataflow {
 
@@ -29,12 +31,18 @@ struct OffsetLogEntry {
   int64_t batchId = 0;
   int64_t batchTimestampMs = 0;
   std::vector<SourceRange> sources;  // in the plan's source order
+  // The watermark the batch runs with, so that a replay runs with the same one (INT64_MIN, i.e.
+  // kNoWatermark, before any event time was seen).
+  int64_t batchWatermarkMs = INT64_MIN;
 };
 
 // Written after the sink has accepted a batch.
 struct CommitLogEntry {
   int64_t batchId = 0;
   int64_t commitTimestampMs = 0;
+  // The watermark the next batch runs with (Spark's nextBatchWatermarkMs): after a restart the
+  // query continues with it.
+  int64_t nextBatchWatermarkMs = INT64_MIN;
 };
 
 // Scale-out: a partition's lease, taken by the instance a consumer group assigned it to. Each
@@ -92,6 +100,18 @@ class CheckpointStore {
   // partitions. A store whose sink already committed the batch in its own transaction (the
   // PostgreSQL store's commitWithin) makes this a no-op.
   virtual void commitPartitions(const BatchInfo& batch);
+
+  // State of stateful operators (state.h): files named by StateFileId. A store that keeps no
+  // state answers false, and a stateful query on it is refused at start().
+  virtual bool supportsState() const { return false; }
+  // Writes the files durably, each atomically; called with a batch's changes before its commit
+  // record, so that a version without a commit is never read (restore stops at the last commit).
+  virtual void writeStateFiles(const StateChanges& changes);
+  // Every state file of operator `operatorId`, of any partition and version.
+  virtual std::vector<StateFileId> listStateFiles(int operatorId);
+  // Throws CheckpointError when the file is missing or unreadable.
+  virtual std::string readStateFile(const StateFileId& id);
+  virtual void deleteStateFiles(const std::vector<StateFileId>& ids);
 };
 
 // Options of the directory store.

@@ -28,6 +28,19 @@ struct SinkProgress {
   int64_t numDeadLetters = 0;
 };
 
+// One stateful operator's figures for a batch (Spark's StateOperatorProgress).
+struct StateOperatorProgress {
+  std::string operatorName;            // "stateStoreSave" (aggregation), "dedupe", ...
+  int64_t numRowsTotal = 0;            // keys in state after the batch
+  int64_t numRowsUpdated = 0;          // keys written by the batch
+  int64_t numRowsRemoved = 0;          // keys removed by the batch (evicted by the watermark, ...)
+  int64_t numRowsDroppedByWatermark = 0;  // input rows dropped as late
+  int64_t memoryUsedBytes = 0;         // estimate of the in-memory state
+  int64_t commitTimeMs = 0;            // encoding and writing the batch's state changes
+  int64_t numStatePartitions = 0;      // state partitions (the source partitions seen)
+  int64_t numDeltaBytes = 0;           // bytes of the batch's state changes
+};
+
 struct QueryProgress {
   std::string id;
   std::string runId;
@@ -39,6 +52,10 @@ struct QueryProgress {
   double processedRowsPerSecond = 0;
   // latestOffset, walCommit, addBatch, commitOffsets, triggerExecution (milliseconds).
   std::map<std::string, int64_t> durationMs;
+  // Event-time statistics of the batch, as ISO-8601 UTC strings: "watermark" (the one the batch
+  // ran with), "min", "max", "avg" of the event times it read. Empty without withWatermark().
+  std::map<std::string, std::string> eventTime;
+  std::vector<StateOperatorProgress> stateOperators;
   std::vector<SourceProgress> sources;
   SinkProgress sink;
 

@@ -9,6 +9,7 @@
 
 #include "dataflow/checkpoint.h"
 #include "dataflow/query.h"
+#include "dataflow/state.h"
 #include "dataflow/trigger.h"
 
 namespace dataflow {
@@ -36,6 +37,12 @@ struct QueryOptions {
   // memory for a second batch in flight; with a scaled-out source it is not used (partitions may
   // move between batches). Option "overlapBatches". Default: false.
   bool overlapBatches = false;
+  // What a stateful query writes each batch (Spark's outputMode; stateless queries ignore it).
+  // Option "outputMode" (append, update, complete). Default: append, as Spark's.
+  OutputMode outputMode = OutputMode::kAppend;
+  // Snapshots and retention of operator state. Options "state.minDeltasForSnapshot",
+  // "state.minVersionsToRetain".
+  StateOptions state;
   // How many progress records recentProgress() keeps. Option "progress.retained". Default: 100.
   int retainedProgress = 100;
   std::vector<std::shared_ptr<QueryListener>> listeners;

@@ -40,19 +40,23 @@
 #include <type_traits>
 #include <utility>
 
+#include "dataflow/aggregates.h"
 #include "dataflow/batch.h"
 #include "dataflow/checkpoint.h"
 #include "dataflow/detail/fusion.h"
 #include "dataflow/detail/micro_batch_execution.h"
 #include "dataflow/detail/operators.h"
 #include "dataflow/detail/plan.h"
+#include "dataflow/detail/stateful_operators.h"
 #include "dataflow/error.h"
 #include "dataflow/query.h"
 #include "dataflow/query_options.h"
 #include "dataflow/result.h"
 #include "dataflow/sink.h"
 #include "dataflow/source.h"
+#include "dataflow/state.h"
 #include "dataflow/trigger.h"
+#include "dataflow/window.h"
 
 namespace dataflow {
 
@@ -84,6 +88,9 @@ concept KeyFunction = std::invocable<const F&, const T&> &&
 template <class F, class T>
 concept VersionFunction = std::invocable<const F&, const T&> &&
                           std::totally_ordered<std::decay_t<std::invoke_result_t<const F&, const T&>>>;
+// T -> a key that state can be kept under: hashable (absl::Hash), comparable and Checkpointable.
+template <class F, class T>
+concept StateKeyFunction = KeyFunction<F, T> && Checkpointable<std::decay_t<std::invoke_result_t<const F&, const T&>>>;
 // (const Batch<T>&, const BatchInfo&) -> anything.
 template <class F, class T>
 concept BatchFunction = std::invocable<F&, const Batch<T>&, const BatchInfo&>;
@@ -101,6 +108,13 @@ class Planner {
     return sources_.size() - 1;
   }
   std::vector<std::shared_ptr<Source>> takeSources() { return std::move(sources_); }
+
+  // Set by the writer before building: what stateful operators emit.
+  OutputMode outputMode = OutputMode::kAppend;
+  // Registered while building: stateful operators in planning order, watermark delays by index.
+  std::vector<StatefulOperator*> stateful;
+  std::vector<int64_t> watermarkDelaysMs;
+  bool hasAggregation = false;
 
  private:
   std::vector<std::shared_ptr<Source>> sources_;
@@ -125,12 +139,16 @@ struct Routing {
 
 template <class T>
 class DataStreamWriter;
+template <class T, class KeyFn, class Windowing>
+class KeyedStream;
 
 template <class T, class P = detail::Pipe<T>>
 class Stream {
   using In = typename P::input_type;
   template <class U, class Q>
   friend class Stream;
+  template <class U, class KeyFn, class Windowing>
+  friend class KeyedStream;
 
  public:
   using value_type = T;
@@ -237,6 +255,54 @@ class Stream {
     return Stream<T>(session_, std::move(out), detail::Pipe<T>{}, routing_);
   }
 
+  // Declares the event time of the records and how late they may arrive: after each batch the
+  // watermark becomes max(event time seen) - delay (never lower than before), and the next batch
+  // runs with it. Stateful operators downstream use it to finalise windows, evict state and drop
+  // records that arrive too late. With several, the query's watermark is their minimum.
+  template <class F>
+    requires EventTimeFunction<F, T>
+  Stream<T> withWatermark(F eventTime, std::chrono::milliseconds delay) const {
+    if (delay.count() < 0) throw ConfigurationError("withWatermark: the delay must not be negative");
+    auto input = materialize();
+    auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+        detail::LogicalNode::Kind::kWatermark, "EventTimeWatermark delay=" + std::to_string(delay.count()) + " ms",
+        {}, {input.node}, false});
+    detail::Producer<T> out{node, [in = input.build, f = std::move(eventTime), d = delay.count()](detail::Planner& planner) {
+                              auto i = in(planner);
+                              size_t index = planner.watermarkDelaysMs.size();
+                              planner.watermarkDelaysMs.push_back(d);
+                              return std::unique_ptr<detail::BatchOperator<T>>(
+                                  new detail::WatermarkOperator<T, F>(std::move(i), f, index));
+                            }};
+    return Stream<T>(session_, std::move(out), detail::Pipe<T>{}, routing_);
+  }
+
+  // Groups the records by key for a stateful aggregation (Spark's groupByKey). State for a key
+  // lives with the source partition its records arrive on.
+  template <class K>
+    requires StateKeyFunction<K, T>
+  KeyedStream<T, K, detail::NoWindow> groupByKey(K key) const {
+    return KeyedStream<T, K, detail::NoWindow>(session_, materialize(), routing_, std::move(key), {}, "");
+  }
+
+  // Keeps the first record of each key, across batches; the keys are kept forever (Spark's
+  // dropDuplicates without an event-time column).
+  template <class K>
+    requires StateKeyFunction<K, T>
+  Stream<T> dropDuplicates(K key) const {
+    return dedup(std::move(key), detail::NoWindow{}, "Deduplicate");
+  }
+
+  // Keeps the first record of each key among those within the watermark: a key is remembered
+  // until the watermark reaches its first record's event time + the watermark's delay; records
+  // older than the watermark are late and dropped (Spark's dropDuplicatesWithinWatermark). Needs
+  // withWatermark() upstream.
+  template <class K, class F>
+    requires StateKeyFunction<K, T> && EventTimeFunction<F, T>
+  Stream<T> dropDuplicatesWithinWatermark(K key, F eventTime) const {
+    return dedup(std::move(key), std::move(eventTime), "DeduplicateWithinWatermark");
+  }
+
   DataStreamWriter<T> writeStream() const {
     return DataStreamWriter<T>(session_, materialize(), routing_);
   }
@@ -252,6 +318,35 @@ class Stream {
   std::string explain() const { return detail::explainPlan(*materialize().node); }
 
  private:
+  template <class K, class F>
+  Stream<T> dedup(K key, F eventTime, const char* name) const {
+    auto input = materialize();
+    auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+        detail::LogicalNode::Kind::kStateful, std::string(name) + " [state: key -> " +
+            (std::is_same_v<F, detail::NoWindow> ? "seen" : "expiry") + ", by source partition]",
+        {}, {input.node}, false});
+    detail::Producer<T> out{
+        node, [in = input.build, key = std::move(key), f = std::move(eventTime), name](detail::Planner& planner) {
+          auto i = in(planner);
+          if (planner.outputMode == OutputMode::kComplete) {
+            throw ConfigurationError(std::string(name) + " does not support the complete output mode (there is no "
+                                     "aggregation to complete); use append or update");
+          }
+          int64_t expireAfter = 0;
+          if constexpr (!std::is_same_v<F, detail::NoWindow>) {
+            if (planner.watermarkDelaysMs.empty()) {
+              throw ConfigurationError("dropDuplicatesWithinWatermark needs withWatermark(...) upstream: the "
+                                       "watermark decides when a key is forgotten");
+            }
+            expireAfter = *std::max_element(planner.watermarkDelaysMs.begin(), planner.watermarkDelaysMs.end());
+          }
+          auto op = std::make_unique<detail::DedupOperator<T, K, F>>(std::move(i), key, f, expireAfter);
+          planner.stateful.push_back(op.get());
+          return std::unique_ptr<detail::BatchOperator<T>>(op.release());
+        }};
+    return Stream<T>(session_, std::move(out), detail::Pipe<T>{}, routing_);
+  }
+
   template <class U, class Op>
   auto next(Op op, bool fallible) const {
     auto pipe = pipe_.append(std::move(op));
@@ -300,6 +395,11 @@ class DataStreamWriter {
     return *this;
   }
   // Read and process the next batch while the sink writes the current one (QueryOptions).
+  // What a stateful query writes each batch: append (default), update or complete.
+  DataStreamWriter& outputMode(OutputMode mode) {
+    options_.outputMode = mode;
+    return *this;
+  }
   DataStreamWriter& overlapBatches(bool on) {
     options_.overlapBatches = on;
     return *this;
@@ -357,11 +457,19 @@ class DataStreamWriter {
           "deadLettersHandledBySink() on the stream before writeStream()");
     }
     detail::Planner planner;
+    planner.outputMode = options_.outputMode;
     auto input = input_.build(planner);
+    if (options_.outputMode == OutputMode::kComplete && !planner.hasAggregation) {
+      throw ConfigurationError("query '" + options_.name +
+                               "': the complete output mode needs an aggregation (groupByKey(...).agg(...)); "
+                               "use append or update");
+    }
     detail::PhysicalPlan plan;
     plan.root = std::make_unique<detail::SinkOperator<T>>(std::move(input), sink_, routing_.handler);
     plan.sources = planner.takeSources();
     plan.logical = sinkNode();
+    plan.stateful = std::move(planner.stateful);
+    plan.watermarkDelaysMs = std::move(planner.watermarkDelaysMs);
     QueryOptions options = options_;
     if (!options.checkpoint) options.checkpoint = memoryCheckpoint();
     return std::make_shared<detail::MicroBatchExecution>(session_, std::move(plan), std::move(options));
@@ -372,6 +480,7 @@ class DataStreamWriter {
     std::string label = "WriteToStream " + (sink_ ? sink_->description() : std::string("<no sink>"));
     if (!options_.name.empty()) label += ", query=" + options_.name;
     label += ", trigger=" + options_.trigger.toString();
+    label += std::string(", outputMode=") + toString(options_.outputMode);
     if (routing_.handler) label += ", deadLetters=handler";
     if (routing_.handledBySink) label += ", deadLetters=sink";
     return std::make_shared<detail::LogicalNode>(detail::LogicalNode{
@@ -386,3 +495,5 @@ class DataStreamWriter {
 };
 
 }  // namespace dataflow
+
+#include "dataflow/keyed_stream.h"

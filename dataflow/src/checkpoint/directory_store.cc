@@ -142,6 +142,43 @@ class DirectoryCheckpointStore final : public CheckpointStore {
     return parseCommitLogEntry(*text, path.string());
   }
 
+  bool supportsState() const override { return true; }
+  void writeStateFiles(const StateChanges& changes) override {
+    for (const auto& f : changes.files) {
+      fs::path path = dir_ / f.id.path();
+      std::error_code ec;
+      fs::create_directories(path.parent_path(), ec);
+      if (ec) throw CheckpointError("cannot create " + path.parent_path().string() + ": " + ec.message());
+      writeAtomically(path, f.bytes, options_.sync);
+    }
+  }
+  std::vector<StateFileId> listStateFiles(int operatorId) override {
+    std::vector<StateFileId> out;
+    fs::path opDir = dir_ / "state" / std::to_string(operatorId);
+    std::error_code ec;
+    if (!fs::exists(opDir, ec)) return out;
+    for (const auto& part : fs::directory_iterator(opDir, ec)) {
+      for (const auto& file : fs::directory_iterator(part.path(), ec)) {
+        auto rel = fs::relative(file.path(), dir_, ec).generic_string();
+        if (auto id = StateFileId::fromPath(rel)) out.push_back(*id);  // skips *.tmp leftovers
+      }
+    }
+    if (ec) throw CheckpointError("cannot list " + opDir.string() + ": " + ec.message());
+    return out;
+  }
+  std::string readStateFile(const StateFileId& id) override {
+    auto path = dir_ / id.path();
+    auto bytes = readFile(path);
+    if (!bytes) throw CheckpointError("state file " + path.string() + " is missing");
+    return *bytes;
+  }
+  void deleteStateFiles(const std::vector<StateFileId>& ids) override {
+    for (const auto& id : ids) {
+      std::error_code ec;
+      fs::remove(dir_ / id.path(), ec);
+    }
+  }
+
  private:
   // Deletes entries older than the retention window. Never touches the newest entries, so a crash
   // here loses nothing that a restart needs.

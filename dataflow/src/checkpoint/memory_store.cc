@@ -53,6 +53,30 @@ class MemoryCheckpointStore final : public CheckpointStore {
     return std::prev(commits_.end())->second;
   }
 
+  bool supportsState() const override { return true; }
+  void writeStateFiles(const StateChanges& changes) override {
+    std::lock_guard lock(mu_);
+    for (const auto& f : changes.files) state_[f.id] = f.bytes;
+  }
+  std::vector<StateFileId> listStateFiles(int operatorId) override {
+    std::lock_guard lock(mu_);
+    std::vector<StateFileId> out;
+    for (const auto& [id, bytes] : state_) {
+      if (id.operatorId == operatorId) out.push_back(id);
+    }
+    return out;
+  }
+  std::string readStateFile(const StateFileId& id) override {
+    std::lock_guard lock(mu_);
+    auto it = state_.find(id);
+    if (it == state_.end()) throw CheckpointError("state file memory:" + id.path() + " is missing");
+    return it->second;
+  }
+  void deleteStateFiles(const std::vector<StateFileId>& ids) override {
+    std::lock_guard lock(mu_);
+    for (const auto& id : ids) state_.erase(id);
+  }
+
   bool supportsScaleOut() const override { return true; }
   void join(const QueryMetadata&) override {}
 
@@ -110,6 +134,7 @@ class MemoryCheckpointStore final : public CheckpointStore {
     std::optional<int64_t> committed;
   };
   std::map<std::pair<size_t, PartitionId>, PartitionState> partitions_;
+  std::map<StateFileId, std::string> state_;
   std::mutex mu_;
   std::optional<std::string> metadata_;
   std::map<int64_t, std::string> offsets_;

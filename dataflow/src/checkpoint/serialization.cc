@@ -58,7 +58,7 @@ std::string serializeOffsetLogEntry(const OffsetLogEntry& entry) {
   boost::json::object meta;
   meta["batchId"] = entry.batchId;
   meta["batchTimestampMs"] = entry.batchTimestampMs;
-  meta["batchWatermarkMs"] = 0;
+  meta["batchWatermarkMs"] = entry.batchWatermarkMs;
   boost::json::array sources;
   for (const auto& s : entry.sources) {
     boost::json::object o;
@@ -89,6 +89,7 @@ OffsetLogEntry parseOffsetLogEntry(std::string_view text, const std::string& ori
   OffsetLogEntry entry;
   entry.batchId = intField(m, "batchId", origin);
   entry.batchTimestampMs = intField(m, "batchTimestampMs", origin);
+  if (m.contains("batchWatermarkMs")) entry.batchWatermarkMs = intField(m, "batchWatermarkMs", origin);
   const auto& sources = field(m, "sources", origin);
   if (!sources.is_array() || sources.as_array().size() != ls.size() - 2) {
     throw CheckpointError("corrupt checkpoint entry " + origin + ": source count does not match offset lines");
@@ -115,7 +116,7 @@ std::string serializeCommitLogEntry(const CommitLogEntry& entry) {
   boost::json::object o;
   o["batchId"] = entry.batchId;
   o["commitTimestampMs"] = entry.commitTimestampMs;
-  o["nextBatchWatermarkMs"] = 0;
+  o["nextBatchWatermarkMs"] = entry.nextBatchWatermarkMs;
   return std::string(kVersionLine) + "\n" + boost::json::serialize(o) + "\n";
 }
 
@@ -129,6 +130,9 @@ CommitLogEntry parseCommitLogEntry(std::string_view text, const std::string& ori
   CommitLogEntry entry;
   entry.batchId = intField(v.as_object(), "batchId", origin);
   entry.commitTimestampMs = intField(v.as_object(), "commitTimestampMs", origin);
+  if (v.as_object().contains("nextBatchWatermarkMs")) {
+    entry.nextBatchWatermarkMs = intField(v.as_object(), "nextBatchWatermarkMs", origin);
+  }
   return entry;
 }
 

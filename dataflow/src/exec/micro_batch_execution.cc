@@ -21,6 +21,7 @@
 #include <random>
 
 #include "dataflow/error.h"
+#include "state/state_manager.h"
 #include "time_util.h"
 
 namespace dataflow::detail {
@@ -98,7 +99,7 @@ SessionState::SessionState(int workerThreads, size_t chunk)
 MicroBatchExecution::MicroBatchExecution(std::shared_ptr<SessionState> session, PhysicalPlan plan,
                                          QueryOptions options)
     : session_(std::move(session)), plan_(std::move(plan)), options_(std::move(options)),
-      runId_(newUuid()) {
+      runId_(newUuid()), watermarkMs_(kNoWatermark) {
   if (!options_.checkpoint) throw ConfigurationError("query has no checkpoint store");
   status_.message = "Initializing";
 }
@@ -135,6 +136,11 @@ void MicroBatchExecution::initialize() {
       throw ConfigurationError("query " + options_.name +
                                ": sources assigned by a consumer group cannot be mixed with other sources");
     }
+    if (!plan_.stateful.empty()) {
+      throw ConfigurationError("query " + options_.name +
+                               ": stateful operators (aggregations, windows, deduplication) cannot yet be used "
+                               "with a source assigned by a consumer group");
+    }
     initializeScaleOut({id_, descriptions});
     return;
   }
@@ -159,6 +165,9 @@ void MicroBatchExecution::initialize() {
     }
     if (committed) {
       nextBatchId_ = lastOffsets->batchId + 1;
+      // The last batch advanced the watermark but its no-data batch never ran: run it now.
+      noDataBatchDue_ = !plan_.stateful.empty() && lastCommit->batchId == lastOffsets->batchId &&
+                        lastCommit->nextBatchWatermarkMs > lastOffsets->batchWatermarkMs;
     } else {
       pendingReplay_ = *lastOffsets;
       nextBatchId_ = lastOffsets->batchId;
@@ -168,10 +177,50 @@ void MicroBatchExecution::initialize() {
   } else {
     for (size_t i = 0; i < plan_.sources.size(); ++i) committedEnd_[i] = plan_.sources[i]->initialOffsets();
   }
+  initializeState(lastCommit);
   if (options_.trigger.kind() == Trigger::Kind::kAvailableNow) {
     for (auto& s : plan_.sources) availableNowTarget_.push_back(s->latestOffsets());
   }
   initialized_ = true;
+}
+
+void MicroBatchExecution::initializeState(const std::optional<CommitLogEntry>& lastCommit) {
+  maxEventTime_.assign(plan_.watermarkDelaysMs.size(), kNoWatermark);
+  if (lastCommit) {
+    // Continue with the watermark the last committed batch computed, as if its event times had
+    // just been seen (each operator's newest event time is at least watermark + its delay).
+    watermarkMs_ = lastCommit->nextBatchWatermarkMs;
+    if (watermarkMs_ != kNoWatermark) {
+      for (size_t i = 0; i < maxEventTime_.size(); ++i) maxEventTime_[i] = watermarkMs_ + plan_.watermarkDelaysMs[i];
+    }
+  }
+  if (plan_.stateful.empty()) return;
+  CheckpointStore& store = *options_.checkpoint;
+  if (!store.supportsState()) {
+    throw ConfigurationError("query " + options_.name + ": checkpoint " + store.describe() +
+                             " does not keep operator state, which this query's stateful operators need; use "
+                             "a directory checkpoint (checkpointLocation) or the in-memory store");
+  }
+  state_ = std::make_unique<StateManager>(plan_.stateful, options_.checkpoint, options_.state, options_.name);
+  state_->restore(lastCommit ? std::optional<int64_t>(lastCommit->batchId) : std::nullopt);
+}
+
+int64_t MicroBatchExecution::nextWatermark(const std::vector<EventTimeStats>& stats) const {
+  // Spark's default multiple-watermark policy: the minimum over the watermark operators.
+  int64_t candidate = kNoWatermark;
+  bool all = !stats.empty();
+  for (size_t i = 0; i < stats.size(); ++i) {
+    int64_t newest = maxEventTime_[i];
+    if (stats[i].count > 0) newest = std::max(newest, stats[i].max);
+    if (newest == kNoWatermark) {
+      all = false;
+      break;
+    }
+    int64_t w = newest - plan_.watermarkDelaysMs[i];
+    candidate = i == 0 ? w : std::min(candidate, w);
+  }
+  if (!all) return watermarkMs_;
+  return std::max(watermarkMs_, candidate);
 }
 
 void MicroBatchExecution::initializeScaleOut(const QueryMetadata& metadata) {
@@ -269,6 +318,7 @@ std::optional<MicroBatchExecution::PlannedBatch> MicroBatchExecution::planNextBa
 
   batch.entry.batchId = nextBatchId_;
   batch.entry.batchTimestampMs = nowEpochMs();
+  batch.entry.batchWatermarkMs = watermarkMs_;
   if (speculation_) {
     if (speculation_->base == committedEnd_) {
       // The batch prepared during the previous write starts right here: its ranges are a valid
@@ -281,7 +331,9 @@ std::optional<MicroBatchExecution::PlannedBatch> MicroBatchExecution::planNextBa
   }
   bool hasData = false;
   batch.entry.sources = planRanges(committedEnd_, batch.latest, hasData);
-  if (!hasData) return std::nullopt;
+  // A batch without data still runs when the watermark advanced, so that windows it closed are
+  // emitted and their state dropped (Spark's no-data batches).
+  if (!hasData && !noDataBatchDue_) return std::nullopt;
   return batch;
 }
 
@@ -327,7 +379,11 @@ std::unique_ptr<ExecContext> MicroBatchExecution::makeContext(const std::vector<
 
 void MicroBatchExecution::startSpeculation(const OffsetLogEntry& current) {
   dropSpeculation();
-  if (!options_.overlapBatches || scaleOut_ || options_.trigger.kind() == Trigger::Kind::kOnce) return;
+  // Stateful plans never prepare ahead: a batch's state changes must follow the previous commit.
+  if (!options_.overlapBatches || scaleOut_ || options_.trigger.kind() == Trigger::Kind::kOnce ||
+      !plan_.stateful.empty()) {
+    return;
+  }
   {
     std::lock_guard lock(mu_);
     if (stopRequested_) return;
@@ -427,6 +483,11 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
   ctx.info.batchTimestampMs = entry.batchTimestampMs;
   ctx.info.sources = entry.sources;
   if (scaleOut_) ctx.info.leaseEpochs = leaseEpochs_;
+  ctx.watermarkMs = entry.batchWatermarkMs;
+  ctx.info.batchWatermarkMs = entry.batchWatermarkMs;
+  ctx.eventTime.assign(plan_.watermarkDelaysMs.size(), EventTimeStats{});
+  StateChanges stateChanges;
+  bool stateCollected = false;
 
   auto t = Clock::now();
   RootOperator::Result result;
@@ -437,7 +498,16 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
       try {
         if (!prepared) {
           for (size_t i = 0; i < plan_.sources.size(); ++i) ctx.inputRows[i].store(0);
+          for (auto& e : ctx.eventTime) e = EventTimeStats{};
           session_->arena.execute([&] { prepared = plan_.root->prepare(ctx); });
+        }
+        if (!stateCollected) {
+          stateCollected = true;
+          ctx.info.nextBatchWatermarkMs = nextWatermark(ctx.eventTime);
+          if (state_) {
+            stateChanges = state_->collect(entry.batchId);
+            ctx.info.stateChanges = &stateChanges;
+          }
         }
         // The next batch is read and processed while the sink writes this one.
         if (!overlapped) {
@@ -464,7 +534,8 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
         if (scaleOut_) {
           options_.checkpoint->commitPartitions(ctx.info);
         } else {
-          options_.checkpoint->writeCommit({entry.batchId, nowEpochMs()});
+          if (state_) state_->write(stateChanges);
+          options_.checkpoint->writeCommit({entry.batchId, nowEpochMs(), ctx.info.nextBatchWatermarkMs});
         }
         break;
       } catch (const ConnectorError& e) {
@@ -485,6 +556,12 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
     plan_.sources[i]->onBatchCommitted(committedEnd_[i]);
   }
   nextBatchId_ = entry.batchId + 1;
+  for (size_t i = 0; i < ctx.eventTime.size(); ++i) {
+    if (ctx.eventTime[i].count > 0) maxEventTime_[i] = std::max(maxEventTime_[i], ctx.eventTime[i].max);
+  }
+  watermarkMs_ = ctx.info.nextBatchWatermarkMs;
+  noDataBatchDue_ = state_ && watermarkMs_ > entry.batchWatermarkMs;
+  if (state_) state_->committed(entry.batchId);
   durations["commitOffsets"] = elapsedMs(t);
   durations["triggerExecution"] = elapsedMs(triggerStart);
 
@@ -516,6 +593,17 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
   progress.inputRowsPerSecond = sinceLastTrigger > 0 ? progress.numInputRows / sinceLastTrigger : 0.0;
   progress.processedRowsPerSecond = progress.numInputRows / execSeconds;
   progress.durationMs = std::move(durations);
+  if (!plan_.watermarkDelaysMs.empty()) {
+    EventTimeStats all;
+    for (const auto& e : ctx.eventTime) all.merge(e);
+    if (entry.batchWatermarkMs != kNoWatermark) progress.eventTime["watermark"] = isoTimestamp(entry.batchWatermarkMs);
+    if (all.count > 0) {
+      progress.eventTime["min"] = isoTimestamp(all.min);
+      progress.eventTime["max"] = isoTimestamp(all.max);
+      progress.eventTime["avg"] = isoTimestamp(static_cast<int64_t>(all.sum / static_cast<double>(all.count)));
+    }
+  }
+  if (state_) progress.stateOperators = state_->progress();
   progress.sink.description = plan_.logical->label;
   progress.sink.numOutputRows = result.outputRows;
   progress.sink.numDeadLetters = result.deadLetters;

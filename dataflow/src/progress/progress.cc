@@ -29,6 +29,27 @@ std::string QueryProgress::toJson() const {
   boost::json::object d;
   for (const auto& [k, v] : durationMs) d[k] = v;
   o["durationMs"] = std::move(d);
+  if (!eventTime.empty()) {
+    boost::json::object e;
+    for (const auto& [k, v] : eventTime) e[k] = v;
+    o["eventTime"] = std::move(e);
+  }
+  boost::json::array ops;
+  for (const auto& s : stateOperators) {
+    boost::json::object so;
+    so["operatorName"] = s.operatorName;
+    so["numRowsTotal"] = s.numRowsTotal;
+    so["numRowsUpdated"] = s.numRowsUpdated;
+    so["numRowsRemoved"] = s.numRowsRemoved;
+    so["numRowsDroppedByWatermark"] = s.numRowsDroppedByWatermark;
+    so["memoryUsedBytes"] = s.memoryUsedBytes;
+    so["commitTimeMs"] = s.commitTimeMs;
+    so["numShufflePartitions"] = s.numStatePartitions;
+    so["numStateStoreInstances"] = s.numStatePartitions;
+    so["customMetrics"] = boost::json::object{{"stateDeltaBytes", s.numDeltaBytes}};
+    ops.push_back(std::move(so));
+  }
+  o["stateOperators"] = std::move(ops);
   boost::json::array sourcesJson;
   for (const auto& s : sources) {
     boost::json::object so;

@@ -40,7 +40,13 @@ struct PhysicalPlan {
   std::vector<std::shared_ptr<Source>> sources;
   std::unique_ptr<RootOperator> root;
   LogicalNodePtr logical;  // includes the sink node
+  // Stateful operators of the plan, owned by `root`'s tree, in planning order (their ids).
+  std::vector<StatefulOperator*> stateful;
+  // Delay of each watermark operator (withWatermark), by its index.
+  std::vector<int64_t> watermarkDelaysMs;
 };
+
+class StateManager;
 
 class MicroBatchExecution {
  public:
@@ -103,6 +109,9 @@ class MicroBatchExecution {
   // offsets (which cover only the partitions assigned to this instance).
   void followAssignment(const std::vector<Offsets>& latest);
   void dropFencedPartitions(const PartitionsFencedError& e, int64_t batchId);
+  void initializeState(const std::optional<CommitLogEntry>& lastCommit);
+  // The watermark after a batch that read `stats` (by watermark operator): never lower than now.
+  int64_t nextWatermark(const std::vector<EventTimeStats>& stats) const;
   std::optional<PlannedBatch> planNextBatch(std::map<std::string, int64_t>& durations);
   void executeBatch(PlannedBatch batch, std::map<std::string, int64_t> durations,
                     std::chrono::steady_clock::time_point triggerStart);
@@ -120,6 +129,11 @@ class MicroBatchExecution {
   // Driver-thread state.
   bool initialized_ = false;
   std::optional<OffsetLogEntry> pendingReplay_;  // uncommitted batch found at start
+  // Event time and state (only with withWatermark or stateful operators).
+  std::unique_ptr<StateManager> state_;
+  int64_t watermarkMs_;                // the watermark the next new batch runs with
+  std::vector<int64_t> maxEventTime_;  // by watermark operator: the newest event time seen
+  bool noDataBatchDue_ = false;        // the watermark advanced: run a batch even without data
   int64_t nextBatchId_ = 0;
   std::vector<Offsets> committedEnd_;  // per source
   // Scale-out (coordinated sources): per source, the lease epoch of each partition read here.

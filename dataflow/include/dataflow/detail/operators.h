@@ -17,6 +17,8 @@
 #include "dataflow/sink.h"
 #include "dataflow/source.h"
 #include "dataflow/detail/fusion.h"
+#include "dataflow/detail/stateful.h"
+#include "dataflow/window.h"
 
 namespace dataflow::detail {
 
@@ -34,6 +36,10 @@ struct ExecContext {
   std::unique_ptr<std::atomic<int64_t>[]> inputRows;  // by source index
   size_t chunkSize = 16384;
   BatchInfo info;
+  // The watermark the batch runs with (kNoWatermark before any event time was seen), and the
+  // event times each watermark operator read (by its index).
+  int64_t watermarkMs = kNoWatermark;
+  std::vector<EventTimeStats> eventTime;
 };
 
 template <class T>

@@ -9,7 +9,7 @@
 namespace dataflow::detail {
 
 struct LogicalNode {
-  enum class Kind { kSource, kFused, kUnion, kLatestByKey, kSink };
+  enum class Kind { kSource, kFused, kUnion, kLatestByKey, kWatermark, kStateful, kSink };
   Kind kind;
   std::string label;              // e.g. the source's description, the sink's description
   std::vector<std::string> ops;   // kFused: the stateless operators in order

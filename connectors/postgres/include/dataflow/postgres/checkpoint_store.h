@@ -3,6 +3,10 @@
 // after a crash at any point the replayed batch finds everything or nothing: exactly-once effects
 // without Kafka transactions.
 //
+// Stateful queries (sql/005_operator_state.sql): commitWithin() also writes the batch's state changes
+// (BatchInfo::stateChanges) in the caller's transaction, so state, output and commit are one
+// atomic step; a store-side write of them afterwards is then a no-op.
+//
 // Only one running instance per checkpoint: acquire() takes a session advisory lock and bumps an
 // epoch; commitWithin() checks the epoch inside the batch's transaction, so an instance that lost
 // its lock (a zombie after a long pause) cannot commit.
@@ -69,6 +73,13 @@ class PostgresCheckpointStore final : public CheckpointStore {
   // PartitionsFencedError naming the partitions whose lease it lost.
   void commitWithin(Connection& tx, const BatchInfo& batch);
 
+  bool supportsState() const override { return true; }
+  // A no-op for a batch whose changes commitWithin() already wrote; else one transaction.
+  void writeStateFiles(const StateChanges& changes) override;
+  std::vector<StateFileId> listStateFiles(int operatorId) override;
+  std::string readStateFile(const StateFileId& id) override;
+  void deleteStateFiles(const std::vector<StateFileId>& ids) override;
+
  private:
   template <class F>
   auto withConnection(F&& fn);
@@ -76,6 +87,7 @@ class PostgresCheckpointStore final : public CheckpointStore {
   void lockShared();
   void scaleIn(Connection& c, const QueryMetadata& metadata);
   void commitPartitionsWithin(Connection& tx, const BatchInfo& batch);
+  void writeStateWithin(Connection& tx, const StateChanges& changes);
 
   PostgresCheckpointOptions options_;
   std::string owner_;  // host:pid, recorded with each lease
@@ -85,6 +97,7 @@ class PostgresCheckpointStore final : public CheckpointStore {
   bool shared_ = false;  // joined as one of several instances (scale-out)
   int64_t epoch_ = -1;
   int64_t committedWithin_ = -1;
+  int64_t stateWrittenWithin_ = -1;  // the batch whose state changes commitWithin() wrote
 };
 
 }  // namespace dataflow::postgres

@@ -1,0 +1,254 @@
+// Runtime of stateful operators: the typed per-partition state they keep, the untyped interface
+// the engine drives at batch boundaries (restore, encode the batch's changes, commit, progress),
+// and the event-time statistics the watermark operators collect.
+#pragma once
+
+#include <absl/container/btree_map.h>
+#include <absl/container/flat_hash_map.h>
+#include <oneapi/tbb/parallel_for.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dataflow/progress.h"
+#include "dataflow/state.h"
+#include "dataflow/window.h"
+
+namespace dataflow::detail {
+
+// Event times read by one watermark operator in one batch.
+struct EventTimeStats {
+  int64_t min = std::numeric_limits<int64_t>::max();
+  int64_t max = std::numeric_limits<int64_t>::min();
+  double sum = 0;
+  int64_t count = 0;
+  void add(int64_t t) {
+    min = std::min(min, t);
+    max = std::max(max, t);
+    sum += static_cast<double>(t);
+    ++count;
+  }
+  void merge(const EventTimeStats& o) {
+    min = std::min(min, o.min);
+    max = std::max(max, o.max);
+    sum += o.sum;
+    count += o.count;
+  }
+};
+
+// What the engine knows of a stateful operator. Called from the driver thread, between batches.
+class StatefulOperator {
+ public:
+  virtual ~StatefulOperator() = default;
+
+  int id() const { return id_; }
+  void setId(int id) { id_ = id; }
+
+  // For explain() and progress ("stateStoreSave", "dedupe", ...).
+  virtual std::string operatorName() const = 0;
+
+  // Restore: drops all state, then is given every file of a partition in version order (its
+  // newest snapshot first, if any, then the deltas after it).
+  virtual void clearState() = 0;
+  virtual void restoreFile(const PartitionId& partition, const StateFileReader& file) = 0;
+  // After the last file: rebuild what is derived from the state (eviction indexes).
+  virtual void finishRestore() {}
+
+  // After a batch was produced: encodes what it changed, one delta per partition with changes,
+  // as version `version`. Also resets the per-batch counters' baseline.
+  virtual void collectChanges(int64_t version, StateChanges& out) = 0;
+
+  // The figures of the last batch.
+  virtual StateOperatorProgress progress() const = 0;
+
+ private:
+  int id_ = 0;
+};
+
+// The state of one operator in one partition: keys K to values V in a flat hash map, with the
+// keys changed and removed since the last collectChanges(). Used by one task at a time.
+template <class K, class V>
+class PartitionState {
+ public:
+  struct Slot {
+    V value;
+    uint32_t touched = 0;  // the epoch in which the value last changed (0: not since encoded)
+  };
+  using Map = absl::flat_hash_map<K, Slot>;
+
+  Map& map() { return map_; }
+  const Map& map() const { return map_; }
+
+  // The value of `key`, created with init() when absent, marked changed in this batch. `created`
+  // says whether it was absent.
+  template <class Init>
+  V& upsert(const K& key, Init&& init, bool& created) {
+    created = false;
+    auto it = map_.lazy_emplace(key, [&](const typename Map::constructor& ctor) {
+      created = true;
+      ctor(key, Slot{init(), 0});
+    });
+    touch(it);
+    return it->second.value;
+  }
+  void touch(typename Map::iterator it) {
+    if (it->second.touched != epoch_) {
+      it->second.touched = epoch_;
+      changed_.push_back(it->first);
+    }
+  }
+  // Inserts `key` with `value` unless present; returns whether it was inserted.
+  bool insertNew(const K& key, V value) {
+    auto [it, inserted] = map_.try_emplace(key, Slot{std::move(value), 0});
+    if (inserted) touch(it);
+    return inserted;
+  }
+  void erase(typename Map::iterator it) {
+    removed_.push_back(it->first);
+    map_.erase(it);
+    ++removedCount_;
+  }
+  bool erase(const K& key) {
+    auto it = map_.find(key);
+    if (it == map_.end()) return false;
+    erase(it);
+    return true;
+  }
+
+  // The keys changed in this batch and still present, in first-change order.
+  template <class F>
+  void forEachChanged(F&& fn) const {
+    for (const K& k : changed_) {
+      auto it = map_.find(k);
+      if (it != map_.end() && it->second.touched == epoch_) fn(it->first, it->second.value);
+    }
+  }
+  size_t changedCount() const { return changed_.size(); }
+  int64_t removedCount() const { return removedCount_; }
+
+  // Encodes this batch's changes (the final state of every key touched) and starts a new epoch.
+  std::string encodeDelta(size_t& entries) {
+    StateFileWriter w(StateFileWriter::Kind::kDelta);
+    auto& kb = w.keyBuffer();
+    auto& vb = w.valueBuffer();
+    for (const K& k : changed_) {
+      auto it = map_.find(k);
+      if (it == map_.end() || it->second.touched != epoch_) continue;  // removed later, or seen
+      it->second.touched = 0;  // a key changed, removed and re-added appears twice in changed_
+      kb.clear();
+      vb.clear();
+      StateCodec<K>::encode(it->first, kb);
+      StateCodec<V>::encode(it->second.value, vb);
+      w.put(kb, vb);
+    }
+    for (const K& k : removed_) {
+      if (map_.contains(k)) continue;  // re-added: written above
+      kb.clear();
+      StateCodec<K>::encode(k, kb);
+      w.remove(kb);
+    }
+    entries = w.count();
+    changed_.clear();
+    removed_.clear();
+    removedCount_ = 0;
+    if (++epoch_ == 0) epoch_ = 1;
+    return entries ? w.finish() : std::string();
+  }
+  bool hasChanges() const { return !changed_.empty() || !removed_.empty(); }
+
+  // Restore: applies a snapshot or delta.
+  void apply(const StateFileReader& file) {
+    file.forEach(
+        [&](std::string_view key, std::string_view value) {
+          std::string_view kin = key, vin = value;
+          K k = StateCodec<K>::decode(kin);
+          V v = StateCodec<V>::decode(vin);
+          map_.insert_or_assign(std::move(k), Slot{std::move(v), 0});
+        },
+        [&](std::string_view key) {
+          std::string_view kin = key;
+          map_.erase(StateCodec<K>::decode(kin));
+        });
+  }
+
+  // Rough size of the state in memory: slots and control bytes (heap owned by keys and values,
+  // e.g. long strings, is not counted).
+  int64_t memoryBytes() const {
+    return static_cast<int64_t>(map_.capacity() * (sizeof(typename Map::value_type) + 1) +
+                                changed_.capacity() * sizeof(K));
+  }
+
+ private:
+  Map map_;
+  std::vector<K> changed_;
+  std::vector<K> removed_;
+  int64_t removedCount_ = 0;
+  uint32_t epoch_ = 1;
+};
+
+// The per-partition states of one operator, plus an optional index of keys by an eviction time
+// (a window's end, a duplicate's expiry), so that the watermark evicts without scanning all keys.
+template <class K, class V>
+struct PartitionSlot {
+  PartitionId id;
+  PartitionState<K, V> state;
+  absl::btree_map<int64_t, std::vector<K>> byDeadline;  // eviction time -> keys
+  int64_t droppedLate = 0;                                // this batch
+};
+
+// Helper for typed operators: the states by partition, created on the driver thread before a
+// batch's parallel section (so tasks never insert into this map concurrently).
+template <class K, class V>
+class PartitionedState {
+ public:
+  using Slot = PartitionSlot<K, V>;
+
+  Slot& get(const PartitionId& p) {
+    auto& s = parts_[p];
+    if (!s) {
+      s = std::make_unique<Slot>();
+      s->id = p;
+    }
+    return *s;
+  }
+  std::map<PartitionId, std::unique_ptr<Slot>>& all() { return parts_; }
+  const std::map<PartitionId, std::unique_ptr<Slot>>& all() const { return parts_; }
+  void clear() { parts_.clear(); }
+
+  void collect(int operatorId, int64_t version, StateChanges& out, StateOperatorProgress& p) {
+    p.numRowsUpdated = 0;
+    p.numRowsRemoved = 0;
+    p.numDeltaBytes = 0;
+    for (auto& [id, slot] : parts_) {
+      p.numRowsRemoved += slot->state.removedCount();
+      if (!slot->state.hasChanges()) continue;
+      size_t entries = 0;
+      slot->state.forEachChanged([&](const K&, const V&) { ++p.numRowsUpdated; });
+      std::string bytes = slot->state.encodeDelta(entries);
+      if (entries == 0) continue;
+      p.numDeltaBytes += static_cast<int64_t>(bytes.size());
+      out.files.push_back({StateFileId{operatorId, id, version, false}, std::move(bytes)});
+    }
+  }
+  void fillTotals(StateOperatorProgress& p) const {
+    p.numRowsTotal = 0;
+    p.memoryUsedBytes = 0;
+    p.numRowsDroppedByWatermark = 0;
+    for (const auto& [id, slot] : parts_) {
+      p.numRowsTotal += static_cast<int64_t>(slot->state.map().size());
+      p.memoryUsedBytes += slot->state.memoryBytes();
+      p.numRowsDroppedByWatermark += slot->droppedLate;
+    }
+    p.numStatePartitions = static_cast<int64_t>(parts_.size());
+  }
+
+ private:
+  std::map<PartitionId, std::unique_ptr<Slot>> parts_;
+};
+
+}  // namespace dataflow::detail

@@ -1,0 +1,312 @@
+// Stateful and event-time operators: watermark tracking, keyed (and windowed) aggregation and
+// deduplication. Each is a batch boundary; inside a batch every source partition's state is
+// updated by one task, in parallel with the other partitions, in a typed loop (no virtual call per
+// record). The engine drives their state through StatefulOperator (stateful.h).
+#pragma once
+
+#include <oneapi/tbb/parallel_for.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "dataflow/aggregates.h"
+#include "dataflow/batch.h"
+#include "dataflow/detail/operators.h"
+#include "dataflow/detail/stateful.h"
+#include "dataflow/state.h"
+#include "dataflow/window.h"
+
+namespace dataflow::detail {
+
+// Passes its input through and records the event times it saw in ctx.eventTime[index]; the
+// engine derives the next batch's watermark from them.
+template <class T, class TimeFn>
+class WatermarkOperator final : public BatchOperator<T> {
+ public:
+  WatermarkOperator(std::unique_ptr<BatchOperator<T>> input, TimeFn time, size_t index)
+      : input_(std::move(input)), time_(std::move(time)), index_(index) {}
+
+  void produce(ExecContext& ctx, Batch<T>& out) override {
+    input_->produce(ctx, out);
+    auto& parts = out.partitions();
+    std::vector<EventTimeStats> local(parts.size());
+    tbb::parallel_for(size_t{0}, parts.size(), [&](size_t p) {
+      EventTimeStats s;
+      for (const T& row : parts[p].rows) s.add(toEventTimeMs(std::invoke(time_, row)));
+      local[p] = s;
+    });
+    for (const auto& s : local) ctx.eventTime[index_].merge(s);
+  }
+
+ private:
+  std::unique_ptr<BatchOperator<T>> input_;
+  TimeFn time_;
+  size_t index_;
+};
+
+// What every keyed stateful operator does for the engine: restore, encode changes, report. Derived
+// operators keep their keys in `state_` and rebuild their eviction index in finishRestore().
+template <class K, class V>
+class KeyedStatefulOperator : public StatefulOperator {
+ public:
+  void clearState() override { state_.clear(); }
+  void restoreFile(const PartitionId& p, const StateFileReader& file) override { state_.get(p).state.apply(file); }
+  void collectChanges(int64_t version, StateChanges& out) override { state_.collect(id(), version, out, progress_); }
+  StateOperatorProgress progress() const override {
+    StateOperatorProgress p = progress_;
+    p.operatorName = operatorName();
+    state_.fillTotals(p);
+    return p;
+  }
+
+ protected:
+  using State = PartitionedState<K, V>;
+  using Slot = typename State::Slot;
+
+  // The slots of the batch's input partitions (created here, on the driver thread, before the
+  // parallel section), with every partition's late-record counter reset.
+  template <class Row>
+  std::vector<Slot*> slotsFor(const Batch<Row>& in) {
+    for (auto& [id, slot] : state_.all()) slot->droppedLate = 0;
+    std::vector<Slot*> slots(in.partitions().size());
+    for (size_t i = 0; i < slots.size(); ++i) slots[i] = &state_.get(in.partitions()[i].id);
+    return slots;
+  }
+  std::vector<Slot*> allSlots() {
+    std::vector<Slot*> all;
+    for (auto& [id, slot] : state_.all()) all.push_back(slot.get());
+    return all;
+  }
+  // Removes the keys whose eviction time is at or before `watermark`, calling fn(key, value)
+  // for each before it goes.
+  template <class F>
+  static void evictUpTo(Slot& slot, int64_t watermark, F&& fn) {
+    auto& index = slot.byDeadline;
+    while (!index.empty() && index.begin()->first <= watermark) {
+      for (const K& k : index.begin()->second) {
+        auto it = slot.state.map().find(k);
+        if (it == slot.state.map().end()) continue;
+        fn(it->first, it->second.value);
+        slot.state.erase(it);
+      }
+      index.erase(index.begin());
+    }
+  }
+
+  State state_;
+  StateOperatorProgress progress_;
+};
+
+// No windows: records are grouped by key alone.
+struct NoWindow {};
+
+// Windows of `spec` over the event time given by `time`.
+template <class TimeFn>
+struct EventWindows {
+  WindowSpec spec;
+  TimeFn time;
+};
+
+// Groups records by key (and window) and folds each group's records into an accumulator kept in
+// state. Emits KeyValue<group key, result> rows by output mode:
+//   update:   the groups changed by the batch; windows the watermark passed are then evicted
+//   complete: every group, each batch; nothing is evicted
+//   append:   (windowed only) a window once the watermark reaches its end, then it is evicted
+// With windows, a record whose windows have all ended at or before the batch's watermark is late:
+// dropped and counted (numRowsDroppedByWatermark); a record is added to each of its windows that
+// is still open.
+template <class T, class KeyFn, class A, class Windowing>
+class AggregateOperator final
+    : public BatchOperator<KeyValue<
+          std::conditional_t<std::is_same_v<Windowing, NoWindow>,
+                             std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>,
+                             Windowed<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>>>,
+          agg::OutOf<A, T>>>,
+      public KeyedStatefulOperator<
+          std::conditional_t<std::is_same_v<Windowing, NoWindow>,
+                             std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>,
+                             Windowed<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>>>,
+          agg::AccOf<A, T>> {
+  using Key = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+  static constexpr bool kWindowed = !std::is_same_v<Windowing, NoWindow>;
+  using GroupKey = std::conditional_t<kWindowed, Windowed<Key>, Key>;
+  using Acc = agg::AccOf<A, T>;
+  using Out = agg::OutOf<A, T>;
+  using Row = KeyValue<GroupKey, Out>;
+  using Base = KeyedStatefulOperator<GroupKey, Acc>;
+  using typename Base::Slot;
+  using Base::state_;
+
+ public:
+  AggregateOperator(std::unique_ptr<BatchOperator<T>> input, KeyFn key, A aggregate, Windowing windowing,
+                    OutputMode mode)
+      : input_(std::move(input)), key_(std::move(key)), agg_(std::move(aggregate)),
+        windowing_(std::move(windowing)), mode_(mode) {}
+
+  std::string operatorName() const override { return "stateStoreSave"; }
+
+  void produce(ExecContext& ctx, Batch<Row>& out) override {
+    Batch<T> in;
+    input_->produce(ctx, in);
+    out.deadLetters() = std::move(in.deadLetters());
+    const int64_t watermark = ctx.watermarkMs;
+
+    // Update each input partition's state, partitions in parallel.
+    auto slots = this->slotsFor(in);
+    auto& inParts = in.partitions();
+    tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) { update(*slots[i], inParts[i].rows, watermark); });
+
+    // Emit (and evict) in every partition that has state, in partition order.
+    auto all = this->allSlots();
+    auto& outParts = out.partitions();
+    outParts.resize(all.size());
+    tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
+      outParts[i].id = all[i]->id;
+      emit(*all[i], outParts[i].rows, watermark);
+    });
+  }
+
+  void finishRestore() override {
+    if constexpr (kWindowed) {
+      for (auto& [id, slot] : state_.all()) {
+        slot->byDeadline.clear();
+        for (const auto& [k, v] : slot->state.map()) slot->byDeadline[k.window.endMs].push_back(k);
+      }
+    }
+  }
+
+ private:
+  Acc init() const { return agg_.template init<T>(); }
+
+  void update(Slot& slot, const std::vector<T>& rows, int64_t watermark) {
+    auto& st = slot.state;
+    bool created = false;
+    if constexpr (!kWindowed) {
+      for (const T& row : rows) {
+        Acc& acc = st.upsert(std::invoke(key_, row), [this] { return init(); }, created);
+        agg_.template add<T>(acc, row);
+      }
+    } else {
+      for (const T& row : rows) {
+        int64_t t = toEventTimeMs(std::invoke(windowing_.time, row));
+        bool open = false;
+        windowing_.spec.forEachWindow(t, [&](Window w) {
+          if (w.endMs <= watermark) return;  // that window is final: the record is late for it
+          open = true;
+          GroupKey gk{w, std::invoke(key_, row)};
+          Acc& acc = st.upsert(gk, [this] { return init(); }, created);
+          if (created) slot.byDeadline[w.endMs].push_back(gk);
+          agg_.template add<T>(acc, row);
+        });
+        if (!open) ++slot.droppedLate;
+      }
+    }
+  }
+
+  void emit(Slot& slot, std::vector<Row>& rows, int64_t watermark) {
+    auto& st = slot.state;
+    switch (mode_) {
+      case OutputMode::kUpdate:
+        rows.reserve(st.changedCount());
+        st.forEachChanged([&](const GroupKey& k, const Acc& acc) { rows.push_back(Row{k, agg_.result(acc)}); });
+        if constexpr (kWindowed) Base::evictUpTo(slot, watermark, [](const GroupKey&, const Acc&) {});
+        break;
+      case OutputMode::kComplete:
+        rows.reserve(st.map().size());
+        for (const auto& [k, s] : st.map()) rows.push_back(Row{k, agg_.result(s.value)});
+        break;
+      case OutputMode::kAppend:
+        if constexpr (kWindowed) {
+          Base::evictUpTo(slot, watermark, [&](const GroupKey& k, const Acc& acc) { rows.push_back(Row{k, agg_.result(acc)}); });
+        }
+        break;
+    }
+  }
+
+  std::unique_ptr<BatchOperator<T>> input_;
+  KeyFn key_;
+  A agg_;
+  Windowing windowing_;
+  OutputMode mode_;
+};
+
+// Keeps the first record of each key. Without an event time the keys are kept forever (Spark's
+// dropDuplicates without a watermark); with one (dropDuplicatesWithinWatermark) a key is
+// remembered until the watermark reaches its first record's event time + `expireAfterMs` (keys
+// are forgotten at the start of the batch whose watermark reaches that), and a record older than
+// the watermark is late: dropped and counted.
+template <class T, class KeyFn, class TimeFn>
+class DedupOperator final
+    : public BatchOperator<T>,
+      public KeyedStatefulOperator<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>, int64_t> {
+  using Key = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+  static constexpr bool kTimed = !std::is_same_v<TimeFn, NoWindow>;
+  using Base = KeyedStatefulOperator<Key, int64_t>;  // key -> expiry (0 without event time)
+  using typename Base::Slot;
+  using Base::state_;
+
+ public:
+  DedupOperator(std::unique_ptr<BatchOperator<T>> input, KeyFn key, TimeFn time, int64_t expireAfterMs)
+      : input_(std::move(input)), key_(std::move(key)), time_(std::move(time)), expireAfterMs_(expireAfterMs) {}
+
+  std::string operatorName() const override { return kTimed ? "dedupeWithinWatermark" : "dedupe"; }
+
+  void produce(ExecContext& ctx, Batch<T>& out) override {
+    Batch<T> in;
+    input_->produce(ctx, in);
+    out.deadLetters() = std::move(in.deadLetters());
+    const int64_t watermark = ctx.watermarkMs;
+    // Forget the keys whose time is up before looking at the batch's records: a key the
+    // watermark has passed is not a duplicate any more.
+    if constexpr (kTimed) {
+      auto all = this->allSlots();
+      tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
+        Base::evictUpTo(*all[i], watermark, [](const Key&, int64_t) {});
+      });
+    }
+    auto slots = this->slotsFor(in);
+    auto& inParts = in.partitions();
+    auto& outParts = out.partitions();
+    outParts.resize(inParts.size());
+    tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) {
+      auto& slot = *slots[i];
+      auto& rows = outParts[i].rows;
+      outParts[i].id = inParts[i].id;
+      for (T& row : inParts[i].rows) {
+        int64_t expiry = 0;
+        if constexpr (kTimed) {
+          int64_t t = toEventTimeMs(std::invoke(time_, row));
+          if (t < watermark) {
+            ++slot.droppedLate;
+            continue;
+          }
+          expiry = t + expireAfterMs_;
+        }
+        Key k = std::invoke(key_, row);
+        if (!slot.state.insertNew(k, expiry)) continue;
+        if constexpr (kTimed) slot.byDeadline[expiry].push_back(std::move(k));
+        rows.push_back(std::move(row));
+      }
+    });
+  }
+
+  void finishRestore() override {
+    if constexpr (kTimed) {
+      for (auto& [id, slot] : state_.all()) {
+        slot->byDeadline.clear();
+        for (const auto& [k, s] : slot->state.map()) slot->byDeadline[s.value].push_back(k);
+      }
+    }
+  }
+
+ private:
+  std::unique_ptr<BatchOperator<T>> input_;
+  KeyFn key_;
+  TimeFn time_;
+  int64_t expireAfterMs_;
+};
+
+}  // namespace dataflow::detail

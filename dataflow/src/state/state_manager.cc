@@ -1,0 +1,196 @@
+#include "state/state_manager.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+
+#include "dataflow/error.h"
+
+namespace dataflow::detail {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+int64_t msSince(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+// The files that restore `version` of one partition: its newest snapshot at or before it, then
+// the deltas after that snapshot up to it, in version order.
+std::vector<StateFileId> restoreChain(std::vector<StateFileId> files, int64_t version) {
+  std::sort(files.begin(), files.end(), [](const StateFileId& a, const StateFileId& b) {
+    return a.version != b.version ? a.version < b.version : a.snapshot > b.snapshot;
+  });
+  std::optional<int64_t> base;
+  for (const auto& f : files) {
+    if (f.snapshot && f.version <= version) base = f.version;
+  }
+  std::vector<StateFileId> chain;
+  for (const auto& f : files) {
+    if (f.version > version) continue;
+    if (base && f.version < *base) continue;
+    if (base && f.version == *base) {
+      if (f.snapshot) chain.push_back(f);  // the delta of the snapshot's own version is in it
+      continue;
+    }
+    if (!f.snapshot) chain.push_back(f);
+  }
+  return chain;
+}
+
+}  // namespace
+
+StateManager::StateManager(std::vector<StatefulOperator*> operators, std::shared_ptr<CheckpointStore> store,
+                           StateOptions options, std::string queryName)
+    : operators_(std::move(operators)), store_(std::move(store)), options_(options),
+      queryName_(std::move(queryName)), commitTimeMs_(operators_.size(), 0), files_(operators_.size()) {
+  if (options_.minDeltasForSnapshot < 1) throw ConfigurationError("state option minDeltasForSnapshot must be >= 1");
+  if (options_.minVersionsToRetain < 1) throw ConfigurationError("state option minVersionsToRetain must be >= 1");
+  for (size_t i = 0; i < operators_.size(); ++i) operators_[i]->setId(static_cast<int>(i));
+}
+
+StateManager::~StateManager() { waitForMaintenance(); }
+
+void StateManager::waitForMaintenance() {
+  if (!maintenance_.valid()) return;
+  try {
+    maintenance_.get();
+  } catch (const std::exception& e) {
+    spdlog::warn("query {}: state maintenance failed (it is retried after a later batch): {}", queryName_, e.what());
+  }
+}
+
+int64_t StateManager::restore(std::optional<int64_t> version) {
+  waitForMaintenance();
+  auto t0 = Clock::now();
+  size_t entries = 0, fileCount = 0;
+  for (size_t i = 0; i < operators_.size(); ++i) {
+    StatefulOperator& op = *operators_[i];
+    op.clearState();
+    files_[i].clear();
+    std::map<PartitionId, std::vector<StateFileId>> byPartition;
+    std::vector<StateFileId> stale;
+    for (auto& f : store_->listStateFiles(op.id())) {
+      if (!version || f.version > *version) {
+        stale.push_back(f);
+      } else {
+        byPartition[f.partition].push_back(f);
+      }
+    }
+    if (!stale.empty()) store_->deleteStateFiles(stale);
+    if (!version) continue;
+    for (auto& [partition, files] : byPartition) {
+      PartitionFiles& info = files_[i][partition];
+      for (const StateFileId& id : restoreChain(std::move(files), *version)) {
+        std::string bytes = store_->readStateFile(id);
+        StateFileReader reader(bytes, store_->describe() + "/" + id.path());
+        op.restoreFile(partition, reader);
+        entries += reader.count();
+        ++fileCount;
+        if (id.snapshot) {
+          info.snapshot = id.version;
+        } else {
+          ++info.deltasSinceSnapshot;
+        }
+      }
+    }
+    op.finishRestore();
+  }
+  int64_t ms = msSince(t0);
+  if (version) {
+    spdlog::info("query {}: state of {} operator(s) restored at version {} from {} file(s), {} entries, in {} ms",
+                 queryName_, operators_.size(), *version, fileCount, entries, ms);
+  }
+  return ms;
+}
+
+StateChanges StateManager::collect(int64_t version) {
+  StateChanges changes;
+  for (size_t i = 0; i < operators_.size(); ++i) {
+    auto t0 = Clock::now();
+    operators_[i]->collectChanges(version, changes);
+    commitTimeMs_[i] = msSince(t0);
+  }
+  return changes;
+}
+
+void StateManager::write(const StateChanges& changes) {
+  if (changes.empty()) return;
+  auto t0 = Clock::now();
+  store_->writeStateFiles(changes);
+  int64_t ms = msSince(t0);
+  // Shared out by operator in proportion to nothing finer: the write is one call.
+  for (auto& t : commitTimeMs_) t += ms / static_cast<int64_t>(std::max<size_t>(1, commitTimeMs_.size()));
+  for (const auto& f : changes.files) ++files_[f.id.operatorId][f.id.partition].deltasSinceSnapshot;
+}
+
+void StateManager::committed(int64_t version) {
+  if (maintenance_.valid() &&
+      maintenance_.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+    return;  // the previous round is still running; the due partitions stay due
+  }
+  waitForMaintenance();
+  std::vector<std::pair<int, PartitionId>> due;
+  for (size_t i = 0; i < files_.size(); ++i) {
+    for (auto& [partition, info] : files_[i]) {
+      if (info.deltasSinceSnapshot >= options_.minDeltasForSnapshot) {
+        due.emplace_back(static_cast<int>(i), partition);
+        info.deltasSinceSnapshot = 0;
+        info.snapshot = version;
+      }
+    }
+  }
+  if (due.empty()) return;
+  maintenance_ = std::async(std::launch::async, [this, due = std::move(due), version] {
+    for (const auto& [op, partition] : due) maintain(op, partition, version);
+  });
+}
+
+// Folds the partition's newest snapshot and the deltas after it into a snapshot at `version`,
+// working on the files' bytes only (never on the live state, which the next batch is changing),
+// then deletes the files that no restore within the retention window needs.
+void StateManager::maintain(int operatorId, PartitionId partition, int64_t version) {
+  std::vector<StateFileId> files;
+  for (auto& f : store_->listStateFiles(operatorId)) {
+    if (f.partition == partition) files.push_back(f);
+  }
+  std::map<std::string, std::string> entries;
+  for (const StateFileId& id : restoreChain(files, version)) {
+    std::string bytes = store_->readStateFile(id);
+    StateFileReader reader(bytes, store_->describe() + "/" + id.path());
+    reader.forEach([&](std::string_view k, std::string_view v) { entries[std::string(k)] = std::string(v); },
+                   [&](std::string_view k) { entries.erase(std::string(k)); });
+  }
+  StateFileWriter w(StateFileWriter::Kind::kSnapshot);
+  for (const auto& [k, v] : entries) w.put(k, v);
+  StateChanges snapshot;
+  snapshot.files.push_back({StateFileId{operatorId, partition, version, true}, w.finish()});
+  store_->writeStateFiles(snapshot);
+
+  // Keep everything a restore of the newest `minVersionsToRetain` versions needs: the newest
+  // snapshot at or before the oldest such version, and all files after it.
+  int64_t oldestKept = version - options_.minVersionsToRetain + 1;
+  std::optional<int64_t> base;
+  for (const auto& f : files) {
+    if (f.snapshot && f.version <= oldestKept && (!base || f.version > *base)) base = f.version;
+  }
+  if (!base) return;
+  std::vector<StateFileId> obsolete;
+  for (const auto& f : files) {
+    if (f.version < *base) obsolete.push_back(f);
+  }
+  if (!obsolete.empty()) store_->deleteStateFiles(obsolete);
+}
+
+std::vector<StateOperatorProgress> StateManager::progress() const {
+  std::vector<StateOperatorProgress> out;
+  for (size_t i = 0; i < operators_.size(); ++i) {
+    auto p = operators_[i]->progress();
+    p.commitTimeMs = commitTimeMs_[i];
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+}  // namespace dataflow::detail

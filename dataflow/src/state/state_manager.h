@@ -1,0 +1,62 @@
+// The engine's side of operator state: restores every stateful operator of a query at the last
+// committed version, collects and writes each batch's changes before its commit, and keeps the
+// files in check (snapshots, retention) in the background.
+#pragma once
+
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dataflow/checkpoint.h"
+#include "dataflow/detail/stateful.h"
+#include "dataflow/progress.h"
+#include "dataflow/state.h"
+
+namespace dataflow::detail {
+
+class StateManager {
+ public:
+  StateManager(std::vector<StatefulOperator*> operators, std::shared_ptr<CheckpointStore> store,
+               StateOptions options, std::string queryName);
+  ~StateManager();
+
+  bool empty() const { return operators_.empty(); }
+
+  // Drops all in-memory state and restores it at `version` (the last committed batch; nullopt:
+  // the query never committed, so there is no state). Files of later versions (a batch that
+  // never committed) are deleted: the replay writes them again. Returns the time taken.
+  int64_t restore(std::optional<int64_t> version);
+
+  // Encodes what batch `version` changed, per operator and partition.
+  StateChanges collect(int64_t version);
+  // Writes them durably, before the batch's commit record.
+  void write(const StateChanges& changes);
+  // After batch `version` committed: snapshots of partitions with many deltas since their last
+  // one, and deletion of files no longer needed, on a background thread.
+  void committed(int64_t version);
+
+  // Figures of the last batch, per operator (commitTimeMs is that of collect + write).
+  std::vector<StateOperatorProgress> progress() const;
+
+ private:
+  struct PartitionFiles {
+    std::optional<int64_t> snapshot;  // newest snapshot version
+    int deltasSinceSnapshot = 0;
+  };
+  void maintain(int operatorId, PartitionId partition, int64_t version);
+  void waitForMaintenance();
+
+  std::vector<StatefulOperator*> operators_;
+  std::shared_ptr<CheckpointStore> store_;
+  StateOptions options_;
+  std::string queryName_;
+  std::vector<int64_t> commitTimeMs_;  // by operator, last batch
+  // By operator, then partition: what the files look like (kept by the driver thread).
+  std::vector<std::map<PartitionId, PartitionFiles>> files_;
+  std::future<void> maintenance_;
+};
+
+}  // namespace dataflow::detail

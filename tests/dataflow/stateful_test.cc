@@ -1,0 +1,740 @@
+// Stateful operators: aggregations (update, complete, append), event-time windows and
+// watermarks, deduplication; their state across restarts; refused combinations; and a
+// differential harness that injects a crash at every step of a batch and compares the output with
+// a run without failures and with a brute-force oracle.
+#include <dataflow/dataflow.h>
+#include <gtest/gtest.h>
+
+#include "testing/state_store_contract.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <tuple>
+
+namespace dataflow {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Event {
+  int64_t key = 0;
+  int64_t ts = 0;  // event time, ms
+  int64_t value = 0;
+  int64_t id = 0;  // unique per event (deduplication tests reuse it on purpose)
+};
+
+std::filesystem::path freshDir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("dataflow-stateful-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+// A sink that keeps what each batch id delivered, the last delivery of a batch replacing earlier
+// ones (an idempotent sink keyed by batch id, as the warehouse sink is).
+template <class Row>
+class BatchLogSink final : public Sink<Row> {
+ public:
+  std::function<void(int64_t batchId)> beforeWrite;  // may throw to fail the attempt
+  std::string description() const override { return "BatchLogSink"; }
+  void addBatch(const Batch<Row>& batch, const BatchInfo& info) override {
+    if (beforeWrite) beforeWrite(info.batchId);
+    std::lock_guard lock(mu_);
+    batches_[info.batchId] = batch.collect();
+    infos_[info.batchId] = info;
+  }
+  std::map<int64_t, std::vector<Row>> batches() const {
+    std::lock_guard lock(mu_);
+    return batches_;
+  }
+  std::vector<Row> all() const {
+    std::vector<Row> out;
+    for (auto& [id, rows] : batches()) out.insert(out.end(), rows.begin(), rows.end());
+    return out;
+  }
+  BatchInfo info(int64_t id) const {
+    std::lock_guard lock(mu_);
+    return infos_.at(id);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<int64_t, std::vector<Row>> batches_;
+  std::map<int64_t, BatchInfo> infos_;
+};
+
+using KeyCount = KeyValue<int64_t, int64_t>;
+using WindowCount = KeyValue<Windowed<int64_t>, std::tuple<int64_t, int64_t>>;
+
+template <class Row>
+std::vector<Row> sorted(std::vector<Row> rows) {
+  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+    return std::tie(a.key, a.value) < std::tie(b.key, b.value);
+  });
+  return rows;
+}
+
+// The latest value per key over all batches (an update-mode sink's table).
+std::map<int64_t, int64_t> latestPerKey(const std::map<int64_t, std::vector<KeyCount>>& batches) {
+  std::map<int64_t, int64_t> out;
+  for (const auto& [id, rows] : batches) {
+    for (const auto& r : rows) out[r.key] = r.value;
+  }
+  return out;
+}
+
+TEST(StatefulAggregation, UpdateModeEmitsChangedKeysWithRunningCounts) {
+  Session session({.workerThreads = 2});
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  auto sink = std::make_shared<BatchLogSink<KeyCount>>();
+  auto query = session.readStream(in)
+                   .groupByKey([](const Event& e) { return e.key; })
+                   .count()
+                   .writeStream()
+                   .outputMode(OutputMode::kUpdate)
+                   .sink(sink)
+                   .start();
+  in->addData({{1, 0, 0}, {2, 0, 0}, {1, 0, 0}});
+  query.processAllAvailable();
+  in->addData({{1, 0, 0}, {3, 0, 0}});
+  query.processAllAvailable();
+  query.stop();
+  auto batches = sink->batches();
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_EQ(sorted(batches[0]), (std::vector<KeyCount>{{1, 2}, {2, 1}}));
+  EXPECT_EQ(sorted(batches[1]), (std::vector<KeyCount>{{1, 3}, {3, 1}}));  // key 2 unchanged: not emitted
+  auto progress = query.lastProgress();
+  ASSERT_TRUE(progress);
+  ASSERT_EQ(progress->stateOperators.size(), 1u);
+  EXPECT_EQ(progress->stateOperators[0].operatorName, "stateStoreSave");
+  EXPECT_EQ(progress->stateOperators[0].numRowsTotal, 3);
+  EXPECT_EQ(progress->stateOperators[0].numRowsUpdated, 2);
+  EXPECT_GT(progress->stateOperators[0].memoryUsedBytes, 0);
+  EXPECT_NE(progress->toJson().find("\"stateOperators\":[{\"operatorName\":\"stateStoreSave\""), std::string::npos);
+}
+
+TEST(StatefulAggregation, CompleteModeEmitsEveryKeyEachBatchWithSeveralAggregates) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  using Row = KeyValue<int64_t, std::tuple<int64_t, int64_t, int64_t, int64_t, double>>;
+  auto sink = std::make_shared<BatchLogSink<Row>>();
+  auto query = session.readStream(in)
+                   .groupByKey(&Event::key)
+                   .agg(count(), sum(&Event::value), min(&Event::value), max(&Event::value), avg(&Event::value))
+                   .writeStream()
+                   .outputMode(OutputMode::kComplete)
+                   .sink(sink)
+                   .start();
+  in->addData({{1, 0, 10}, {2, 0, 5}, {1, 0, 30}});
+  query.processAllAvailable();
+  in->addData({{2, 0, 7}});
+  query.processAllAvailable();
+  query.stop();
+  auto batches = sink->batches();
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_EQ(sorted(batches[1]), (std::vector<Row>{{1, {2, 40, 10, 30, 20.0}}, {2, {2, 12, 5, 7, 6.0}}}));
+}
+
+TEST(StatefulAggregation, StateSurvivesARestartFromTheCheckpoint) {
+  auto dir = freshDir("restart");
+  auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.partitions = 2});
+  auto run = [&](std::shared_ptr<BatchLogSink<KeyCount>> sink) {
+    Session session;
+    auto query = session.readStream(in)
+                     .groupByKey(&Event::key)
+                     .count()
+                     .writeStream()
+                     .outputMode(OutputMode::kUpdate)
+                     .checkpointLocation(dir)
+                     .trigger(Trigger::availableNow())
+                     .sink(sink)
+                     .start();
+    query.awaitTermination();
+  };
+  in->addData({{1}, {2}, {1}}, 0);
+  in->addData({{5}, {5}}, 1);
+  auto first = std::make_shared<BatchLogSink<KeyCount>>();
+  run(first);
+  in->addData({{1}, {2}}, 0);
+  in->addData({{5}}, 1);
+  auto second = std::make_shared<BatchLogSink<KeyCount>>();
+  run(second);
+  EXPECT_EQ(sorted(second->all()), (std::vector<KeyCount>{{1, 3}, {2, 2}, {5, 3}}));
+  // Spark's layout: state/<operator>/<partition>/<version>.delta
+  EXPECT_TRUE(std::filesystem::exists(dir / "state/0/events-0/0.delta"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "state/0/events-1/1.delta"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(StatefulAggregation, SnapshotsAreMadeFromDeltasAndOldFilesRetired) {
+  auto dir = freshDir("snapshots");
+  auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.maxRecordsPerBatch = 1});
+  std::vector<Event> events;
+  for (int i = 0; i < 40; ++i) events.push_back({i % 7, 0, i});
+  in->addData(events);
+  auto run = [&] {
+    Session session;
+    auto sink = std::make_shared<BatchLogSink<KeyValue<int64_t, int64_t>>>();
+    auto query = session.readStream(in)
+                     .groupByKey(&Event::key)
+                     .sum(&Event::value)
+                     .writeStream()
+                     .outputMode(OutputMode::kComplete)
+                     .checkpointLocation(dir)
+                     .option("state.minDeltasForSnapshot", "5")
+                     .option("state.minVersionsToRetain", "10")
+                     .trigger(Trigger::availableNow())
+                     .sink(sink)
+                     .start();
+    query.awaitTermination();
+    return sink;
+  };
+  run();
+  std::set<std::string> snapshots, deltas;
+  for (const auto& f : std::filesystem::directory_iterator(dir / "state/0/events-0")) {
+    (f.path().extension() == ".snapshot" ? snapshots : deltas).insert(f.path().filename().string());
+  }
+  EXPECT_FALSE(snapshots.empty());
+  EXPECT_LT(deltas.size(), 40u) << "old deltas are retired once a snapshot covers them";
+  // A restart restores from a snapshot plus deltas: the totals continue.
+  in->addData({{0, 0, 1000}});
+  auto sink = run();
+  std::map<int64_t, int64_t> expected;
+  for (int i = 0; i < 40; ++i) expected[i % 7] += i;
+  expected[0] += 1000;
+  std::map<int64_t, int64_t> got;
+  auto batches = sink->batches();
+  for (const auto& r : batches.rbegin()->second) got[r.key] = r.value;
+  EXPECT_EQ(got, expected);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(StatefulAggregation, ADamagedStateFileIsRefusedByName) {
+  auto dir = freshDir("damaged");
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  in->addData({{1}, {2}});
+  auto start = [&] {
+    Session session;
+    return session.readStream(in)
+        .groupByKey(&Event::key)
+        .count()
+        .writeStream()
+        .outputMode(OutputMode::kUpdate)
+        .checkpointLocation(dir)
+        .trigger(Trigger::availableNow())
+        .foreachBatch([](const Batch<KeyCount>&, const BatchInfo&) {})
+        .start();
+  };
+  start().awaitTermination();
+  auto file = dir / "state/0/events-0/0.delta";
+  ASSERT_TRUE(std::filesystem::exists(file));
+  std::filesystem::resize_file(file, std::filesystem::file_size(file) - 3);
+  try {
+    start();
+    FAIL() << "a truncated state file was accepted";
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("0.delta"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// ------------------------------------------------------------------ the store contract
+
+class StateStoreContract : public ::testing::TestWithParam<std::string> {
+ protected:
+  testing_util::StoreFactory factory() {
+    if (GetParam() == "memory") return [] { return memoryCheckpoint(); };
+    return [this] { return directoryCheckpoint(freshDir("contract-" + std::to_string(++n_))); };
+  }
+  int n_ = 0;
+};
+
+TEST_P(StateStoreContract, StateFilesRoundTrip) { testing_util::stateFilesRoundTrip(factory()); }
+TEST_P(StateStoreContract, WatermarksRoundTrip) { testing_util::watermarksRoundTrip(factory()); }
+TEST_P(StateStoreContract, QueryStateSurvivesARestart) { testing_util::queryStateSurvivesARestart(factory()); }
+INSTANTIATE_TEST_SUITE_P(Providers, StateStoreContract, ::testing::Values("memory", "directory"));
+
+// ------------------------------------------------------------------ windows and watermarks
+
+TEST(EventTime, TumblingWindowsAreEmittedOnceWhenTheWatermarkPassesTheirEnd) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  auto sink = std::make_shared<BatchLogSink<WindowCount>>();
+  auto query = session.readStream(in)
+                   .withWatermark(&Event::ts, 5s)
+                   .groupByKey(&Event::key)
+                   .window(tumbling(10s), &Event::ts)
+                   .agg(count(), sum(&Event::value))
+                   .writeStream()
+                   .outputMode(OutputMode::kAppend)
+                   .sink(sink)
+                   .start();
+  // Window [0, 10s): two events; one event exactly at 10 000 ms belongs to [10s, 20s).
+  in->addData({{1, 1000, 1}, {1, 9999, 2}, {1, 10000, 4}});
+  query.processAllAvailable();
+  EXPECT_TRUE(sink->all().empty()) << "nothing is final yet (watermark 10000 - 5000 = 5000)";
+  in->addData({{1, 15000, 8}});  // watermark becomes 10000: [0, 10s) is final
+  query.processAllAvailable();
+  // A late event for [0, 10s) (already emitted) is dropped and counted.
+  in->addData({{1, 3000, 100}, {1, 26000, 16}});  // watermark becomes 21000: [10s, 20s) is final
+  query.processAllAvailable();
+  query.stop();
+  auto rows = sorted(sink->all());
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0], (WindowCount{{{0, 10000}, 1}, {2, 3}}));
+  EXPECT_EQ(rows[1], (WindowCount{{{10000, 20000}, 1}, {2, 12}}));
+  int64_t dropped = 0;
+  bool sawEventTime = false;
+  for (const auto& p : query.recentProgress()) {
+    for (const auto& s : p.stateOperators) dropped += s.numRowsDroppedByWatermark;
+    if (p.eventTime.count("watermark") && p.eventTime.count("max")) sawEventTime = true;
+  }
+  EXPECT_EQ(dropped, 1);
+  EXPECT_TRUE(sawEventTime);
+  EXPECT_EQ(query.lastProgress()->stateOperators[0].numRowsTotal, 1) << "only [20s, 30s) is left in state";
+}
+
+TEST(EventTime, SlidingWindowsCountARecordInEachWindowItFallsIn) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  using Row = KeyValue<Windowed<int64_t>, int64_t>;
+  auto sink = std::make_shared<BatchLogSink<Row>>();
+  in->addData({{7, 7000}, {7, 12000}});
+  auto query = session.readStream(in)
+                   .withWatermark(&Event::ts, 0ms)
+                   .groupByKey(&Event::key)
+                   .window(sliding(10s, 5s), &Event::ts)
+                   .count()
+                   .writeStream()
+                   .outputMode(OutputMode::kUpdate)
+                   .trigger(Trigger::availableNow())
+                   .sink(sink)
+                   .start();
+  query.awaitTermination();
+  auto rows = sorted(sink->all());
+  // 7000 is in [0,10) and [5,15); 12000 in [5,15) and [10,20).
+  EXPECT_EQ(rows, (std::vector<Row>{{{{0, 10000}, 7}, 1}, {{{5000, 15000}, 7}, 2}, {{{10000, 20000}, 7}, 1}}));
+}
+
+TEST(EventTime, OutOfOrderEventsWithinTheDelayAreCounted) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.maxRecordsPerBatch = 1});
+  auto sink = std::make_shared<BatchLogSink<WindowCount>>();
+  // 18000 moves the watermark to 8000; 2000 is out of order but its window [0,10s) is still open.
+  in->addData({{1, 18000, 1}, {1, 2000, 2}, {1, 31000, 4}});
+  auto query = session.readStream(in)
+                   .withWatermark(&Event::ts, 10s)
+                   .groupByKey(&Event::key)
+                   .window(tumbling(10s), &Event::ts)
+                   .agg(count(), sum(&Event::value))
+                   .writeStream()
+                   .outputMode(OutputMode::kAppend)
+                   .trigger(Trigger::availableNow())
+                   .sink(sink)
+                   .start();
+  query.awaitTermination();
+  auto rows = sorted(sink->all());
+  // Watermark after all: 21000: [0,10) and [10,20) are final.
+  EXPECT_EQ(rows, (std::vector<WindowCount>{{{{0, 10000}, 1}, {1, 2}}, {{{10000, 20000}, 1}, {1, 1}}}));
+}
+
+TEST(EventTime, TheWatermarkAndItsWindowsSurviveARestart) {
+  auto dir = freshDir("watermark-restart");
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  auto run = [&] {
+    Session session;
+    auto sink = std::make_shared<BatchLogSink<WindowCount>>();
+    auto query = session.readStream(in)
+                     .withWatermark(&Event::ts, 0ms)
+                     .groupByKey(&Event::key)
+                     .window(tumbling(10s), &Event::ts)
+                     .agg(count(), sum(&Event::value))
+                     .writeStream()
+                     .outputMode(OutputMode::kAppend)
+                     .checkpointLocation(dir)
+                     .trigger(Trigger::availableNow())
+                     .sink(sink)
+                     .start();
+    query.awaitTermination();
+    return sink;
+  };
+  in->addData({{1, 1000, 1}, {1, 12000, 2}});
+  auto first = run();
+  EXPECT_EQ(sorted(first->all()), (std::vector<WindowCount>{{{{0, 10000}, 1}, {1, 1}}}));
+  // After the restart the watermark is still 12000: an event at 5000 is late, one at 15000 joins
+  // the restored window [10s, 20s), which 25000 then closes.
+  in->addData({{1, 5000, 100}, {1, 15000, 4}, {1, 25000, 8}});
+  auto second = run();
+  EXPECT_EQ(sorted(second->all()), (std::vector<WindowCount>{{{{10000, 20000}, 1}, {2, 6}}}));
+  std::filesystem::remove_all(dir);
+}
+
+// ------------------------------------------------------------------ deduplication
+
+TEST(Deduplication, DropDuplicatesKeepsTheFirstRecordOfAKeyAcrossBatches) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  auto sink = std::make_shared<BatchLogSink<Event>>();
+  auto query = session.readStream(in)
+                   .dropDuplicates(&Event::id)
+                   .writeStream()
+                   .sink(sink)
+                   .start();
+  in->addData({{0, 0, 1, 100}, {0, 0, 2, 101}, {0, 0, 3, 100}});
+  query.processAllAvailable();
+  in->addData({{0, 0, 4, 101}, {0, 0, 5, 102}});
+  query.processAllAvailable();
+  query.stop();
+  std::vector<int64_t> values;
+  for (const auto& e : sink->all()) values.push_back(e.value);
+  EXPECT_EQ(values, (std::vector<int64_t>{1, 2, 5}));
+}
+
+TEST(Deduplication, WithinWatermarkForgetsKeysAndDropsLateRecords) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.maxRecordsPerBatch = 1});
+  auto sink = std::make_shared<BatchLogSink<Event>>();
+  in->addData({
+      {0, 1000, 1, 7},    // kept; key 7 expires when the watermark reaches 11000
+      {0, 5000, 2, 7},    // duplicate
+      {0, 30000, 3, 8},   // kept; the watermark becomes 20000: key 7 is forgotten
+      {0, 25000, 4, 7},   // kept again: 7 was forgotten, and 25000 is not late
+      {0, 15000, 5, 9},   // late (15000 < watermark 20000): dropped
+  });
+  auto query = session.readStream(in)
+                   .withWatermark(&Event::ts, 10s)
+                   .dropDuplicatesWithinWatermark(&Event::id, &Event::ts)
+                   .writeStream()
+                   .trigger(Trigger::availableNow())
+                   .sink(sink)
+                   .start();
+  query.awaitTermination();
+  std::vector<int64_t> values;
+  for (const auto& e : sink->all()) values.push_back(e.value);
+  EXPECT_EQ(values, (std::vector<int64_t>{1, 3, 4}));
+  int64_t dropped = 0;
+  for (const auto& p : query.recentProgress()) {
+    for (const auto& s : p.stateOperators) dropped += s.numRowsDroppedByWatermark;
+  }
+  EXPECT_EQ(dropped, 1);
+}
+
+// ------------------------------------------------------------------ refused combinations
+
+template <class F>
+void expectRefused(F&& start, const std::string& expected) {
+  try {
+    start();
+    FAIL() << "expected a ConfigurationError containing '" << expected << "'";
+  } catch (const ConfigurationError& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
+}
+
+TEST(StatefulRefusals, CombinationsSparkRefusesAreRefusedAtStart) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  auto noop = [](const auto&, const BatchInfo&) {};
+  expectRefused([&] {
+    session.readStream(in).groupByKey(&Event::key).count().writeStream().foreachBatch(noop).start();
+  }, "append output mode is not supported for an aggregation without event-time windows");
+  expectRefused([&] {
+    session.readStream(in).groupByKey(&Event::key).window(tumbling(1s), &Event::ts).count()
+        .writeStream().foreachBatch(noop).start();
+  }, "needs withWatermark");
+  expectRefused([&] {
+    session.readStream(in).writeStream().outputMode(OutputMode::kComplete).foreachBatch(noop).start();
+  }, "complete output mode needs an aggregation");
+  expectRefused([&] {
+    session.readStream(in).dropDuplicatesWithinWatermark(&Event::id, &Event::ts).writeStream().foreachBatch(noop).start();
+  }, "dropDuplicatesWithinWatermark needs withWatermark");
+  expectRefused([&] {
+    session.readStream(in).dropDuplicates(&Event::id).writeStream().outputMode(OutputMode::kComplete)
+        .foreachBatch(noop).start();
+  }, "does not support the complete output mode");
+  expectRefused([&] { sliding(10s, 20s); }, "0 < slide <= size");
+  expectRefused([&] { tumbling(0s); }, "must be positive");
+  expectRefused([&] {
+    session.readStream(in).writeStream().option("outputMode", "upsert");
+  }, "option 'outputMode'");
+}
+
+TEST(StatefulRefusals, ExplainShowsStatefulOperatorsWatermarkAndMode) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  auto writer = session.readStream(in)
+                    .withWatermark(&Event::ts, 30s)
+                    .groupByKey(&Event::key)
+                    .window(tumbling(60s), &Event::ts)
+                    .agg(count(), sum(&Event::value))
+                    .writeStream()
+                    .outputMode(OutputMode::kAppend);
+  writer.foreachBatch([](const Batch<WindowCount>&, const BatchInfo&) {});
+  std::string plan = writer.explain();
+  EXPECT_NE(plan.find("StateStoreSave [aggregates=count, sum, window=tumbling(60000 ms)"), std::string::npos) << plan;
+  EXPECT_NE(plan.find("EventTimeWatermark delay=30000 ms"), std::string::npos) << plan;
+  EXPECT_NE(plan.find("outputMode=append"), std::string::npos) << plan;
+}
+
+// ------------------------------------------------------------------ crashes at every step
+
+// Delegates to a store and fails once at a chosen step of a chosen batch, as a process that dies
+// there would (the query ends with the error; a new query then runs on the same store).
+class CrashingStore final : public CheckpointStore {
+ public:
+  enum class Step { kNone, kAfterOffsets, kBeforeState, kAfterState, kBeforeCommit, kAfterCommit };
+  explicit CrashingStore(std::shared_ptr<CheckpointStore> inner) : inner_(std::move(inner)) {}
+  void arm(Step step, int64_t batch) {
+    step_ = step;
+    batch_ = batch;
+  }
+  bool fired() const { return fired_; }
+
+  std::string describe() const override { return inner_->describe(); }
+  std::optional<QueryMetadata> readMetadata() override { return inner_->readMetadata(); }
+  void writeMetadata(const QueryMetadata& m) override { inner_->writeMetadata(m); }
+  void writeOffsets(const OffsetLogEntry& e) override {
+    inner_->writeOffsets(e);
+    current_ = e.batchId;
+    crashIf(Step::kAfterOffsets);
+  }
+  std::optional<OffsetLogEntry> latestOffsets() override { return inner_->latestOffsets(); }
+  std::optional<OffsetLogEntry> readOffsets(int64_t id) override { return inner_->readOffsets(id); }
+  void writeCommit(const CommitLogEntry& e) override {
+    current_ = e.batchId;
+    crashIf(Step::kBeforeCommit);
+    inner_->writeCommit(e);
+    crashIf(Step::kAfterCommit);
+  }
+  std::optional<CommitLogEntry> latestCommit() override { return inner_->latestCommit(); }
+  bool supportsState() const override { return true; }
+  void writeStateFiles(const StateChanges& c) override {
+    crashIf(Step::kBeforeState);
+    inner_->writeStateFiles(c);
+    crashIf(Step::kAfterState);
+  }
+  std::vector<StateFileId> listStateFiles(int op) override { return inner_->listStateFiles(op); }
+  std::string readStateFile(const StateFileId& id) override { return inner_->readStateFile(id); }
+  void deleteStateFiles(const std::vector<StateFileId>& ids) override { inner_->deleteStateFiles(ids); }
+
+ private:
+  void crashIf(Step step) {
+    if (fired_ || step != step_ || current_ != batch_) return;
+    fired_ = true;
+    throw InternalError("injected crash");
+  }
+  std::shared_ptr<CheckpointStore> inner_;
+  Step step_ = Step::kNone;
+  int64_t batch_ = -1;
+  int64_t current_ = -1;
+  bool fired_ = false;
+};
+
+enum class Workload { kUpdateCount, kCompleteSum, kAppendWindows, kUpdateWindows, kDedupWithinWatermark };
+
+std::vector<std::vector<Event>> randomInput(uint32_t seed, int partitions, int perPartition) {
+  std::mt19937 rng(seed);
+  std::vector<std::vector<Event>> out(static_cast<size_t>(partitions));
+  int64_t id = 0;
+  for (int p = 0; p < partitions; ++p) {
+    int64_t clock = 0;
+    for (int i = 0; i < perPartition; ++i) {
+      clock += rng() % 700;
+      // Mostly in order, some out of order (within and beyond the delay), some duplicates.
+      int64_t ts = clock - static_cast<int64_t>(rng() % 10 == 0 ? rng() % 8000 : rng() % 500);
+      int64_t eventId = rng() % 8 == 0 && id > 0 ? id - 1 - static_cast<int64_t>(rng() % std::min<int64_t>(id, 20)) : id;
+      out[static_cast<size_t>(p)].push_back({static_cast<int64_t>(rng() % 13), std::max<int64_t>(0, ts),
+                                             static_cast<int64_t>(rng() % 100), eventId});
+      ++id;
+    }
+  }
+  return out;
+}
+
+// One workload's per-batch output, rows rendered as strings (sorted within a batch).
+using Output = std::map<int64_t, std::vector<std::string>>;
+
+template <class Row, class Render>
+Output render(const std::map<int64_t, std::vector<Row>>& batches, Render&& fn) {
+  Output out;
+  for (const auto& [id, rows] : batches) {
+    auto& v = out[id];
+    for (const auto& r : rows) v.push_back(fn(r));
+    std::sort(v.begin(), v.end());
+  }
+  return out;
+}
+
+std::string str(const Windowed<int64_t>& k) {
+  return std::to_string(k.window.startMs) + "-" + std::to_string(k.window.endMs) + "/" + std::to_string(k.key);
+}
+
+// Runs `workload` over `in` to completion (AvailableNow), restarting after each injected crash.
+// With `sinkCrashBatch`, the sink fails (once) while writing that batch.
+Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, std::shared_ptr<CrashingStore> store,
+                   int* crashes, int64_t sinkCrashBatch = -1) {
+  auto windowsSink = std::make_shared<BatchLogSink<WindowCount>>();
+  auto countSink = std::make_shared<BatchLogSink<KeyCount>>();
+  auto eventSink = std::make_shared<BatchLogSink<Event>>();
+  auto crashOnce = [sinkCrashBatch, fired = std::make_shared<bool>(false)](int64_t batchId) {
+    if (batchId == sinkCrashBatch && !*fired) {
+      *fired = true;
+      throw InternalError("injected crash in the sink");
+    }
+  };
+  windowsSink->beforeWrite = crashOnce;
+  countSink->beforeWrite = crashOnce;
+  eventSink->beforeWrite = crashOnce;
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    Session session({.workerThreads = 2});
+    auto source = session.readStream(in);
+    StreamingQuery query = [&] {
+      switch (workload) {
+        case Workload::kUpdateCount:
+          return source.groupByKey(&Event::key).count().writeStream().outputMode(OutputMode::kUpdate)
+              .checkpoint(store).trigger(Trigger::availableNow()).sink(countSink).start();
+        case Workload::kCompleteSum:
+          return source.groupByKey(&Event::key).sum(&Event::value).writeStream().outputMode(OutputMode::kComplete)
+              .checkpoint(store).trigger(Trigger::availableNow()).sink(countSink).start();
+        case Workload::kAppendWindows:
+        case Workload::kUpdateWindows:
+          return source.withWatermark(&Event::ts, 2s)
+              .groupByKey(&Event::key)
+              .window(workload == Workload::kAppendWindows ? tumbling(3s) : sliding(4s, 2s), &Event::ts)
+              .agg(count(), sum(&Event::value))
+              .writeStream()
+              .outputMode(workload == Workload::kAppendWindows ? OutputMode::kAppend : OutputMode::kUpdate)
+              .checkpoint(store).trigger(Trigger::availableNow()).sink(windowsSink).start();
+        case Workload::kDedupWithinWatermark:
+          return source.withWatermark(&Event::ts, 1500ms)
+              .dropDuplicatesWithinWatermark(&Event::id, &Event::ts)
+              .writeStream().checkpoint(store).trigger(Trigger::availableNow()).sink(eventSink).start();
+      }
+      throw std::logic_error("workload");
+    }();
+    try {
+      query.awaitTermination();
+      break;
+    } catch (const InternalError&) {
+      ++*crashes;  // the process "died"; a new one starts on the same checkpoint
+    }
+  }
+  switch (workload) {
+    case Workload::kUpdateCount:
+    case Workload::kCompleteSum:
+      return render(countSink->batches(), [](const KeyCount& r) { return std::to_string(r.key) + "=" + std::to_string(r.value); });
+    case Workload::kAppendWindows:
+    case Workload::kUpdateWindows:
+      return render(windowsSink->batches(), [](const WindowCount& r) {
+        return str(r.key) + "=" + std::to_string(std::get<0>(r.value)) + "," + std::to_string(std::get<1>(r.value));
+      });
+    case Workload::kDedupWithinWatermark:
+      return render(eventSink->batches(), [](const Event& e) { return std::to_string(e.id) + "@" + std::to_string(e.ts); });
+  }
+  return {};
+}
+
+class CrashAtEveryStep : public ::testing::TestWithParam<Workload> {};
+
+TEST_P(CrashAtEveryStep, OutputEqualsARunWithoutFailures) {
+  const Workload workload = GetParam();
+  auto data = randomInput(42 + static_cast<uint32_t>(workload), 2, 300);
+  auto makeInput = [&] {
+    auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.partitions = 2, .maxRecordsPerBatch = 40});
+    for (int p = 0; p < 2; ++p) in->addData(data[static_cast<size_t>(p)], p);
+    return in;
+  };
+  int crashes = 0;
+  auto clean = std::make_shared<CrashingStore>(memoryCheckpoint());
+  Output expected = runWorkload(workload, makeInput(), clean, &crashes);
+  ASSERT_EQ(crashes, 0);
+  ASSERT_GT(expected.size(), 10u);
+  size_t nonEmpty = 0;
+  for (const auto& [id, rows] : expected) nonEmpty += !rows.empty();
+  ASSERT_GT(nonEmpty, 3u) << "the workload must produce output";
+
+  using Step = CrashingStore::Step;
+  std::mt19937 rng(7);
+  for (Step step : {Step::kAfterOffsets, Step::kBeforeState, Step::kAfterState, Step::kBeforeCommit, Step::kAfterCommit}) {
+    for (int round = 0; round < 3; ++round) {
+      int64_t batch = static_cast<int64_t>(rng() % expected.size());
+      auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
+      store->arm(step, batch);
+      int got = 0;
+      Output output = runWorkload(workload, makeInput(), store, &got);
+      bool stateStep = step == Step::kBeforeState || step == Step::kAfterState;
+      if (!stateStep || store->fired()) {
+        EXPECT_TRUE(store->fired()) << "step " << static_cast<int>(step) << " batch " << batch;
+      }
+      EXPECT_EQ(output, expected) << "crash at step " << static_cast<int>(step) << " of batch " << batch;
+    }
+  }
+  // A crash in the sink: the batch is delivered again after the restart.
+  for (int round = 0; round < 3; ++round) {
+    int64_t batch = static_cast<int64_t>(rng() % expected.size());
+    int sinkCrashes = 0;
+    auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
+    EXPECT_EQ(runWorkload(workload, makeInput(), store, &sinkCrashes, batch), expected) << "crash in the sink, batch " << batch;
+    EXPECT_EQ(sinkCrashes, 1);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStep,
+                         ::testing::Values(Workload::kUpdateCount, Workload::kCompleteSum, Workload::kAppendWindows,
+                                           Workload::kUpdateWindows, Workload::kDedupWithinWatermark),
+                         [](const auto& info) {
+                           switch (info.param) {
+                             case Workload::kUpdateCount: return std::string("UpdateCount");
+                             case Workload::kCompleteSum: return std::string("CompleteSum");
+                             case Workload::kAppendWindows: return std::string("AppendTumblingWindows");
+                             case Workload::kUpdateWindows: return std::string("UpdateSlidingWindows");
+                             case Workload::kDedupWithinWatermark: return std::string("DedupWithinWatermark");
+                           }
+                           return std::string("?");
+                         });
+
+// The brute-force oracle for append-mode tumbling windows over one partition: replays the batch
+// boundaries and the watermark rule, and recomputes every window from the whole input.
+TEST(EventTimeOracle, AppendWindowsEqualABruteForceRecomputation) {
+  for (uint32_t seed : {1u, 2u, 3u, 4u}) {
+    auto data = randomInput(seed, 1, 400)[0];
+    const int64_t batchSize = 25, delay = 2000, size = 3000;
+    auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.maxRecordsPerBatch = batchSize});
+    in->addData(data);
+    int crashes = 0;
+    Output got = runWorkload(Workload::kAppendWindows, in, std::make_shared<CrashingStore>(memoryCheckpoint()), &crashes);
+    std::set<std::string> emitted;
+    for (const auto& [id, rows] : got) {
+      for (const auto& r : rows) EXPECT_TRUE(emitted.insert(r).second) << "window emitted twice: " << r;
+    }
+    // Oracle.
+    int64_t watermark = kNoWatermark, maxSeen = kNoWatermark;
+    std::map<std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>> windows;  // (start, key) -> (count, sum)
+    for (size_t b = 0; b < data.size(); b += batchSize) {
+      for (size_t i = b; i < std::min(data.size(), b + batchSize); ++i) {
+        const Event& e = data[i];
+        int64_t start = e.ts - e.ts % size;
+        if (watermark != kNoWatermark && start + size <= watermark) continue;  // late
+        auto& w = windows[{start, e.key}];
+        ++w.first;
+        w.second += e.value;
+        maxSeen = std::max(maxSeen, e.ts);
+      }
+      for (size_t i = b; i < std::min(data.size(), b + batchSize); ++i) maxSeen = std::max(maxSeen, data[i].ts);
+      watermark = std::max(watermark, maxSeen - delay);
+    }
+    std::set<std::string> expected;
+    for (const auto& [k, v] : windows) {
+      if (k.first + size > watermark) continue;  // not final at the end
+      expected.insert(str(Windowed<int64_t>{{k.first, k.first + size}, k.second}) + "=" + std::to_string(v.first) + "," +
+                      std::to_string(v.second));
+    }
+    EXPECT_EQ(emitted, expected) << "seed " << seed;
+  }
+}
+
+}  // namespace
+}  // namespace dataflow
