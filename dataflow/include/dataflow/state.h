@@ -174,13 +174,15 @@ concept Checkpointable = requires(const T& v, std::string& out, std::string_view
 
 // ---------------------------------------------------------------------------------------------
 // The file of one state change set: a delta (the puts and removes of one batch) or a snapshot
-// (every entry at one version). Layout: "DFST" 1, kind byte, varint count, entries (op byte,
-// varint key length, key, [varint value length, value] for puts), then a 64-bit FNV-1a checksum
-// of everything before it. A truncated or damaged file is refused with CheckpointError.
+// (every entry at one version). Layout: "DFST", format version byte, kind byte, 8-byte entry
+// count, entries (op byte, varint key length, key, [varint value length, value] for puts), then
+// an 8-byte checksum of everything before it. The entries are written in place after a
+// placeholder header, so finishing a file copies nothing. A truncated or damaged file is refused
+// with CheckpointError.
 class StateFileWriter {
  public:
   enum class Kind : uint8_t { kDelta = 1, kSnapshot = 2 };
-  explicit StateFileWriter(Kind kind) : kind_(kind) {}
+  explicit StateFileWriter(Kind kind);
 
   void put(std::string_view key, std::string_view value) {
     body_.push_back(kPut);
@@ -208,8 +210,7 @@ class StateFileWriter {
   static constexpr char kRemove = 2;
 
  private:
-  Kind kind_;
-  std::string body_;
+  std::string body_;  // header placeholder, then the entries
   std::string key_, value_;
   size_t count_ = 0;
 };

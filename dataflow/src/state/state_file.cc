@@ -13,15 +13,25 @@ namespace dataflow {
 namespace {
 
 constexpr std::string_view kMagic = "DFST";
-constexpr char kFormatVersion = 1;
+constexpr char kFormatVersion = 2;
+constexpr size_t kHeaderSize = 4 + 1 + 1 + 8;  // magic, version, kind, entry count
 
-uint64_t fnv1a(std::string_view bytes) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 0x100000001b3ULL;
+// A checksum that reads 8 bytes at a time (state files run to hundreds of megabytes): each word
+// is mixed into the running value with a multiply and a rotation; the tail and the length close it.
+uint64_t checksum(std::string_view bytes) {
+  constexpr uint64_t kMul = 0x9E3779B97F4A7C15ULL;
+  uint64_t h = 0x6A09E667F3BCC908ULL ^ bytes.size();
+  size_t i = 0;
+  for (; i + 8 <= bytes.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, bytes.data() + i, 8);
+    h = (h ^ (w * kMul)) * kMul;
+    h ^= h >> 29;
   }
-  return h;
+  uint64_t tail = 0;
+  std::memcpy(&tail, bytes.data() + i, bytes.size() - i);
+  h = (h ^ (tail * kMul)) * kMul;
+  return h ^ (h >> 32);
 }
 
 // Topic names may hold characters that a path must not: '/' and '%' are percent-encoded.
@@ -81,27 +91,31 @@ const char* toString(OutputMode mode) {
   return "?";
 }
 
+StateFileWriter::StateFileWriter(Kind kind) {
+  body_.reserve(4096);
+  body_.append(kMagic);
+  body_.push_back(kFormatVersion);
+  body_.push_back(static_cast<char>(kind));
+  body_.append(8, '\0');  // the entry count, set by finish()
+}
+
 std::string StateFileWriter::finish() {
-  std::string out(kMagic);
-  out.push_back(kFormatVersion);
-  out.push_back(static_cast<char>(kind_));
-  state_detail::putVarint(count_, out);
-  out += body_;
-  uint64_t sum = fnv1a(out);
-  out.append(reinterpret_cast<const char*>(&sum), sizeof sum);
-  body_.clear();
-  return out;
+  uint64_t count = count_;
+  std::memcpy(body_.data() + kMagic.size() + 2, &count, sizeof count);
+  uint64_t sum = checksum(body_);
+  body_.append(reinterpret_cast<const char*>(&sum), sizeof sum);
+  return std::move(body_);
 }
 
 StateFileReader::StateFileReader(std::string_view bytes, std::string origin) : origin_(std::move(origin)) {
   auto bad = [&](const std::string& why) { return CheckpointError("corrupt state file " + origin_ + ": " + why); };
-  if (bytes.size() < kMagic.size() + 2 + 1 + sizeof(uint64_t) || bytes.substr(0, kMagic.size()) != kMagic) {
+  if (bytes.size() < kHeaderSize + sizeof(uint64_t) || bytes.substr(0, kMagic.size()) != kMagic) {
     throw bad("not a state file (or truncated)");
   }
   uint64_t stored;
   std::memcpy(&stored, bytes.data() + bytes.size() - sizeof stored, sizeof stored);
   std::string_view content = bytes.substr(0, bytes.size() - sizeof stored);
-  if (fnv1a(content) != stored) throw bad("checksum mismatch (truncated or damaged)");
+  if (checksum(content) != stored) throw bad("checksum mismatch (truncated or damaged)");
   if (content[kMagic.size()] != kFormatVersion) throw bad("unknown format version");
   char kind = content[kMagic.size() + 1];
   if (kind != static_cast<char>(StateFileWriter::Kind::kDelta) &&
@@ -109,9 +123,10 @@ StateFileReader::StateFileReader(std::string_view bytes, std::string origin) : o
     throw bad("unknown file kind");
   }
   kind_ = static_cast<StateFileWriter::Kind>(kind);
-  std::string_view rest = content.substr(kMagic.size() + 2);
-  count_ = state_detail::getVarint(rest);
-  body_ = rest;
+  uint64_t count;
+  std::memcpy(&count, content.data() + kMagic.size() + 2, sizeof count);
+  count_ = count;
+  body_ = content.substr(kHeaderSize);
 }
 
 std::string StateFileId::path() const {

@@ -99,7 +99,14 @@ class PartitionState {
   void touch(typename Map::iterator it) {
     if (it->second.touched != epoch_) {
       it->second.touched = epoch_;
+      // A slot's address holds until the map grows (or loses an element): remember it, and
+      // from which change on the remembered addresses are still good.
+      if (map_.capacity() != capacityAtLastChange_) {
+        capacityAtLastChange_ = map_.capacity();
+        pointersValidFrom_ = changed_.size();
+      }
       changed_.push_back(it->first);
+      changedSlots_.push_back(&*it);
     }
   }
   // Inserts `key` with `value` unless present; returns whether it was inserted.
@@ -112,6 +119,7 @@ class PartitionState {
     removed_.push_back(it->first);
     map_.erase(it);
     ++removedCount_;
+    pointersValidFrom_ = std::numeric_limits<size_t>::max();  // a remembered slot may be gone
   }
   bool erase(const K& key) {
     auto it = map_.find(key);
@@ -120,32 +128,36 @@ class PartitionState {
     return true;
   }
 
-  // The keys changed in this batch and still present, in first-change order.
+  // Whether lookups should prefetch: the map no longer fits in the caches, so every lookup of a
+  // random key waits for memory unless it was requested a few records ahead.
+  bool large() const { return map_.capacity() * sizeof(typename Map::value_type) > (1u << 20); }
+  void prefetch(const K& key) const { map_.prefetch(key); }
+
+  // The keys changed in this batch and still present: in first-change order, or in map order
+  // when they are a large part of the map (a sequential scan then beats random lookups).
   template <class F>
   void forEachChanged(F&& fn) const {
-    for (const K& k : changed_) {
-      auto it = map_.find(k);
-      if (it != map_.end() && it->second.touched == epoch_) fn(it->first, it->second.value);
-    }
+    visitChanged(*this, [&](const K& k, const Slot& slot) { fn(k, slot.value); });
   }
+  static constexpr size_t kLookahead = 8;
   size_t changedCount() const { return changed_.size(); }
   int64_t removedCount() const { return removedCount_; }
 
   // Encodes this batch's changes (the final state of every key touched) and starts a new epoch.
-  std::string encodeDelta(size_t& entries) {
+  std::string encodeDelta(size_t& entries, size_t& puts) {
     StateFileWriter w(StateFileWriter::Kind::kDelta);
     auto& kb = w.keyBuffer();
     auto& vb = w.valueBuffer();
-    for (const K& k : changed_) {
-      auto it = map_.find(k);
-      if (it == map_.end() || it->second.touched != epoch_) continue;  // removed later, or seen
-      it->second.touched = 0;  // a key changed, removed and re-added appears twice in changed_
+    auto put = [&](const K& k, Slot& slot) {
+      slot.touched = 0;  // a key changed, removed and re-added appears twice in changed_
       kb.clear();
       vb.clear();
-      StateCodec<K>::encode(it->first, kb);
-      StateCodec<V>::encode(it->second.value, vb);
+      StateCodec<K>::encode(k, kb);
+      StateCodec<V>::encode(slot.value, vb);
       w.put(kb, vb);
-    }
+    };
+    visitChanged(*this, put);
+    puts = w.count();
     for (const K& k : removed_) {
       if (map_.contains(k)) continue;  // re-added: written above
       kb.clear();
@@ -154,6 +166,9 @@ class PartitionState {
     }
     entries = w.count();
     changed_.clear();
+    changedSlots_.clear();
+    pointersValidFrom_ = 0;
+    capacityAtLastChange_ = map_.capacity();
     removed_.clear();
     removedCount_ = 0;
     if (++epoch_ == 0) epoch_ = 1;
@@ -180,12 +195,46 @@ class PartitionState {
   // e.g. long strings, is not counted).
   int64_t memoryBytes() const {
     return static_cast<int64_t>(map_.capacity() * (sizeof(typename Map::value_type) + 1) +
-                                changed_.capacity() * sizeof(K));
+                                changed_.capacity() * (sizeof(K) + sizeof(void*)));
   }
 
  private:
+  bool scanInstead() const { return changed_.size() * 4 > map_.capacity(); }
+
+  // Calls fn(key, slot) once for every key changed in this epoch and still present: by a scan
+  // of the map when the changes are a large part of it, else through the remembered slot
+  // addresses where they still hold, else by lookup (prefetched a few keys ahead either way).
+  template <class Self, class F>
+  static void visitChanged(Self& self, F&& fn) {
+    auto& map = self.map_;
+    if (self.scanInstead()) {
+      for (auto& [k, slot] : map) {
+        if (slot.touched == self.epoch_) fn(k, slot);
+      }
+      return;
+    }
+    const size_t n = self.changed_.size();
+    const bool ahead = self.large();
+    const size_t direct = std::min(self.pointersValidFrom_, n);
+    for (size_t i = 0; i < direct; ++i) {
+      if (ahead && i + kLookahead < direct) map.prefetch(self.changed_[i + kLookahead]);
+      auto it = map.find(self.changed_[i]);
+      if (it == map.end() || it->second.touched != self.epoch_) continue;  // removed, or seen
+      fn(it->first, it->second);
+    }
+    for (size_t i = direct; i < n; ++i) {
+      if (ahead && i + kLookahead < n) __builtin_prefetch(self.changedSlots_[i + kLookahead]);
+      auto* entry = self.changedSlots_[i];
+      if (entry->second.touched != self.epoch_) continue;  // seen
+      fn(entry->first, entry->second);
+    }
+  }
+
   Map map_;
   std::vector<K> changed_;
+  std::vector<typename Map::value_type*> changedSlots_;  // by change, where the map kept it
+  size_t pointersValidFrom_ = 0;      // changedSlots_ from here on are current addresses
+  size_t capacityAtLastChange_ = 0;
   std::vector<K> removed_;
   int64_t removedCount_ = 0;
   uint32_t epoch_ = 1;
@@ -227,9 +276,9 @@ class PartitionedState {
     for (auto& [id, slot] : parts_) {
       p.numRowsRemoved += slot->state.removedCount();
       if (!slot->state.hasChanges()) continue;
-      size_t entries = 0;
-      slot->state.forEachChanged([&](const K&, const V&) { ++p.numRowsUpdated; });
-      std::string bytes = slot->state.encodeDelta(entries);
+      size_t entries = 0, puts = 0;
+      std::string bytes = slot->state.encodeDelta(entries, puts);
+      p.numRowsUpdated += static_cast<int64_t>(puts);
       if (entries == 0) continue;
       p.numDeltaBytes += static_cast<int64_t>(bytes.size());
       out.files.push_back({StateFileId{operatorId, id, version, false}, std::move(bytes)});

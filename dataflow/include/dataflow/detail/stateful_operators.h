@@ -184,13 +184,24 @@ class AggregateOperator final
   void update(Slot& slot, const std::vector<T>& rows, int64_t watermark) {
     auto& st = slot.state;
     bool created = false;
+    const bool ahead = st.large();
+    const size_t n = rows.size(), d = PartitionState<GroupKey, Acc>::kLookahead;
     if constexpr (!kWindowed) {
-      for (const T& row : rows) {
+      for (size_t i = 0; i < n; ++i) {
+        if (ahead && i + d < n) st.prefetch(std::invoke(key_, rows[i + d]));
+        const T& row = rows[i];
         Acc& acc = st.upsert(std::invoke(key_, row), [this] { return init(); }, created);
         agg_.template add<T>(acc, row);
       }
     } else {
-      for (const T& row : rows) {
+      for (size_t i = 0; i < n; ++i) {
+        if (ahead && i + d < n) {
+          const T& next = rows[i + d];
+          windowing_.spec.forEachWindow(toEventTimeMs(std::invoke(windowing_.time, next)), [&](Window w) {
+            st.prefetch(GroupKey{w, std::invoke(key_, next)});
+          });
+        }
+        const T& row = rows[i];
         int64_t t = toEventTimeMs(std::invoke(windowing_.time, row));
         bool open = false;
         windowing_.spec.forEachWindow(t, [&](Window w) {
