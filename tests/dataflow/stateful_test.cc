@@ -13,6 +13,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <thread>
 #include <tuple>
 
 namespace dataflow {
@@ -479,6 +480,197 @@ TEST(StatefulRefusals, ExplainShowsStatefulOperatorsWatermarkAndMode) {
   EXPECT_NE(plan.find("outputMode=append"), std::string::npos) << plan;
 }
 
+// ------------------------------------------------------------------ transformWithState
+
+// Per key: a count (ValueState), the last three values (ListState), counts by value % 3
+// (MapState); an event-time timer two seconds after the newest event of the key reports and
+// clears them (a session closed by inactivity).
+struct SessionProcessor {
+  using Output = std::string;
+  ValueState<int64_t> count;
+  ListState<int64_t> recent;
+  MapState<int64_t, int64_t> byResidue;
+  ValueState<int64_t> timer;
+  ProcessorHandle<int64_t>* handle = nullptr;
+
+  void init(ProcessorHandle<int64_t>& h) {
+    handle = &h;
+    count = h.valueState<int64_t>("count");
+    recent = h.listState<int64_t>("recent");
+    byResidue = h.mapState<int64_t, int64_t>("byResidue");
+    timer = h.valueState<int64_t>("timer");
+  }
+  void handleInputRows(const int64_t&, std::span<const Event> rows, TimerValues, Collector<Output>&) {
+    count.update(count.getOrDefault(0) + static_cast<int64_t>(rows.size()));
+    int64_t newest = timer.getOrDefault(0) - 2000;
+    for (const Event& e : rows) {
+      recent.append(e.value);
+      byResidue.updateValue(e.value % 3, byResidue.getValue(e.value % 3).value_or(0) + 1);
+      newest = std::max(newest, e.ts);
+    }
+    auto list = recent.get();
+    if (list.size() > 3) recent.put(std::vector<int64_t>(list.end() - 3, list.end()));
+    if (auto old = timer.get()) handle->deleteTimer(*old);
+    handle->registerTimer(newest + 2000);
+    timer.update(newest + 2000);
+  }
+  void handleExpiredTimer(const int64_t& key, ExpiredTimer t, TimerValues, Collector<Output>& out) {
+    std::string r = std::to_string(key) + "@" + std::to_string(t.expiryMs) + " n=" + std::to_string(count.getOrDefault(0)) + " recent=";
+    for (int64_t v : recent.get()) r += std::to_string(v) + ",";
+    r += " residues=";
+    auto entries = byResidue.entries();
+    std::sort(entries.begin(), entries.end());
+    for (const auto& [k, v] : entries) r += std::to_string(k) + ":" + std::to_string(v) + ",";
+    out.emit(r);
+    count.clear();
+    recent.clear();
+    byResidue.clear();
+    timer.clear();
+  }
+};
+
+TEST(TransformWithState, EventTimeTimersCloseSessionsWithTheirState) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.maxRecordsPerBatch = 2});
+  in->addData({{1, 1000, 4}, {1, 1500, 5}, {2, 1200, 7}, {1, 2000, 6}, {1, 2500, 9}, {3, 9000, 1}});
+  auto sink = std::make_shared<BatchLogSink<std::string>>();
+  auto query = session.readStream(in)
+                   .withWatermark(&Event::ts, 0ms)
+                   .groupByKey(&Event::key)
+                   .transformWithState([] { return SessionProcessor{}; }, TimeMode::kEventTime)
+                   .writeStream()
+                   .outputMode(OutputMode::kUpdate)
+                   .trigger(Trigger::availableNow())
+                   .sink(sink)
+                   .start();
+  query.awaitTermination();
+  // Watermark 9000 at the end: key 1 (newest 2500 -> timer 4500) and key 2 (3200) fired; key 3's
+  // timer (11000) is still pending.
+  auto rows = sink->all();
+  std::sort(rows.begin(), rows.end());
+  EXPECT_EQ(rows, (std::vector<std::string>{"1@4500 n=4 recent=5,6,9, residues=0:2,1:1,2:1,",
+                                            "2@3200 n=1 recent=7, residues=1:1,"}));
+  EXPECT_EQ(query.lastProgress()->stateOperators[0].operatorName, "transformWithStateExec");
+}
+
+TEST(TransformWithState, ProcessingTimeTimersFireInABatchWithoutData) {
+  struct Reminder {
+    using Output = int64_t;
+    ProcessorHandle<int64_t>* handle = nullptr;
+    void init(ProcessorHandle<int64_t>& h) { handle = &h; }
+    void handleInputRows(const int64_t&, std::span<const Event>, TimerValues t, Collector<Output>&) {
+      handle->registerTimer(t.processingTimeMs + 100);
+    }
+    void handleExpiredTimer(const int64_t& key, ExpiredTimer, TimerValues, Collector<Output>& out) { out.emit(key); }
+  };
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  auto sink = std::make_shared<BatchLogSink<int64_t>>();
+  auto query = session.readStream(in)
+                   .groupByKey(&Event::key)
+                   .transformWithState([] { return Reminder{}; }, TimeMode::kProcessingTime)
+                   .writeStream()
+                   .outputMode(OutputMode::kUpdate)
+                   .sink(sink)
+                   .start();
+  in->addData({{42, 0, 0}});
+  for (int i = 0; i < 300 && sink->all().empty(); ++i) std::this_thread::sleep_for(10ms);
+  query.stop();
+  EXPECT_EQ(sink->all(), (std::vector<int64_t>{42}));
+  auto batches = sink->batches();
+  ASSERT_GE(batches.size(), 2u);
+  EXPECT_EQ(batches.rbegin()->second, (std::vector<int64_t>{42})) << "fired by a later batch";
+  EXPECT_EQ(query.recentProgress().back().numInputRows, 0) << "a batch without data fired it";
+}
+
+TEST(TransformWithState, TimeToLiveExpiresValuesInProcessingTime) {
+  struct Remember {
+    using Output = std::string;
+    ValueState<int64_t> last;
+    void init(ProcessorHandle<int64_t>& h) { last = h.valueState<int64_t>("last", {.ttl = 150ms}); }
+    void handleInputRows(const int64_t&, std::span<const Event> rows, TimerValues, Collector<Output>& out) {
+      out.emit(last.exists() ? "seen " + std::to_string(*last.get()) : "new");
+      last.update(rows.back().value);
+    }
+  };
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  auto sink = std::make_shared<BatchLogSink<std::string>>();
+  auto query = session.readStream(in)
+                   .groupByKey(&Event::key)
+                   .transformWithState([] { return Remember{}; })
+                   .writeStream()
+                   .outputMode(OutputMode::kAppend)
+                   .sink(sink)
+                   .start();
+  in->addData({{1, 0, 10}});
+  query.processAllAvailable();
+  in->addData({{1, 0, 11}});
+  query.processAllAvailable();
+  std::this_thread::sleep_for(400ms);
+  in->addData({{1, 0, 12}});
+  query.processAllAvailable();
+  query.stop();
+  EXPECT_EQ(sink->all(), (std::vector<std::string>{"new", "seen 10", "new"}));
+}
+
+TEST(TransformWithState, StateAndTimersSurviveARestart) {
+  auto dir = freshDir("tws-restart");
+  auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.partitions = 2});
+  auto run = [&] {
+    Session session;
+    auto sink = std::make_shared<BatchLogSink<std::string>>();
+    auto query = session.readStream(in)
+                     .withWatermark(&Event::ts, 0ms)
+                     .groupByKey(&Event::key)
+                     .transformWithState([] { return SessionProcessor{}; }, TimeMode::kEventTime)
+                     .writeStream()
+                     .outputMode(OutputMode::kUpdate)
+                     .checkpointLocation(dir)
+                     .trigger(Trigger::availableNow())
+                     .sink(sink)
+                     .start();
+    query.awaitTermination();
+    auto rows = sink->all();
+    std::sort(rows.begin(), rows.end());
+    return rows;
+  };
+  in->addData({{1, 1000, 1}, {1, 1100, 2}}, 0);
+  in->addData({{2, 1000, 3}}, 1);
+  EXPECT_TRUE(run().empty());
+  in->addData({{1, 1200, 4}, {5, 10000, 0}}, 0);  // key 1 continues; watermark 10000 fires it
+  in->addData({{2, 10000, 5}}, 1);
+  EXPECT_EQ(run(), (std::vector<std::string>{"1@3200 n=3 recent=1,2,4, residues=1:2,2:1,"}));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(TransformWithState, RefusalsNameTheProblem) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  auto noop = [](const auto&, const BatchInfo&) {};
+  expectRefused([&] {
+    session.readStream(in).groupByKey(&Event::key)
+        .transformWithState([] { return SessionProcessor{}; }, TimeMode::kEventTime)
+        .writeStream().outputMode(OutputMode::kUpdate).foreachBatch(noop).start();
+  }, "needs withWatermark");
+  expectRefused([&] {
+    session.readStream(in).withWatermark(&Event::ts, 0ms).groupByKey(&Event::key)
+        .transformWithState([] { return SessionProcessor{}; }, TimeMode::kEventTime)
+        .writeStream().outputMode(OutputMode::kComplete).foreachBatch(noop).start();
+  }, "complete output mode");
+  // Timers without a time mode: the handler's call fails the query with a message.
+  in->addData({{1, 0, 0}});
+  auto q = session.readStream(in).groupByKey(&Event::key)
+               .transformWithState([] { return SessionProcessor{}; })
+               .writeStream().outputMode(OutputMode::kUpdate).trigger(Trigger::availableNow()).foreachBatch(noop).start();
+  try {
+    q.awaitTermination();
+    FAIL() << "registering a timer without a time mode was accepted";
+  } catch (const ConfigurationError& e) {
+    EXPECT_NE(std::string(e.what()).find("timers need TimeMode"), std::string::npos) << e.what();
+  }
+}
+
 // ------------------------------------------------------------------ crashes at every step
 
 // Delegates to a store and fails once at a chosen step of a chosen batch, as a process that dies
@@ -533,7 +725,7 @@ class CrashingStore final : public CheckpointStore {
   bool fired_ = false;
 };
 
-enum class Workload { kUpdateCount, kCompleteSum, kAppendWindows, kUpdateWindows, kDedupWithinWatermark };
+enum class Workload { kUpdateCount, kCompleteSum, kAppendWindows, kUpdateWindows, kDedupWithinWatermark, kSessions };
 
 std::vector<std::vector<Event>> randomInput(uint32_t seed, int partitions, int perPartition) {
   std::mt19937 rng(seed);
@@ -579,6 +771,7 @@ Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, s
   auto windowsSink = std::make_shared<BatchLogSink<WindowCount>>();
   auto countSink = std::make_shared<BatchLogSink<KeyCount>>();
   auto eventSink = std::make_shared<BatchLogSink<Event>>();
+  auto textSink = std::make_shared<BatchLogSink<std::string>>();
   auto crashOnce = [sinkCrashBatch, fired = std::make_shared<bool>(false)](int64_t batchId) {
     if (batchId == sinkCrashBatch && !*fired) {
       *fired = true;
@@ -588,6 +781,7 @@ Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, s
   windowsSink->beforeWrite = crashOnce;
   countSink->beforeWrite = crashOnce;
   eventSink->beforeWrite = crashOnce;
+  textSink->beforeWrite = crashOnce;
   for (int attempt = 0; attempt < 5; ++attempt) {
     Session session({.workerThreads = 2});
     auto source = session.readStream(in);
@@ -612,6 +806,12 @@ Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, s
           return source.withWatermark(&Event::ts, 1500ms)
               .dropDuplicatesWithinWatermark(&Event::id, &Event::ts)
               .writeStream().checkpoint(store).trigger(Trigger::availableNow()).sink(eventSink).start();
+        case Workload::kSessions:
+          return source.withWatermark(&Event::ts, 1000ms)
+              .groupByKey(&Event::key)
+              .transformWithState([] { return SessionProcessor{}; }, TimeMode::kEventTime)
+              .writeStream().outputMode(OutputMode::kUpdate).checkpoint(store).trigger(Trigger::availableNow())
+              .sink(textSink).start();
       }
       throw std::logic_error("workload");
     }();
@@ -633,6 +833,8 @@ Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, s
       });
     case Workload::kDedupWithinWatermark:
       return render(eventSink->batches(), [](const Event& e) { return std::to_string(e.id) + "@" + std::to_string(e.ts); });
+    case Workload::kSessions:
+      return render(textSink->batches(), [](const std::string& r) { return r; });
   }
   return {};
 }
@@ -684,7 +886,7 @@ TEST_P(CrashAtEveryStep, OutputEqualsARunWithoutFailures) {
 
 INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStep,
                          ::testing::Values(Workload::kUpdateCount, Workload::kCompleteSum, Workload::kAppendWindows,
-                                           Workload::kUpdateWindows, Workload::kDedupWithinWatermark),
+                                           Workload::kUpdateWindows, Workload::kDedupWithinWatermark, Workload::kSessions),
                          [](const auto& info) {
                            switch (info.param) {
                              case Workload::kUpdateCount: return std::string("UpdateCount");
@@ -692,6 +894,7 @@ INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStep,
                              case Workload::kAppendWindows: return std::string("AppendTumblingWindows");
                              case Workload::kUpdateWindows: return std::string("UpdateSlidingWindows");
                              case Workload::kDedupWithinWatermark: return std::string("DedupWithinWatermark");
+                             case Workload::kSessions: return std::string("TransformWithStateSessions");
                            }
                            return std::string("?");
                          });

@@ -22,6 +22,8 @@
 #include <utility>
 
 #include "dataflow/aggregates.h"
+#include "dataflow/detail/transform_with_state_operator.h"
+#include "dataflow/stateful_processor.h"
 #include "dataflow/stream.h"
 #include "dataflow/window.h"
 
@@ -79,6 +81,35 @@ class KeyedStream {
   template <class Init, class Add, class Finish>
   auto aggregate(Init init, Add add, Finish finish) const {
     return agg(dataflow::aggregate(std::move(init), std::move(add), std::move(finish)));
+  }
+
+  // Arbitrary stateful processing (Spark 4's transformWithState): `factory()` makes one processor
+  // per state partition (see stateful_processor.h). Rows are the processor's Output type. Output
+  // modes append and update; event-time timers need withWatermark() upstream.
+  template <class Factory>
+    requires(!kWindowed && detail::StatefulProcessorFor<std::invoke_result_t<Factory&>, Key, T>)
+  auto transformWithState(Factory factory, TimeMode mode = TimeMode::kNone) const {
+    using Op = detail::TransformWithStateOperator<T, KeyFn, Factory>;
+    using Out = typename std::invoke_result_t<Factory&>::Output;
+    static const char* kModes[] = {"none", "processingTime", "eventTime"};
+    std::string label = std::string("TransformWithState [timeMode=") + kModes[static_cast<int>(mode)] +
+                        ", state by source partition]";
+    auto node = std::make_shared<detail::LogicalNode>(
+        detail::LogicalNode{detail::LogicalNode::Kind::kStateful, std::move(label), {}, {input_.node}, false});
+    detail::Producer<Out> out{
+        node, [in = input_.build, key = key_, f = std::move(factory), mode](detail::Planner& planner) {
+          auto input = in(planner);
+          if (planner.outputMode == OutputMode::kComplete) {
+            throw ConfigurationError("transformWithState does not support the complete output mode; use append or update");
+          }
+          if (mode == TimeMode::kEventTime && planner.watermarkDelaysMs.empty()) {
+            throw ConfigurationError("transformWithState with TimeMode::kEventTime needs withWatermark(...) upstream");
+          }
+          auto op = std::make_unique<Op>(std::move(input), key, f, mode);
+          planner.stateful.push_back(op.get());
+          return std::unique_ptr<detail::BatchOperator<Out>>(op.release());
+        }};
+    return Stream<Out>(session_, std::move(out), detail::Pipe<Out>{}, routing_);
   }
 
  private:

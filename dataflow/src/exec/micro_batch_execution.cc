@@ -333,7 +333,11 @@ std::optional<MicroBatchExecution::PlannedBatch> MicroBatchExecution::planNextBa
   batch.entry.sources = planRanges(committedEnd_, batch.latest, hasData);
   // A batch without data still runs when the watermark advanced, so that windows it closed are
   // emitted and their state dropped (Spark's no-data batches).
-  if (!hasData && !noDataBatchDue_) return std::nullopt;
+  // So does one when a stateful operator has a timer due at this batch's time or watermark.
+  if (!hasData && !noDataBatchDue_ &&
+      !(state_ && state_->wantsBatch(batch.entry.batchTimestampMs, batch.entry.batchWatermarkMs))) {
+    return std::nullopt;
+  }
   return batch;
 }
 

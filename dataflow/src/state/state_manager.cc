@@ -183,6 +183,11 @@ void StateManager::maintain(int operatorId, PartitionId partition, int64_t versi
   if (!obsolete.empty()) store_->deleteStateFiles(obsolete);
 }
 
+bool StateManager::wantsBatch(int64_t nowMs, int64_t watermarkMs) const {
+  return std::any_of(operators_.begin(), operators_.end(),
+                     [&](const StatefulOperator* op) { return op->wantsBatch(nowMs, watermarkMs); });
+}
+
 std::vector<StateOperatorProgress> StateManager::progress() const {
   std::vector<StateOperatorProgress> out;
   for (size_t i = 0; i < operators_.size(); ++i) {

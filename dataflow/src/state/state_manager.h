@@ -38,6 +38,9 @@ class StateManager {
   // one, and deletion of files no longer needed, on a background thread.
   void committed(int64_t version);
 
+  // Whether an operator wants a batch now although no data arrived (a due timer).
+  bool wantsBatch(int64_t nowMs, int64_t watermarkMs) const;
+
   // Figures of the last batch, per operator (commitTimeMs is that of collect + write).
   std::vector<StateOperatorProgress> progress() const;
 

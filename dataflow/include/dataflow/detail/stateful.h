@@ -66,6 +66,10 @@ class StatefulOperator {
   // The figures of the last batch.
   virtual StateOperatorProgress progress() const = 0;
 
+  // Whether a batch should run now even without new data (a timer is due at the batch's time
+  // `nowMs` or watermark). Watermark-driven emission is the engine's own rule.
+  virtual bool wantsBatch(int64_t /*nowMs*/, int64_t /*watermarkMs*/) const { return false; }
+
  private:
   int id_ = 0;
 };
@@ -146,25 +150,32 @@ class PartitionState {
   // Encodes this batch's changes (the final state of every key touched) and starts a new epoch.
   std::string encodeDelta(size_t& entries, size_t& puts) {
     StateFileWriter w(StateFileWriter::Kind::kDelta);
+    puts = writeDelta(w, {});
+    entries = w.count();
+    return entries ? w.finish() : std::string();
+  }
+  // Writes this epoch's changes into `w`, every key preceded by `keyPrefix` (operators that keep
+  // several maps in one file tell them apart by it), and starts a new epoch. Returns the puts.
+  size_t writeDelta(StateFileWriter& w, std::string_view keyPrefix) {
     auto& kb = w.keyBuffer();
     auto& vb = w.valueBuffer();
+    size_t puts = 0;
     auto put = [&](const K& k, Slot& slot) {
       slot.touched = 0;  // a key changed, removed and re-added appears twice in changed_
-      kb.clear();
+      kb.assign(keyPrefix);
       vb.clear();
       StateCodec<K>::encode(k, kb);
       StateCodec<V>::encode(slot.value, vb);
       w.put(kb, vb);
+      ++puts;
     };
     visitChanged(*this, put);
-    puts = w.count();
     for (const K& k : removed_) {
       if (map_.contains(k)) continue;  // re-added: written above
-      kb.clear();
+      kb.assign(keyPrefix);
       StateCodec<K>::encode(k, kb);
       w.remove(kb);
     }
-    entries = w.count();
     changed_.clear();
     changedSlots_.clear();
     pointersValidFrom_ = 0;
@@ -172,24 +183,21 @@ class PartitionState {
     removed_.clear();
     removedCount_ = 0;
     if (++epoch_ == 0) epoch_ = 1;
-    return entries ? w.finish() : std::string();
+    return puts;
   }
   bool hasChanges() const { return !changed_.empty() || !removed_.empty(); }
 
-  // Restore: applies a snapshot or delta.
+  // Restore: applies a snapshot or delta, or one of its entries (key and value bytes).
   void apply(const StateFileReader& file) {
-    file.forEach(
-        [&](std::string_view key, std::string_view value) {
-          std::string_view kin = key, vin = value;
-          K k = StateCodec<K>::decode(kin);
-          V v = StateCodec<V>::decode(vin);
-          map_.insert_or_assign(std::move(k), Slot{std::move(v), 0});
-        },
-        [&](std::string_view key) {
-          std::string_view kin = key;
-          map_.erase(StateCodec<K>::decode(kin));
-        });
+    file.forEach([&](std::string_view key, std::string_view value) { applyPut(key, value); },
+                 [&](std::string_view key) { applyRemove(key); });
   }
+  void applyPut(std::string_view key, std::string_view value) {
+    K k = StateCodec<K>::decode(key);
+    V v = StateCodec<V>::decode(value);
+    map_.insert_or_assign(std::move(k), Slot{std::move(v), 0});
+  }
+  void applyRemove(std::string_view key) { map_.erase(StateCodec<K>::decode(key)); }
 
   // Rough size of the state in memory: slots and control bytes (heap owned by keys and values,
   // e.g. long strings, is not counted).
