@@ -5,6 +5,7 @@
 #include <dataflow/dataflow.h>
 #include <gtest/gtest.h>
 
+#include "testing/run_query.h"
 #include "testing/state_store_contract.h"
 
 #include <algorithm>
@@ -671,6 +672,134 @@ TEST(TransformWithState, RefusalsNameTheProblem) {
   }
 }
 
+// ------------------------------------------------------------------ joins
+
+struct Customer {
+  int64_t id;
+  int64_t tier;
+};
+using Joined = std::tuple<int64_t, int64_t, int64_t>;  // event value, key, tier (-1: none)
+
+TEST(Joins, StreamStaticInnerAndLeftOuter) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.partitions = 2});
+  in->addData({{1, 0, 10}, {2, 0, 20}}, 0);
+  in->addData({{3, 0, 30}, {1, 0, 11}}, 1);
+  auto table = StaticTable<Customer>::snapshot({{1, 5}, {2, 7}, {2, 8}});
+  auto combine = [](const Event& e, const Customer* c) { return Joined{e.value, e.key, c ? c->tier : -1}; };
+  auto inner = testing_util::runToCompletion<Joined>(
+      session.readStream(in).joinStatic(table, &Event::key, &Customer::id, combine));
+  std::sort(inner.begin(), inner.end());
+  EXPECT_EQ(inner, (std::vector<Joined>{{10, 1, 5}, {11, 1, 5}, {20, 2, 7}, {20, 2, 8}}));
+  auto outer = testing_util::runToCompletion<Joined>(
+      session.readStream(in).joinStatic(table, &Event::key, &Customer::id, combine, JoinType::kLeftOuter));
+  std::sort(outer.begin(), outer.end());
+  EXPECT_EQ(outer, (std::vector<Joined>{{10, 1, 5}, {11, 1, 5}, {20, 2, 7}, {20, 2, 8}, {30, 3, -1}}));
+}
+
+TEST(Joins, AStaticTableLoadedPerBatchSeesItsChanges) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events");
+  std::mutex mu;
+  std::vector<Customer> customers{{1, 5}};
+  auto table = StaticTable<Customer>::perBatch([&] {
+    std::lock_guard lock(mu);
+    return customers;
+  });
+  auto sink = std::make_shared<BatchLogSink<Joined>>();
+  auto query = session.readStream(in)
+                   .joinStatic(table, &Event::key, &Customer::id,
+                               [](const Event& e, const Customer* c) { return Joined{e.value, e.key, c ? c->tier : -1}; },
+                               JoinType::kLeftOuter)
+                   .writeStream().sink(sink).start();
+  in->addData({{1, 0, 1}, {2, 0, 2}});
+  query.processAllAvailable();
+  {
+    std::lock_guard lock(mu);
+    customers.push_back({2, 9});
+  }
+  in->addData({{2, 0, 3}});
+  query.processAllAvailable();
+  query.stop();
+  EXPECT_EQ(sink->all(), (std::vector<Joined>{{1, 1, 5}, {2, 2, -1}, {3, 2, 9}}));
+}
+
+struct Payment {
+  int64_t orderKey;
+  int64_t ts;
+  int64_t amount;
+};
+
+TEST(Joins, StreamStreamInnerJoinMatchesAcrossBatchesInBothOrders) {
+  Session session;
+  auto orders = std::make_shared<MemoryStream<Event>>("orders");
+  auto payments = std::make_shared<MemoryStream<Payment>>("payments");
+  using Row = std::pair<int64_t, int64_t>;  // order value, payment amount
+  auto sink = std::make_shared<BatchLogSink<Row>>();
+  auto query = session.readStream(orders)
+                   .join(session.readStream(payments), &Event::key, &Payment::orderKey,
+                         [](const Event& o, const Payment* p) { return Row{o.value, p->amount}; })
+                   .writeStream().sink(sink).start();
+  orders->addData({{1, 0, 100}});
+  query.processAllAvailable();
+  payments->addData({{1, 0, 5}, {2, 0, 6}});  // matches the order in state; 2 waits
+  query.processAllAvailable();
+  orders->addData({{2, 0, 200}, {1, 0, 101}});  // 2 meets its payment; a second order 1 meets payment 5
+  query.processAllAvailable();
+  query.stop();
+  auto rows = sink->all();
+  std::sort(rows.begin(), rows.end());
+  EXPECT_EQ(rows, (std::vector<Row>{{100, 5}, {101, 5}, {200, 6}}));
+}
+
+TEST(Joins, LeftOuterStreamStreamJoinEmitsUnmatchedRowsWhenTheWatermarkPasses) {
+  Session session;
+  auto orders = std::make_shared<MemoryStream<Event>>("orders");
+  auto payments = std::make_shared<MemoryStream<Payment>>("payments");
+  using Row = std::pair<int64_t, int64_t>;
+  auto sink = std::make_shared<BatchLogSink<Row>>();
+  auto query = session.readStream(orders)
+                   .withWatermark(&Event::ts, 0ms)
+                   .join(session.readStream(payments).withWatermark(&Payment::ts, 0ms), &Event::key, &Payment::orderKey,
+                         [](const Event& o, const Payment* p) { return Row{o.value, p ? p->amount : -1}; },
+                         JoinType::kLeftOuter, timeRange(&Event::ts, &Payment::ts, 0ms, 5000ms))
+                   .writeStream().sink(sink).start();
+  orders->addData({{1, 1000, 100}, {2, 1000, 200}, {3, 1000, 300}});
+  payments->addData({{1, 3000, 5}, {3, 9000, 7}});  // order 3's payment is too late (8 s after)
+  query.processAllAvailable();
+  EXPECT_EQ(sink->all(), (std::vector<Row>{{100, 5}}));
+  orders->addData({{9, 20000, 900}});
+  payments->addData({{9, 20000, 9}});  // both watermarks reach 20000: orders 2 and 3 are final
+  query.processAllAvailable();
+  query.stop();
+  auto rows = sink->all();
+  std::sort(rows.begin(), rows.end());
+  EXPECT_EQ(rows, (std::vector<Row>{{100, 5}, {200, -1}, {300, -1}, {900, 9}}));
+  auto p = query.lastProgress()->stateOperators.at(0);
+  EXPECT_EQ(p.operatorName, "symmetricHashJoin");
+  EXPECT_LE(p.numRowsTotal, 2) << "evicted rows leave the state";
+}
+
+TEST(Joins, RefusalsNameTheProblem) {
+  Session session;
+  auto a = std::make_shared<MemoryStream<Event>>("a");
+  auto b = std::make_shared<MemoryStream<Payment>>("b");
+  auto combine = [](const Event& o, const Payment* p) { return o.value + (p ? p->amount : 0); };
+  auto noop = [](const auto&, const BatchInfo&) {};
+  expectRefused([&] {
+    session.readStream(a).join(session.readStream(b), &Event::key, &Payment::orderKey, combine, JoinType::kLeftOuter);
+  }, "needs a time range");
+  expectRefused([&] {
+    session.readStream(a).join(session.readStream(b), &Event::key, &Payment::orderKey, combine, JoinType::kLeftOuter,
+                               timeRange(&Event::ts, &Payment::ts, 0ms, 1000ms))
+        .writeStream().foreachBatch(noop).start();
+  }, "needs withWatermark");
+  expectRefused([&] {
+    session.readStream(a).join(session.readStream(b), &Event::key, &Payment::orderKey, combine)
+        .writeStream().outputMode(OutputMode::kUpdate).foreachBatch(noop).start();
+  }, "only the append output mode");
+}
+
 // ------------------------------------------------------------------ crashes at every step
 
 // Delegates to a store and fails once at a chosen step of a chosen batch, as a process that dies
@@ -725,7 +854,7 @@ class CrashingStore final : public CheckpointStore {
   bool fired_ = false;
 };
 
-enum class Workload { kUpdateCount, kCompleteSum, kAppendWindows, kUpdateWindows, kDedupWithinWatermark, kSessions };
+enum class Workload { kUpdateCount, kCompleteSum, kAppendWindows, kUpdateWindows, kDedupWithinWatermark, kSessions, kOuterJoin };
 
 std::vector<std::vector<Event>> randomInput(uint32_t seed, int partitions, int perPartition) {
   std::mt19937 rng(seed);
@@ -812,6 +941,19 @@ Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, s
               .transformWithState([] { return SessionProcessor{}; }, TimeMode::kEventTime)
               .writeStream().outputMode(OutputMode::kUpdate).checkpoint(store).trigger(Trigger::availableNow())
               .sink(textSink).start();
+        case Workload::kOuterJoin: {
+          // Two streams cut from one source: "orders" (id % 3 != 0) and "payments" (the rest).
+          auto watermarked = source.withWatermark(&Event::ts, 1000ms);
+          auto orders = watermarked.filter([](const Event& e) { return e.id % 3 != 0; });
+          auto payments = watermarked.filter([](const Event& e) { return e.id % 3 == 0; });
+          return Stream<Event>(orders)
+              .join(Stream<Event>(payments), &Event::key, &Event::key,
+                    [](const Event& o, const Event* p) {
+                      return std::to_string(o.id) + "-" + (p ? std::to_string(p->id) : std::string("none"));
+                    },
+                    JoinType::kLeftOuter, timeRange(&Event::ts, &Event::ts, -500ms, 1500ms))
+              .writeStream().checkpoint(store).trigger(Trigger::availableNow()).sink(textSink).start();
+        }
       }
       throw std::logic_error("workload");
     }();
@@ -834,6 +976,7 @@ Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, s
     case Workload::kDedupWithinWatermark:
       return render(eventSink->batches(), [](const Event& e) { return std::to_string(e.id) + "@" + std::to_string(e.ts); });
     case Workload::kSessions:
+    case Workload::kOuterJoin:
       return render(textSink->batches(), [](const std::string& r) { return r; });
   }
   return {};
@@ -886,7 +1029,8 @@ TEST_P(CrashAtEveryStep, OutputEqualsARunWithoutFailures) {
 
 INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStep,
                          ::testing::Values(Workload::kUpdateCount, Workload::kCompleteSum, Workload::kAppendWindows,
-                                           Workload::kUpdateWindows, Workload::kDedupWithinWatermark, Workload::kSessions),
+                                           Workload::kUpdateWindows, Workload::kDedupWithinWatermark, Workload::kSessions,
+                                           Workload::kOuterJoin),
                          [](const auto& info) {
                            switch (info.param) {
                              case Workload::kUpdateCount: return std::string("UpdateCount");
@@ -895,6 +1039,7 @@ INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStep,
                              case Workload::kUpdateWindows: return std::string("UpdateSlidingWindows");
                              case Workload::kDedupWithinWatermark: return std::string("DedupWithinWatermark");
                              case Workload::kSessions: return std::string("TransformWithStateSessions");
+                             case Workload::kOuterJoin: return std::string("LeftOuterStreamStreamJoin");
                            }
                            return std::string("?");
                          });

@@ -44,11 +44,13 @@
 #include "dataflow/batch.h"
 #include "dataflow/checkpoint.h"
 #include "dataflow/detail/fusion.h"
+#include "dataflow/detail/join_operators.h"
 #include "dataflow/detail/micro_batch_execution.h"
 #include "dataflow/detail/operators.h"
 #include "dataflow/detail/plan.h"
 #include "dataflow/detail/stateful_operators.h"
 #include "dataflow/error.h"
+#include "dataflow/join.h"
 #include "dataflow/query.h"
 #include "dataflow/query_options.h"
 #include "dataflow/result.h"
@@ -301,6 +303,82 @@ class Stream {
     requires StateKeyFunction<K, T> && EventTimeFunction<F, T>
   Stream<T> dropDuplicatesWithinWatermark(K key, F eventTime) const {
     return dedup(std::move(key), std::move(eventTime), "DeduplicateWithinWatermark");
+  }
+
+  // Joins every record with the rows of `table` whose key equals its own: `combine(record,
+  // &row)` for each match, and for a left outer join `combine(record, nullptr)` when there is
+  // none. No state: the table is indexed once (a snapshot) or every batch (perBatch).
+  template <class R, class LK, class RK, class F>
+    requires KeyFunction<LK, T> && KeyFunction<RK, R> && std::invocable<const F&, const T&, const R*>
+  auto joinStatic(StaticTable<R> table, LK leftKey, RK rightKey, F combine, JoinType type = JoinType::kInner) const {
+    using Out = std::decay_t<std::invoke_result_t<const F&, const T&, const R*>>;
+    auto input = materialize();
+    auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+        detail::LogicalNode::Kind::kStateful,
+        std::string("BroadcastHashJoin [") + toString(type) + ", static table" +
+            (table.reloads() ? " loaded per batch" : " snapshot") + "]",
+        {}, {input.node}, false});
+    detail::Producer<Out> out{node, [in = input.build, table, leftKey, rightKey, combine, type](detail::Planner& planner) {
+                                return std::unique_ptr<detail::BatchOperator<Out>>(
+                                    new detail::StaticJoinOperator<T, R, LK, RK, F>(in(planner), table, leftKey, rightKey,
+                                                                                    combine, type));
+                              }};
+    return Stream<Out>(session_, std::move(out), detail::Pipe<Out>{}, routing_);
+  }
+
+  // Joins this stream with another on equal keys (symmetric hash join; see join.h): `combine(left,
+  // &right)` per match; for a left outer join `combine(left, nullptr)` once the watermark shows a
+  // left row can no longer match. `range` bounds right.time - left.time and lets the watermark
+  // evict state; a left outer join needs one, and withWatermark() upstream. Output mode: append.
+  template <class R, class Q, class LK, class RK, class F, class TR = NoTimeRange>
+    requires StateKeyFunction<LK, T> && StateKeyFunction<RK, R> && std::invocable<const F&, const T&, const R*> &&
+             std::same_as<std::decay_t<std::invoke_result_t<const LK&, const T&>>,
+                          std::decay_t<std::invoke_result_t<const RK&, const R&>>>
+  auto join(const Stream<R, Q>& right, LK leftKey, RK rightKey, F combine, JoinType type = JoinType::kInner,
+            TR range = {}) const {
+    static_assert(Checkpointable<T> && Checkpointable<R>,
+                  "stream-stream join: both sides' rows are kept in state, so both row types need a StateCodec");
+    constexpr bool kTimed = !std::is_same_v<TR, NoTimeRange>;
+    if (type == JoinType::kLeftOuter && !kTimed) {
+      throw ConfigurationError("a left outer stream-stream join needs a time range (timeRange(...)) and a watermark: "
+                               "without them a left row could still match at any time and would never be emitted");
+    }
+    if constexpr (kTimed) {
+      if (range.lower > range.upper) throw ConfigurationError("join time range: lower bound above upper bound");
+    }
+    using Out = std::decay_t<std::invoke_result_t<const F&, const T&, const R*>>;
+    auto lin = materialize();
+    auto rin = right.materialize();
+    std::string label = std::string("StreamingSymmetricHashJoin [") + toString(type);
+    if constexpr (kTimed) {
+      label += ", right.time - left.time in [" + std::to_string(range.lower.count()) + ", " +
+               std::to_string(range.upper.count()) + "] ms";
+    } else {
+      label += ", no time bound: state is kept forever";
+    }
+    label += "]";
+    auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+        detail::LogicalNode::Kind::kStateful, std::move(label), {}, {lin.node, rin.node}, false});
+    detail::Producer<Out> out{
+        node, [l = lin.build, r = rin.build, leftKey, rightKey, combine, type, range](detail::Planner& planner) {
+          auto lo = l(planner);
+          auto ro = r(planner);
+          if (planner.outputMode != OutputMode::kAppend) {
+            throw ConfigurationError("stream-stream joins support only the append output mode");
+          }
+          if (type == JoinType::kLeftOuter && planner.watermarkDelaysMs.empty()) {
+            throw ConfigurationError("a left outer stream-stream join needs withWatermark(...) upstream");
+          }
+          auto op = std::make_unique<detail::StreamJoinOperator<T, R, LK, RK, F, TR>>(std::move(lo), std::move(ro), leftKey,
+                                                                                      rightKey, combine, type, range);
+          planner.stateful.push_back(op.get());
+          return std::unique_ptr<detail::BatchOperator<Out>>(op.release());
+        }};
+    detail::Routing routing;
+    routing.fallible = routing_.fallible || right.routing_.fallible;
+    routing.handler = routing_.handler ? routing_.handler : right.routing_.handler;
+    routing.handledBySink = routing_.handledBySink || right.routing_.handledBySink;
+    return Stream<Out>(session_, std::move(out), detail::Pipe<Out>{}, std::move(routing));
   }
 
   DataStreamWriter<T> writeStream() const {
