@@ -68,6 +68,9 @@ class BatchLogSink final : public Sink<Row> {
   std::map<int64_t, BatchInfo> infos_;
 };
 
+template <class F>
+void expectRefused(F&& start, const std::string& expected);
+
 using KeyCount = KeyValue<int64_t, int64_t>;
 using WindowCount = KeyValue<Windowed<int64_t>, std::tuple<int64_t, int64_t>>;
 
@@ -372,6 +375,29 @@ TEST(EventTime, TheWatermarkAndItsWindowsSurviveARestart) {
   auto second = run();
   EXPECT_EQ(sorted(second->all()), (std::vector<WindowCount>{{{{10000, 20000}, 1}, {2, 6}}}));
   std::filesystem::remove_all(dir);
+}
+
+TEST(EventTime, SessionWindowsMergeWhenARecordBridgesTwoSessions) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.maxRecordsPerBatch = 2});
+  // Gap 1 s, watermark delay 5 s. Key 1: sessions [1000, 2000) and [2500, 3500) in the first
+  // batch; then 1800 bridges them: one session [1000, 3500) of 3 records. Key 2: alone.
+  in->addData({{1, 1000, 1}, {1, 2500, 2}, {1, 1800, 4}, {2, 1200, 8}, {3, 20000, 0}, {3, 20100, 0}});
+  auto sink = std::make_shared<BatchLogSink<WindowCount>>();
+  auto query = session.readStream(in)
+                   .withWatermark(&Event::ts, 5s)
+                   .groupByKey(&Event::key)
+                   .window(dataflow::session(1s), &Event::ts)
+                   .agg(count(), sum(&Event::value))
+                   .writeStream()
+                   .outputMode(OutputMode::kAppend)
+                   .trigger(Trigger::availableNow())
+                   .sink(sink)
+                   .start();
+  query.awaitTermination();
+  EXPECT_EQ(sorted(sink->all()), (std::vector<WindowCount>{{{{1000, 3500}, 1}, {3, 7}}, {{{1200, 2200}, 2}, {1, 8}}}));
+  EXPECT_EQ(query.lastProgress()->stateOperators[0].numRowsTotal, 1) << "key 3's session is still open";
+  expectRefused([] { dataflow::session(0ms); }, "gap must be positive");
 }
 
 // ------------------------------------------------------------------ deduplication
@@ -854,7 +880,9 @@ class CrashingStore final : public CheckpointStore {
   bool fired_ = false;
 };
 
-enum class Workload { kUpdateCount, kCompleteSum, kAppendWindows, kUpdateWindows, kDedupWithinWatermark, kSessions, kOuterJoin };
+enum class Workload {
+  kUpdateCount, kCompleteSum, kAppendWindows, kUpdateWindows, kDedupWithinWatermark, kSessions, kOuterJoin, kSessionWindows
+};
 
 std::vector<std::vector<Event>> randomInput(uint32_t seed, int partitions, int perPartition) {
   std::mt19937 rng(seed);
@@ -941,6 +969,13 @@ Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, s
               .transformWithState([] { return SessionProcessor{}; }, TimeMode::kEventTime)
               .writeStream().outputMode(OutputMode::kUpdate).checkpoint(store).trigger(Trigger::availableNow())
               .sink(textSink).start();
+        case Workload::kSessionWindows:
+          return source.withWatermark(&Event::ts, 1500ms)
+              .groupByKey(&Event::key)
+              .window(dataflow::session(900ms), &Event::ts)
+              .agg(count(), sum(&Event::value))
+              .writeStream().outputMode(OutputMode::kAppend).checkpoint(store).trigger(Trigger::availableNow())
+              .sink(windowsSink).start();
         case Workload::kOuterJoin: {
           // Two streams cut from one source: "orders" (id % 3 != 0) and "payments" (the rest).
           auto watermarked = source.withWatermark(&Event::ts, 1000ms);
@@ -970,6 +1005,7 @@ Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, s
       return render(countSink->batches(), [](const KeyCount& r) { return std::to_string(r.key) + "=" + std::to_string(r.value); });
     case Workload::kAppendWindows:
     case Workload::kUpdateWindows:
+    case Workload::kSessionWindows:
       return render(windowsSink->batches(), [](const WindowCount& r) {
         return str(r.key) + "=" + std::to_string(std::get<0>(r.value)) + "," + std::to_string(std::get<1>(r.value));
       });
@@ -1030,7 +1066,7 @@ TEST_P(CrashAtEveryStep, OutputEqualsARunWithoutFailures) {
 INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStep,
                          ::testing::Values(Workload::kUpdateCount, Workload::kCompleteSum, Workload::kAppendWindows,
                                            Workload::kUpdateWindows, Workload::kDedupWithinWatermark, Workload::kSessions,
-                                           Workload::kOuterJoin),
+                                           Workload::kOuterJoin, Workload::kSessionWindows),
                          [](const auto& info) {
                            switch (info.param) {
                              case Workload::kUpdateCount: return std::string("UpdateCount");
@@ -1040,6 +1076,7 @@ INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStep,
                              case Workload::kDedupWithinWatermark: return std::string("DedupWithinWatermark");
                              case Workload::kSessions: return std::string("TransformWithStateSessions");
                              case Workload::kOuterJoin: return std::string("LeftOuterStreamStreamJoin");
+                             case Workload::kSessionWindows: return std::string("AppendSessionWindows");
                            }
                            return std::string("?");
                          });

@@ -42,6 +42,7 @@ struct Count {
   template <class T>
   void add(int64_t& acc, const T&) const { ++acc; }
   int64_t result(int64_t acc) const { return acc; }
+  void merge(int64_t& acc, int64_t other) const { acc += other; }
 };
 
 // Integers sum into int64_t, floating-point values into double.
@@ -59,6 +60,8 @@ struct Sum {
   void add(Acc& acc, const T& row) const { acc += static_cast<Acc>(std::invoke(fn, row)); }
   template <class Acc>
   Acc result(const Acc& acc) const { return acc; }
+  template <class Acc>
+  void merge(Acc& acc, const Acc& other) const { acc += other; }
 };
 
 // Min and Max keep {seen, value}; a key always has a value (it exists because a record arrived).
@@ -79,6 +82,10 @@ struct Extreme {
   }
   template <class Acc>
   auto result(const Acc& acc) const { return acc.second; }
+  template <class Acc>
+  void merge(Acc& acc, const Acc& other) const {
+    if (other.first && (!acc.first || (kMax ? acc.second < other.second : other.second < acc.second))) acc = other;
+  }
 };
 
 template <class F>
@@ -95,16 +102,28 @@ struct Avg {
   double result(const std::pair<double, int64_t>& acc) const {
     return acc.second ? acc.first / static_cast<double>(acc.second) : 0.0;
   }
+  void merge(std::pair<double, int64_t>& acc, const std::pair<double, int64_t>& other) const {
+    acc.first += other.first;
+    acc.second += other.second;
+  }
 };
 
 // A user-defined accumulator: init() -> Acc, add(Acc&, const T&), and optionally finish(const
-// Acc&) -> Out (without it the output is the accumulator).
-template <class Init, class Add, class Finish>
+// Acc&) -> Out (without it the output is the accumulator) and merge(Acc&, const Acc&) (needed by
+// session windows, which merge sessions).
+template <class Init, class Add, class Finish, class Merge = std::nullptr_t>
 struct Custom {
   static constexpr const char* kName = "aggregate";
   Init initFn;
   Add addFn;
   Finish finishFn;
+  Merge mergeFn = nullptr;
+  template <class Acc>
+  void merge(Acc& acc, const Acc& other) const
+    requires(!std::is_same_v<Merge, std::nullptr_t>)
+  {
+    std::invoke(mergeFn, acc, other);
+  }
   template <class T>
   auto init() const { return std::invoke(initFn); }
   template <class T, class Acc>
@@ -133,6 +152,10 @@ struct Multi {
   auto result(const Acc& acc) const {
     return resultEach(acc, std::index_sequence_for<As...>{});
   }
+  template <class Acc>
+  void merge(Acc& acc, const Acc& other) const {
+    mergeEach(acc, other, std::index_sequence_for<As...>{});
+  }
   std::string names() const {
     std::string out;
     std::apply([&](const auto&... a) { ((out += (out.empty() ? "" : ", ") + std::string(a.kName)), ...); }, aggs);
@@ -143,6 +166,10 @@ struct Multi {
   template <class T, class Acc, size_t... I>
   void addEach(Acc& acc, const T& row, std::index_sequence<I...>) const {
     (std::get<I>(aggs).template add<T>(std::get<I>(acc), row), ...);
+  }
+  template <class Acc, size_t... I>
+  void mergeEach(Acc& acc, const Acc& other, std::index_sequence<I...>) const {
+    (std::get<I>(aggs).merge(std::get<I>(acc), std::get<I>(other)), ...);
   }
   template <class Acc, size_t... I>
   auto resultEach(const Acc& acc, std::index_sequence<I...>) const {
@@ -185,5 +212,14 @@ template <class Init, class Add, class Finish>
 agg::Custom<Init, Add, Finish> aggregate(Init init, Add add, Finish finish) {
   return {std::move(init), std::move(add), std::move(finish)};
 }
+// With `merge(acc, other)`, which folds one accumulator into another (session windows).
+template <class Init, class Add, class Finish, class Merge>
+agg::Custom<Init, Add, Finish, Merge> aggregate(Init init, Add add, Finish finish, Merge merge) {
+  return {std::move(init), std::move(add), std::move(finish), std::move(merge)};
+}
+
+// An aggregate whose accumulators can be merged (what session windows need).
+template <class A, class T>
+concept MergeableAggregate = AggregateFunction<A, T> && requires(const A& a, agg::AccOf<A, T>& acc) { a.merge(acc, acc); };
 
 }  // namespace dataflow

@@ -33,6 +33,7 @@ template <class T, class KeyFn, class Windowing>
 class KeyedStream {
   using Key = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
   static constexpr bool kWindowed = !std::is_same_v<Windowing, detail::NoWindow>;
+  static constexpr bool kSession = detail::kIsSessionWindows<Windowing>;
 
  public:
   KeyedStream(std::shared_ptr<detail::SessionState> session, detail::Producer<T> input, detail::Routing routing,
@@ -51,6 +52,20 @@ class KeyedStream {
     return KeyedStream<T, KeyFn, detail::EventWindows<F>>(session_, input_, routing_, key_,
                                                           detail::EventWindows<F>{spec, std::move(eventTime)},
                                                           std::move(label));
+  }
+
+  // Groups by session windows instead (see SessionSpec): sessions of a key merge when a record
+  // bridges them, so the aggregates must be mergeable (all built-in ones are; aggregate() takes a
+  // merge function as its fourth argument).
+  template <class F>
+    requires EventTimeFunction<F, T>
+  KeyedStream<T, KeyFn, detail::SessionWindows<F>> window(SessionSpec spec, F eventTime) const
+    requires(!kWindowed)
+  {
+    std::string label = spec.toString();
+    return KeyedStream<T, KeyFn, detail::SessionWindows<F>>(session_, input_, routing_, key_,
+                                                            detail::SessionWindows<F>{spec, std::move(eventTime)},
+                                                            std::move(label));
   }
 
   // Several aggregates in one pass over the records; the value is the tuple of their results (a
@@ -115,7 +130,12 @@ class KeyedStream {
  private:
   template <class A>
   auto aggregateWith(A aggregate, const std::string& names) const {
-    using Op = detail::AggregateOperator<T, KeyFn, A, Windowing>;
+    if constexpr (kSession) {
+      static_assert(MergeableAggregate<A, T>,
+                    "session windows merge sessions: every aggregate needs merge(acc, other) (pass one to aggregate())");
+    }
+    using Op = std::conditional_t<kSession, detail::SessionAggregateOperator<T, KeyFn, A, SessionTimeFn<Windowing>>,
+                                  detail::AggregateOperator<T, KeyFn, A, Windowing>>;
     using GroupKey = std::conditional_t<kWindowed, Windowed<Key>, Key>;
     using Row = KeyValue<GroupKey, agg::OutOf<A, T>>;
     std::string label = "StateStoreSave [aggregates=" + names +
@@ -145,6 +165,9 @@ class KeyedStream {
         }};
     return Stream<Row>(session_, std::move(out), detail::Pipe<Row>{}, routing_);
   }
+
+  template <class W>
+  using SessionTimeFn = typename detail::SessionTimeOf<W>::type;
 
   std::shared_ptr<detail::SessionState> session_;
   detail::Producer<T> input_;

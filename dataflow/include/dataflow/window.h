@@ -124,6 +124,15 @@ class WindowSpec {
   int64_t slideMs_;
 };
 
+// Session windows: a key's records closer than `gap` to each other form one window, from the first
+// record's time to the last one's + gap. A record that bridges two sessions merges them.
+struct SessionSpec {
+  int64_t gapMs = 0;
+  std::string toString() const { return "session(gap " + std::to_string(gapMs) + " ms)"; }
+};
+// Throws ConfigurationError for a gap <= 0.
+SessionSpec session(std::chrono::milliseconds gap);
+
 // Fixed windows of `size` that do not overlap. Throws ConfigurationError for a size <= 0.
 WindowSpec tumbling(std::chrono::milliseconds size);
 // Windows of `size` starting every `slide`. Throws ConfigurationError unless 0 < slide <= size.

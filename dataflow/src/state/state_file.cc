@@ -182,6 +182,11 @@ WindowSpec sliding(std::chrono::milliseconds size, std::chrono::milliseconds sli
   return WindowSpec(WindowSpec::Kind::kSliding, size.count(), slide.count());
 }
 
+SessionSpec session(std::chrono::milliseconds gap) {
+  if (gap.count() <= 0) throw ConfigurationError("session window: the gap must be positive, got " + std::to_string(gap.count()) + " ms");
+  return SessionSpec{gap.count()};
+}
+
 std::string WindowSpec::toString() const {
   if (kind_ == Kind::kTumbling) return "tumbling(" + std::to_string(sizeMs_) + " ms)";
   return "sliding(" + std::to_string(sizeMs_) + " ms, " + std::to_string(slideMs_) + " ms)";

@@ -244,6 +244,151 @@ class AggregateOperator final
   OutputMode mode_;
 };
 
+// Session windows over the event time given by `time`.
+template <class TimeFn>
+struct SessionWindows {
+  SessionSpec spec;
+  TimeFn time;
+};
+
+template <class W>
+inline constexpr bool kIsSessionWindows = false;
+template <class F>
+inline constexpr bool kIsSessionWindows<SessionWindows<F>> = true;
+template <class W>
+struct SessionTimeOf {
+  using type = void;
+};
+template <class F>
+struct SessionTimeOf<SessionWindows<F>> {
+  using type = F;
+};
+
+// Aggregation in session windows. State per key: its open sessions, sorted by start, each with
+// its accumulator; a record's own window [t, t + gap) merges every session it overlaps (their
+// accumulators merged) into one. A session is final once the watermark reaches its end: emitted
+// then in append mode (and evicted in both modes); update mode emits every open session of a key
+// the batch touched. A record whose own window ends at or before the watermark is late.
+template <class T, class KeyFn, class A, class TimeFn>
+class SessionAggregateOperator final
+    : public BatchOperator<KeyValue<Windowed<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>>, agg::OutOf<A, T>>>,
+      public KeyedStatefulOperator<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>,
+                                   std::vector<std::tuple<int64_t, int64_t, agg::AccOf<A, T>>>> {
+  using Key = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
+  using Acc = agg::AccOf<A, T>;
+  using SessionEntry = std::tuple<int64_t, int64_t, Acc>;  // start, end, accumulator
+  using Row = KeyValue<Windowed<Key>, agg::OutOf<A, T>>;
+  using Base = KeyedStatefulOperator<Key, std::vector<SessionEntry>>;
+  using typename Base::Slot;
+  using Base::state_;
+
+ public:
+  SessionAggregateOperator(std::unique_ptr<BatchOperator<T>> input, KeyFn key, A aggregate, SessionWindows<TimeFn> windows,
+                           OutputMode mode)
+      : input_(std::move(input)), key_(std::move(key)), agg_(std::move(aggregate)), windows_(std::move(windows)),
+        mode_(mode) {}
+
+  std::string operatorName() const override { return "sessionWindowStateStoreSave"; }
+
+  void produce(ExecContext& ctx, Batch<Row>& out) override {
+    Batch<T> in;
+    input_->produce(ctx, in);
+    out.deadLetters() = std::move(in.deadLetters());
+    const int64_t watermark = ctx.watermarkMs;
+    auto slots = this->slotsFor(in);
+    auto& inParts = in.partitions();
+    tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) { update(*slots[i], inParts[i].rows, watermark); });
+    auto all = this->allSlots();
+    auto& outParts = out.partitions();
+    outParts.resize(all.size());
+    tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
+      outParts[i].id = all[i]->id;
+      emit(*all[i], outParts[i].rows, watermark);
+    });
+  }
+
+  void finishRestore() override {
+    for (auto& [id, slot] : state_.all()) {
+      slot->byDeadline.clear();
+      for (const auto& [k, s] : slot->state.map()) {
+        for (const auto& e : s.value) slot->byDeadline[std::get<1>(e)].push_back(k);
+      }
+    }
+  }
+
+ private:
+  void update(Slot& slot, const std::vector<T>& rows, int64_t watermark) {
+    const int64_t gap = windows_.spec.gapMs;
+    for (const T& row : rows) {
+      int64_t t = toEventTimeMs(std::invoke(windows_.time, row));
+      if (t + gap <= watermark) {
+        ++slot.droppedLate;
+        continue;
+      }
+      Key k = std::invoke(key_, row);
+      bool created = false;
+      auto& sessions = slot.state.upsert(k, [] { return std::vector<SessionEntry>{}; }, created);
+      SessionEntry merged{t, t + gap, agg_.template init<T>()};
+      agg_.template add<T>(std::get<2>(merged), row);
+      // Fold in every session that overlaps [t, t + gap); the rest stay as they are.
+      std::vector<SessionEntry> kept;
+      kept.reserve(sessions.size() + 1);
+      for (auto& s : sessions) {
+        if (std::get<0>(s) < std::get<1>(merged) && std::get<0>(merged) < std::get<1>(s)) {
+          std::get<0>(merged) = std::min(std::get<0>(merged), std::get<0>(s));
+          std::get<1>(merged) = std::max(std::get<1>(merged), std::get<1>(s));
+          agg_.merge(std::get<2>(merged), std::get<2>(s));
+        } else {
+          kept.push_back(std::move(s));
+        }
+      }
+      slot.byDeadline[std::get<1>(merged)].push_back(k);
+      auto pos = std::lower_bound(kept.begin(), kept.end(), merged,
+                                  [](const SessionEntry& a, const SessionEntry& b) { return std::get<0>(a) < std::get<0>(b); });
+      kept.insert(pos, std::move(merged));
+      sessions = std::move(kept);
+    }
+  }
+
+  void emit(Slot& slot, std::vector<Row>& rows, int64_t watermark) {
+    auto row = [&](const Key& k, const SessionEntry& s) {
+      return Row{Windowed<Key>{Window{std::get<0>(s), std::get<1>(s)}, k}, agg_.result(std::get<2>(s))};
+    };
+    if (mode_ == OutputMode::kUpdate) {
+      slot.state.forEachChanged([&](const Key& k, const std::vector<SessionEntry>& sessions) {
+        for (const auto& s : sessions) rows.push_back(row(k, s));
+      });
+    }
+    // Sessions the watermark closed: emitted in append mode, dropped in both.
+    auto& index = slot.byDeadline;
+    while (!index.empty() && index.begin()->first <= watermark) {
+      for (const Key& k : index.begin()->second) {
+        auto it = slot.state.map().find(k);
+        if (it == slot.state.map().end()) continue;
+        auto& sessions = it->second.value;
+        size_t before = sessions.size();
+        std::erase_if(sessions, [&](const SessionEntry& s) {
+          if (std::get<1>(s) > watermark) return false;
+          if (mode_ == OutputMode::kAppend) rows.push_back(row(k, s));
+          return true;
+        });
+        if (sessions.empty()) {
+          slot.state.erase(it);
+        } else if (sessions.size() != before) {
+          slot.state.touch(it);
+        }
+      }
+      index.erase(index.begin());
+    }
+  }
+
+  std::unique_ptr<BatchOperator<T>> input_;
+  KeyFn key_;
+  A agg_;
+  SessionWindows<TimeFn> windows_;
+  OutputMode mode_;
+};
+
 // Keeps the first record of each key. Without an event time the keys are kept forever (Spark's
 // dropDuplicates without a watermark); with one (dropDuplicatesWithinWatermark) a key is
 // remembered until the watermark reaches its first record's event time + `expireAfterMs` (keys
