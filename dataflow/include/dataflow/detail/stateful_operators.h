@@ -75,6 +75,22 @@ class KeyedStatefulOperator : public StatefulOperator {
     for (size_t i = 0; i < slots.size(); ++i) slots[i] = &state_.get(in.partitions()[i].id);
     return slots;
   }
+  // The shape of a keyed aggregation's batch: update(slot, rows) for each input partition, then
+  // emit(slot, outRows) for every partition with state (output partitions in partition order),
+  // partitions in parallel in both phases.
+  template <class In, class Row, class Update, class Emit>
+  void updateThenEmit(Batch<In>& in, Batch<Row>& out, Update&& update, Emit&& emit) {
+    auto slots = slotsFor(in);
+    auto& inParts = in.partitions();
+    tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) { update(*slots[i], inParts[i].rows); });
+    auto all = allSlots();
+    auto& outParts = out.partitions();
+    outParts.resize(all.size());
+    tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
+      outParts[i].id = all[i]->id;
+      emit(*all[i], outParts[i].rows);
+    });
+  }
   std::vector<Slot*> allSlots() {
     std::vector<Slot*> all;
     for (auto& [id, slot] : state_.all()) all.push_back(slot.get());
@@ -153,20 +169,9 @@ class AggregateOperator final
     input_->produce(ctx, in);
     out.deadLetters() = std::move(in.deadLetters());
     const int64_t watermark = ctx.watermarkMs;
-
-    // Update each input partition's state, partitions in parallel.
-    auto slots = this->slotsFor(in);
-    auto& inParts = in.partitions();
-    tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) { update(*slots[i], inParts[i].rows, watermark); });
-
-    // Emit (and evict) in every partition that has state, in partition order.
-    auto all = this->allSlots();
-    auto& outParts = out.partitions();
-    outParts.resize(all.size());
-    tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
-      outParts[i].id = all[i]->id;
-      emit(*all[i], outParts[i].rows, watermark);
-    });
+    this->updateThenEmit(
+        in, out, [&](Slot& slot, const std::vector<T>& rows) { update(slot, rows, watermark); },
+        [&](Slot& slot, std::vector<Row>& rows) { emit(slot, rows, watermark); });
   }
 
   void finishRestore() override {
@@ -295,16 +300,9 @@ class SessionAggregateOperator final
     input_->produce(ctx, in);
     out.deadLetters() = std::move(in.deadLetters());
     const int64_t watermark = ctx.watermarkMs;
-    auto slots = this->slotsFor(in);
-    auto& inParts = in.partitions();
-    tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) { update(*slots[i], inParts[i].rows, watermark); });
-    auto all = this->allSlots();
-    auto& outParts = out.partitions();
-    outParts.resize(all.size());
-    tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
-      outParts[i].id = all[i]->id;
-      emit(*all[i], outParts[i].rows, watermark);
-    });
+    this->updateThenEmit(
+        in, out, [&](Slot& slot, const std::vector<T>& rows) { update(slot, rows, watermark); },
+        [&](Slot& slot, std::vector<Row>& rows) { emit(slot, rows, watermark); });
   }
 
   void finishRestore() override {
