@@ -58,6 +58,8 @@ async function refresh() {
         <span class="kpi"><b>${Math.round(last.processedRowsPerSecond || 0)}</b>processed rows/s</span>
         <span class="kpi"><b>${lagOf(last)}</b>offsets behind latest</span>
         <span class="kpi"><b>${deadTotal}</b>dead letters (recent batches)</span>
+        ${(last.stateOperators || []).length ? `<span class="kpi"><b>${last.stateOperators.reduce((a, o) => a + o.numRowsTotal, 0)}</b>rows in state (${last.stateOperators.map(o => esc(o.operatorName)).join(', ')})</span>` : ''}
+        ${last.eventTime && last.eventTime.watermark ? `<span class="kpi"><b>${esc(last.eventTime.watermark)}</b>watermark</span>` : ''}
         ${j.source && j.source.slot ? `<span class="kpi"><b>${j.source.slotLagBytes}</b>slot ${esc(j.source.slot)} lag (bytes)</span>` : ''}
         ${j.source && j.source.connector ? `<span class="kpi"><b class="${j.source.connectorState === 'RUNNING' ? 'state-running' : 'err'}">${esc(j.source.connectorState)}</b>connector ${esc(j.source.connector)}</span>` : ''}
         ${chart(progress)}

@@ -7,9 +7,9 @@ DEMO=${2:?demo job}
 OUT=${3:?output folder}
 mkdir -p "$OUT"
 export DATAFLOW_HOME=$(mktemp -d)
-free_port() { for _ in $(seq 1 100); do p=$((20000 + RANDOM % 30000)); ss -ltnH "sport = :$p" | grep -q . || { echo $p; return; }; done; }
+source "$(dirname "$0")/../../scripts/lib/ports.sh"   # free_port: outside the ephemeral range
 export DATAFLOW_UI_PORT=$(free_port)
-export DATAFLOW_METRICS_BASE_PORT=$(free_port)
+export DATAFLOW_METRICS_BASE_PORT=$(free_port "$DATAFLOW_UI_PORT")
 trap 'kill -TERM "$sup" 2>/dev/null; wait "$sup" 2>/dev/null; rm -rf "$DATAFLOW_HOME"' EXIT
 fail() { echo "FAIL: $*" >&2; cat "$DATAFLOW_HOME/supervisor.log" >&2 || true; exit 1; }
 
@@ -30,7 +30,15 @@ echo "$api" | jq -e '.[0].name == "demo" and .[0].state == "running" and (.[0].p
 chrome=(chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking
         --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --virtual-time-budget=4000 --window-size=1200,1000)
 dom=$("${chrome[@]}" --dump-dom "$url/" 2>/dev/null) || fail "chromium could not load the page"
-for needle in "demo" "running" "input rows/s" "processed rows/s" "<polyline" "demo_error" "latest dead letters"; do
+echo "$api" | jq -e '.[0].progress[-1].stateOperators[0].numRowsTotal == 10 and (.[0].progress[-1].eventTime.watermark | length) > 0' > /dev/null \
+  || fail "progress lacks the state operator or the watermark: $(echo "$api" | jq -c '.[0].progress[-1]')"
+metrics=$(curl -sf "http://127.0.0.1:$(echo "$api" | jq -r '.[0].metricsPort')/metrics") || fail "/metrics of the demo job"
+for needle in 'dataflow_state_rows{operator="0:stateStoreSave",query="demo"} 10' 'dataflow_watermark_seconds{query="demo"}' \
+              'dataflow_state_memory_bytes{operator="0:stateStoreSave"' 'dataflow_state_rows_updated_total{operator="0:stateStoreSave"'; do
+  [[ "$metrics" == *"$needle"* ]] || fail "/metrics lacks '$needle'"
+done
+for needle in "demo" "running" "input rows/s" "processed rows/s" "<polyline" "demo_error" "latest dead letters" \
+              "rows in state" "watermark"; do
   [[ "$dom" == *"$needle"* ]] || fail "the rendered page lacks '$needle'"
 done
 "${chrome[@]}" --screenshot="$OUT/status-page.png" "$url/" > /dev/null 2>&1 || fail "screenshot"

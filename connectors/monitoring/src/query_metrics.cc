@@ -18,9 +18,30 @@
 #include <mutex>
 #include <optional>
 
+#include <cstdio>
+#include <ctime>
+
 #include "dataflow/error.h"
 
 namespace dataflow::monitoring {
+namespace {
+
+// Seconds since the epoch of an ISO-8601 UTC timestamp as progress records write them
+// ("2026-11-30T14:05:35.123Z"); 0 when it does not parse.
+double isoSeconds(const std::string& iso) {
+  std::tm tm{};
+  int ms = 0;
+  if (std::sscanf(iso.c_str(), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+                  &tm.tm_sec, &ms) < 6) {
+    return 0;
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<double>(timegm(&tm)) + ms / 1000.0;
+}
+
+}  // namespace
+
 
 struct QueryMetrics::Impl {
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
@@ -60,6 +81,20 @@ struct QueryMetrics::Impl {
       .Name("dataflow_source_connector_running").Help("1 when the connector and all its tasks are RUNNING").Register(*registry);
   prometheus::Family<prometheus::Gauge>& failedTasks = prometheus::BuildGauge()
       .Name("dataflow_source_connector_failed_tasks").Help("Connector tasks in state FAILED").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& stateRows = prometheus::BuildGauge()
+      .Name("dataflow_state_rows").Help("Keys in the state of a stateful operator").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& stateMemory = prometheus::BuildGauge()
+      .Name("dataflow_state_memory_bytes").Help("Memory of a stateful operator's state (estimate)").Register(*registry);
+  prometheus::Family<prometheus::Counter>& stateUpdated = prometheus::BuildCounter()
+      .Name("dataflow_state_rows_updated_total").Help("Keys written by batches, per stateful operator").Register(*registry);
+  prometheus::Family<prometheus::Counter>& stateRemoved = prometheus::BuildCounter()
+      .Name("dataflow_state_rows_removed_total").Help("Keys removed (evicted by the watermark, expired)").Register(*registry);
+  prometheus::Family<prometheus::Counter>& droppedLate = prometheus::BuildCounter()
+      .Name("dataflow_rows_dropped_by_watermark_total").Help("Input rows dropped as late, per stateful operator").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& stateCommit = prometheus::BuildGauge()
+      .Name("dataflow_state_commit_seconds").Help("Time to encode and write the last batch's state changes").Register(*registry);
+  prometheus::Family<prometheus::Gauge>& watermark = prometheus::BuildGauge()
+      .Name("dataflow_watermark_seconds").Help("The event-time watermark of the last batch (seconds since the epoch)").Register(*registry);
   std::optional<SourceHealth> health;
   std::mutex mu;
   std::string name = "unnamed";
@@ -101,6 +136,19 @@ void QueryMetrics::onQueryProgress(const QueryProgress& p) {
   }
   if (auto it = p.durationMs.find("commitOffsets"); it != p.durationMs.end()) {
     impl_->commitSeconds.Add(query, Impl::buckets()).Observe(it->second / 1000.0);
+  }
+  for (size_t i = 0; i < p.stateOperators.size(); ++i) {
+    const auto& op = p.stateOperators[i];
+    const prometheus::Labels labels{{"query", impl_->name}, {"operator", std::to_string(i) + ":" + op.operatorName}};
+    impl_->stateRows.Add(labels).Set(static_cast<double>(op.numRowsTotal));
+    impl_->stateMemory.Add(labels).Set(static_cast<double>(op.memoryUsedBytes));
+    impl_->stateUpdated.Add(labels).Increment(static_cast<double>(op.numRowsUpdated));
+    impl_->stateRemoved.Add(labels).Increment(static_cast<double>(op.numRowsRemoved));
+    impl_->droppedLate.Add(labels).Increment(static_cast<double>(op.numRowsDroppedByWatermark));
+    impl_->stateCommit.Add(labels).Set(op.commitTimeMs / 1000.0);
+  }
+  if (auto it = p.eventTime.find("watermark"); it != p.eventTime.end()) {
+    impl_->watermark.Add(query).Set(isoSeconds(it->second));
   }
   std::map<std::string, prometheus::Gauge*> partitionGauges;
   for (const auto& source : p.sources) {
