@@ -47,6 +47,11 @@ void QueryOptions::set(const std::string& key, const std::string& value) {
     } else {
       throw ConfigurationError("option 'outputMode': expected append, update or complete, got '" + value + "'");
     }
+  } else if (key == "lateRecords") {
+    if (value != "drop" && value != "deadLetter") {
+      throw ConfigurationError("option 'lateRecords': expected drop or deadLetter, got '" + value + "'");
+    }
+    lateRecordsToDeadLetters = value == "deadLetter";
   } else if (key == "state.minDeltasForSnapshot") {
     state.minDeltasForSnapshot = static_cast<int>(parsePositive(key, value, 1));
   } else if (key == "state.minVersionsToRetain") {
@@ -57,7 +62,7 @@ void QueryOptions::set(const std::string& key, const std::string& value) {
     throw ConfigurationError("unknown query option '" + key +
                              "' (known: queryName, retry.maxAttempts, retry.initialBackoffMs, "
                              "retry.maxBackoffMs, idlePollIntervalMs, progress.retained, overlapBatches, outputMode, "
-                             "state.minDeltasForSnapshot, state.minVersionsToRetain)");
+                             "lateRecords, state.minDeltasForSnapshot, state.minVersionsToRetain)");
   }
 }
 

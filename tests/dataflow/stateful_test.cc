@@ -400,6 +400,50 @@ TEST(EventTime, SessionWindowsMergeWhenARecordBridgesTwoSessions) {
   expectRefused([] { dataflow::session(0ms); }, "gap must be positive");
 }
 
+// A record that carries its source position and raw bytes, as Kafka records do.
+struct RawEvent {
+  std::string topic;
+  int32_t partition = 0;
+  int64_t offset = 0;
+  std::string key;
+  std::string payload;
+  int64_t ts = 0;
+};
+
+TEST(EventTime, LateRecordsCanGoToTheDeadLettersWithTheirRawBytes) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<RawEvent>>("raw", MemoryStreamOptions{.maxRecordsPerBatch = 1});
+  in->addData({{"orders", 3, 70, "k1", "{\"on\":\"time\"}", 50000}, {"orders", 3, 71, "k2", "{\"too\":\"late\"}", 1000}});
+  std::vector<DeadLetter> dead;
+  auto query = session.readStream(in)
+                   .withWatermark(&RawEvent::ts, 5s)
+                   .groupByKey(&RawEvent::topic)
+                   .window(tumbling(10s), &RawEvent::ts)
+                   .count()
+                   .deadLetters([&](std::span<const DeadLetter> d, const BatchInfo&) { dead.insert(dead.end(), d.begin(), d.end()); })
+                   .writeStream()
+                   .outputMode(OutputMode::kUpdate)
+                   .lateRecordsToDeadLetters()
+                   .trigger(Trigger::availableNow())
+                   .foreachBatch([](const auto&, const BatchInfo&) {})
+                   .start();
+  query.awaitTermination();
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].errorKind, "late_event");
+  EXPECT_EQ(dead[0].topic, "orders");
+  EXPECT_EQ(dead[0].partition, 3);
+  EXPECT_EQ(dead[0].offset, 71);
+  EXPECT_EQ(dead[0].key, "k2");
+  EXPECT_EQ(dead[0].payload, "{\"too\":\"late\"}");
+  EXPECT_NE(dead[0].errorMessage.find("behind the watermark 45000 ms"), std::string::npos) << dead[0].errorMessage;
+  // Unrouted, the option is refused at start.
+  expectRefused([&] {
+    session.readStream(in).withWatermark(&RawEvent::ts, 5s).groupByKey(&RawEvent::topic).window(tumbling(10s), &RawEvent::ts)
+        .count().writeStream().outputMode(OutputMode::kUpdate).lateRecordsToDeadLetters()
+        .foreachBatch([](const auto&, const BatchInfo&) {}).start();
+  }, "late records go to the dead letters");
+}
+
 // ------------------------------------------------------------------ deduplication
 
 TEST(Deduplication, DropDuplicatesKeepsTheFirstRecordOfAKeyAcrossBatches) {

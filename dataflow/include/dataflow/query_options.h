@@ -40,6 +40,10 @@ struct QueryOptions {
   // What a stateful query writes each batch (Spark's outputMode; stateless queries ignore it).
   // Option "outputMode" (append, update, complete). Default: append, as Spark's.
   OutputMode outputMode = OutputMode::kAppend;
+  // Records that arrive behind the watermark are dropped and counted; with this they also become
+  // dead letters (kind "late_event", with their raw bytes where the record type carries them),
+  // which then must be routed. Option "lateRecords" (drop, deadLetter). Default: false (drop).
+  bool lateRecordsToDeadLetters = false;
   // Snapshots and retention of operator state. Options "state.minDeltasForSnapshot",
   // "state.minVersionsToRetain".
   StateOptions state;

@@ -478,6 +478,11 @@ class DataStreamWriter {
     options_.outputMode = mode;
     return *this;
   }
+  // Late records become dead letters too (see QueryOptions::lateRecordsToDeadLetters).
+  DataStreamWriter& lateRecordsToDeadLetters(bool on = true) {
+    options_.lateRecordsToDeadLetters = on;
+    return *this;
+  }
   DataStreamWriter& overlapBatches(bool on) {
     options_.overlapBatches = on;
     return *this;
@@ -528,6 +533,11 @@ class DataStreamWriter {
   // runBatch()).
   std::shared_ptr<detail::MicroBatchExecution> build() {
     if (!sink_) throw ConfigurationError("writeStream: no sink; call foreachBatch(...) or sink(...)");
+    if (options_.lateRecordsToDeadLetters && !routing_.handler && !routing_.handledBySink) {
+      throw ConfigurationError("query '" + options_.name +
+                               "': late records go to the dead letters (lateRecords=deadLetter), which are not routed; "
+                               "call deadLetters(handler) or deadLettersHandledBySink() on the stream before writeStream()");
+    }
     if (!routing_.routed()) {
       throw ConfigurationError(
           "query '" + options_.name +
@@ -546,6 +556,7 @@ class DataStreamWriter {
     plan.root = std::make_unique<detail::SinkOperator<T>>(std::move(input), sink_, routing_.handler);
     plan.sources = planner.takeSources();
     plan.logical = sinkNode();
+    for (auto* op : planner.stateful) op->routeLateRecords(options_.lateRecordsToDeadLetters);
     plan.stateful = std::move(planner.stateful);
     plan.watermarkDelaysMs = std::move(planner.watermarkDelaysMs);
     QueryOptions options = options_;

@@ -114,7 +114,10 @@ class StreamJoinOperator final
     for (auto& part : lin.partitions()) {
       for (L& l : part.rows) {
         int64_t t = leftTime(l);
-        if (late(t, watermark)) continue;
+        if (late(t, watermark)) {
+          if (lateToDeadLetters()) out.deadLetters().push_back(lateDeadLetter(l, t, watermark, operatorName()));
+          continue;
+        }
         Key k = std::invoke(leftKey_, l);
         bool matched = false;
         auto it = right_side_.state.map().find(k);
@@ -133,7 +136,10 @@ class StreamJoinOperator final
     for (auto& part : rin.partitions()) {
       for (R& r : part.rows) {
         int64_t t = rightTime(r);
-        if (late(t, watermark)) continue;
+        if (late(t, watermark)) {
+          if (lateToDeadLetters()) out.deadLetters().push_back(lateDeadLetter(r, t, watermark, operatorName()));
+          continue;
+        }
         Key k = std::invoke(rightKey_, r);
         auto it = left_side_.state.map().find(k);
         if (it != left_side_.state.map().end()) {

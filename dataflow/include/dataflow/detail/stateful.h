@@ -15,7 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "dataflow/batch.h"
 #include "dataflow/progress.h"
+#include "dataflow/source.h"
 #include "dataflow/state.h"
 #include "dataflow/window.h"
 
@@ -66,13 +68,44 @@ class StatefulOperator {
   // The figures of the last batch.
   virtual StateOperatorProgress progress() const = 0;
 
+  // Late records (behind the watermark) become dead letters instead of being only dropped and
+  // counted (QueryOptions::lateRecordsToDeadLetters).
+  void routeLateRecords(bool toDeadLetters) { lateToDeadLetters_ = toDeadLetters; }
+  bool lateToDeadLetters() const { return lateToDeadLetters_; }
+
   // Whether a batch should run now even without new data (a timer is due at the batch's time
   // `nowMs` or watermark). Watermark-driven emission is the engine's own rule.
   virtual bool wantsBatch(int64_t /*nowMs*/, int64_t /*watermarkMs*/) const { return false; }
 
  private:
   int id_ = 0;
+  bool lateToDeadLetters_ = false;
 };
+
+// The dead letter of a record that arrived behind the watermark: kind "late_event", with the
+// record's source position and raw bytes where its type carries them (SourcePosition; `key` and
+// `payload` members, as Kafka records have).
+template <class T>
+DeadLetter lateDeadLetter(const T& row, int64_t eventMs, int64_t watermarkMs, const std::string& operatorName) {
+  DeadLetter d;
+  d.errorKind = "late_event";
+  d.errorMessage = operatorName + ": event time " + std::to_string(eventMs) + " ms is behind the watermark " +
+                   std::to_string(watermarkMs) + " ms";
+  if constexpr (SourcePosition<T>) {
+    d.topic = std::string(row.topic);
+    d.partition = static_cast<int32_t>(row.partition);
+    d.offset = static_cast<int64_t>(row.offset);
+  }
+  if constexpr (requires { { row.payload } -> std::convertible_to<std::string_view>; }) {
+    d.payload = std::string(std::string_view(row.payload));
+    d.hasPayload = true;
+  }
+  if constexpr (requires { { row.key } -> std::convertible_to<std::string_view>; }) {
+    d.key = std::string(std::string_view(row.key));
+    d.hasKey = true;
+  }
+  return d;
+}
 
 // The state of one operator in one partition: keys K to values V in a flat hash map, with the
 // keys changed and removed since the last collectChanges(). Used by one task at a time.
@@ -256,6 +289,7 @@ struct PartitionSlot {
   PartitionState<K, V> state;
   absl::btree_map<int64_t, std::vector<K>> byDeadline;  // eviction time -> keys
   int64_t droppedLate = 0;                                // this batch
+  std::vector<DeadLetter> late;                           // this batch, when routed to dead letters
 };
 
 // Helper for typed operators: the states by partition, created on the driver thread before a

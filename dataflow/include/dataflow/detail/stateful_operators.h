@@ -70,7 +70,10 @@ class KeyedStatefulOperator : public StatefulOperator {
   // parallel section), with every partition's late-record counter reset.
   template <class Row>
   std::vector<Slot*> slotsFor(const Batch<Row>& in) {
-    for (auto& [id, slot] : state_.all()) slot->droppedLate = 0;
+    for (auto& [id, slot] : state_.all()) {
+      slot->droppedLate = 0;
+      slot->late.clear();
+    }
     std::vector<Slot*> slots(in.partitions().size());
     for (size_t i = 0; i < slots.size(); ++i) slots[i] = &state_.get(in.partitions()[i].id);
     return slots;
@@ -83,6 +86,7 @@ class KeyedStatefulOperator : public StatefulOperator {
     auto slots = slotsFor(in);
     auto& inParts = in.partitions();
     tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) { update(*slots[i], inParts[i].rows); });
+    takeLate(out);
     auto all = allSlots();
     auto& outParts = out.partitions();
     outParts.resize(all.size());
@@ -90,6 +94,14 @@ class KeyedStatefulOperator : public StatefulOperator {
       outParts[i].id = all[i]->id;
       emit(*all[i], outParts[i].rows);
     });
+  }
+  // Moves the batch's late records (when routed to dead letters) into the output batch.
+  template <class Row>
+  void takeLate(Batch<Row>& out) {
+    for (auto& [id, slot] : state_.all()) {
+      for (auto& d : slot->late) out.deadLetters().push_back(std::move(d));
+      slot->late.clear();
+    }
   }
   std::vector<Slot*> allSlots() {
     std::vector<Slot*> all;
@@ -217,7 +229,10 @@ class AggregateOperator final
           if (created) slot.byDeadline[w.endMs].push_back(gk);
           agg_.template add<T>(acc, row);
         });
-        if (!open) ++slot.droppedLate;
+        if (!open) {
+          ++slot.droppedLate;
+          if (this->lateToDeadLetters()) slot.late.push_back(lateDeadLetter(row, t, watermark, operatorName()));
+        }
       }
     }
   }
@@ -321,6 +336,7 @@ class SessionAggregateOperator final
       int64_t t = toEventTimeMs(std::invoke(windows_.time, row));
       if (t + gap <= watermark) {
         ++slot.droppedLate;
+        if (this->lateToDeadLetters()) slot.late.push_back(lateDeadLetter(row, t, watermark, operatorName()));
         continue;
       }
       Key k = std::invoke(key_, row);
@@ -435,6 +451,7 @@ class DedupOperator final
           int64_t t = toEventTimeMs(std::invoke(time_, row));
           if (t < watermark) {
             ++slot.droppedLate;
+            if (this->lateToDeadLetters()) slot.late.push_back(lateDeadLetter(row, t, watermark, operatorName()));
             continue;
           }
           expiry = t + expireAfterMs_;
@@ -445,6 +462,7 @@ class DedupOperator final
         rows.push_back(std::move(row));
       }
     });
+    this->takeLate(out);
   }
 
   void finishRestore() override {
