@@ -60,6 +60,17 @@ case "${1:-}" in
       || fail "the migrations did not run"
     grep -q "postgres: running" <<< "$(scripts/stack status || true)" || fail "status does not see PostgreSQL"
 
+    # A state folder deleted without `reset` leaves the cluster outside the clone; a new state
+    # folder at the same path must start empty, not with the old data.
+    psql -X -qc "CREATE TABLE leftover_from_deleted_state (x int)"
+    scripts/stack down
+    rm -rf .state
+    out=$(scripts/stack up --only=postgres 2>&1) || { echo "$out" >&2; fail "up after deleting the state folder"; }
+    contains "$out" "removing PostgreSQL data left in $data"
+    eval "$(scripts/stack env)"
+    [[ -z $(psql -X -tAc "SELECT 1 FROM pg_tables WHERE tablename = 'leftover_from_deleted_state'") ]] \
+      || fail "the deleted state folder's data came back"
+
     # The whole stack, then both jobs from the build on the clone's stack.
     scripts/stack up
     eval "$(scripts/stack env)"
