@@ -509,7 +509,7 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
           stateCollected = true;
           ctx.info.nextBatchWatermarkMs = nextWatermark(ctx.eventTime);
           if (state_) {
-            stateChanges = state_->collect(entry.batchId);
+            session_->arena.execute([&] { stateChanges = state_->collect(entry.batchId); });
             ctx.info.stateChanges = &stateChanges;
           }
         }

@@ -311,19 +311,29 @@ class PartitionedState {
   const std::map<PartitionId, std::unique_ptr<Slot>>& all() const { return parts_; }
   void clear() { parts_.clear(); }
 
+  // Encodes every partition's delta, partitions in parallel (on the caller's arena), and appends
+  // the files in partition order.
   void collect(int operatorId, int64_t version, StateChanges& out, StateOperatorProgress& p) {
-    p.numRowsUpdated = 0;
-    p.numRowsRemoved = 0;
-    p.numDeltaBytes = 0;
-    for (auto& [id, slot] : parts_) {
-      p.numRowsRemoved += slot->state.removedCount();
-      if (!slot->state.hasChanges()) continue;
+    struct Encoded {
+      std::string bytes;
       size_t entries = 0, puts = 0;
-      std::string bytes = slot->state.encodeDelta(entries, puts);
-      p.numRowsUpdated += static_cast<int64_t>(puts);
-      if (entries == 0) continue;
-      p.numDeltaBytes += static_cast<int64_t>(bytes.size());
-      out.files.push_back({StateFileId{operatorId, id, version, false}, std::move(bytes)});
+      int64_t removed = 0;
+    };
+    std::vector<Slot*> slots;
+    for (auto& [id, slot] : parts_) slots.push_back(slot.get());
+    std::vector<Encoded> encoded(slots.size());
+    tbb::parallel_for(size_t{0}, slots.size(), [&](size_t i) {
+      auto& st = slots[i]->state;
+      encoded[i].removed = st.removedCount();
+      if (st.hasChanges()) encoded[i].bytes = st.encodeDelta(encoded[i].entries, encoded[i].puts);
+    });
+    p.numRowsUpdated = p.numRowsRemoved = p.numDeltaBytes = 0;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      p.numRowsRemoved += encoded[i].removed;
+      p.numRowsUpdated += static_cast<int64_t>(encoded[i].puts);
+      if (encoded[i].entries == 0) continue;
+      p.numDeltaBytes += static_cast<int64_t>(encoded[i].bytes.size());
+      out.files.push_back({StateFileId{operatorId, slots[i]->id, version, false}, std::move(encoded[i].bytes)});
     }
   }
   void fillTotals(StateOperatorProgress& p) const {
