@@ -105,6 +105,33 @@ std::vector<int> iota(int n) {
   return v;
 }
 
+// Holds an instance's first batch before its commit, as a paused process would be, until resumed.
+struct PauseFirstBatch {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool paused = false, resumed = false;
+  std::function<void(const BatchInfo&)> gate() {
+    return [this](const BatchInfo&) {
+      std::unique_lock lock(mu);
+      if (paused) return;  // only the first batch
+      paused = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return resumed; });
+    };
+  }
+  void awaitPaused() {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return paused; });
+  }
+  void resume() {
+    {
+      std::lock_guard lock(mu);
+      resumed = true;
+    }
+    cv.notify_all();
+  }
+};
+
 struct Fixture {
   std::shared_ptr<SharedLog> log = std::make_shared<SharedLog>();
   std::shared_ptr<CheckpointStore> store = memoryCheckpoint();
@@ -185,30 +212,15 @@ TEST(ScaleOut, AnInstanceThatLostItsPartitionCannotCommitForIt) {
   f.log->append(0, 0, 10);
   f.log->assign(0, 0);
   // The zombie: its first batch stops before committing, as if the process were paused.
-  std::mutex mu;
-  std::condition_variable cv;
-  bool paused = false, resume = false;
-  auto zombie = f.start(0, [&](const BatchInfo&) {
-    std::unique_lock lock(mu);
-    if (paused) return;  // only the first batch
-    paused = true;
-    cv.notify_all();
-    cv.wait(lock, [&] { return resume; });
-  });
-  {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return paused; });
-  }
+  PauseFirstBatch pause;
+  auto zombie = f.start(0, pause.gate());
+  pause.awaitPaused();
   // Meanwhile the group gives the partition to another instance, which leases it and commits.
   f.log->assign(0, 1);
   auto successor = f.start(1);
   f.log->append(0, 10, 20);
   successor.query.processAllAvailable();
-  {
-    std::lock_guard lock(mu);
-    resume = true;
-  }
-  cv.notify_all();
+  pause.resume();
   // The zombie's batch is refused and abandoned; the zombie keeps running without the partition.
   for (int i = 0; i < 500 && zombie.source->fenced().empty(); ++i) std::this_thread::sleep_for(10ms);
   ASSERT_EQ(zombie.source->fenced(), (std::vector<PartitionId>{{"log", 0}}));
@@ -216,6 +228,139 @@ TEST(ScaleOut, AnInstanceThatLostItsPartitionCannotCommitForIt) {
   successor.query.stop();
   zombie.query.stop();
   EXPECT_EQ(f.output(), iota(20));
+}
+
+// Stateful scale-out: a running count per (partition, value % 7). The sink commits the batch's
+// offsets (and with them its state changes) and then publishes the counts, like the warehouse.
+struct CountTable {
+  std::mutex mu;
+  std::map<std::pair<int32_t, int>, int64_t> counts;  // (partition, key) -> latest count
+};
+
+class TransactionalCountSink final : public Sink<KeyValue<int, int64_t>> {
+ public:
+  TransactionalCountSink(std::shared_ptr<CheckpointStore> store, std::shared_ptr<CountTable> table)
+      : store_(std::move(store)), table_(std::move(table)) {}
+  std::string description() const override { return "TransactionalCountSink"; }
+  void addBatch(const Batch<KeyValue<int, int64_t>>& batch, const BatchInfo& info) override {
+    if (gate) gate(info);
+    std::lock_guard lock(table_->mu);
+    store_->commitPartitions(info);  // offsets and state, or PartitionsFencedError and nothing
+    for (const auto& part : batch.partitions()) {
+      for (const auto& kv : part.rows) table_->counts[{part.id.partition, kv.key}] = kv.value;
+    }
+  }
+  std::function<void(const BatchInfo&)> gate;
+
+ private:
+  std::shared_ptr<CheckpointStore> store_;
+  std::shared_ptr<CountTable> table_;
+};
+
+struct StatefulFixture {
+  std::shared_ptr<SharedLog> log = std::make_shared<SharedLog>();
+  std::shared_ptr<CheckpointStore> store = memoryCheckpoint();
+  std::shared_ptr<CountTable> table = std::make_shared<CountTable>();
+  Session session;
+  explicit StatefulFixture(int partitions) { log->partitions.resize(static_cast<size_t>(partitions)); }
+  struct Instance {
+    std::shared_ptr<GroupMember> source;
+    StreamingQuery query;
+  };
+  Instance start(int instance, std::function<void(const BatchInfo&)> gate = {}) {
+    auto source = std::make_shared<GroupMember>(log, instance);
+    auto sink = std::make_shared<TransactionalCountSink>(store, table);
+    sink->gate = std::move(gate);
+    auto query = session.readStream(source)
+                     .groupByKey([](int v) { return v % 7; })
+                     .count()
+                     .writeStream()
+                     .queryName("scaled-counts")
+                     .outputMode(OutputMode::kUpdate)
+                     .option("state.minDeltasForSnapshot", "2")
+                     .checkpoint(store)
+                     .sink(sink)
+                     .start();
+    return {source, std::move(query)};
+  }
+  std::map<std::pair<int32_t, int>, int64_t> expected() {
+    std::lock_guard lock(log->mu);
+    std::map<std::pair<int32_t, int>, int64_t> out;
+    for (size_t p = 0; p < log->partitions.size(); ++p) {
+      for (int v : log->partitions[p]) ++out[{static_cast<int32_t>(p), v % 7}];
+    }
+    return out;
+  }
+  std::map<std::pair<int32_t, int>, int64_t> counts() {
+    std::lock_guard lock(table->mu);
+    return table->counts;
+  }
+};
+
+TEST(ScaleOut, StateMovesWithItsPartition) {
+  StatefulFixture f(2);
+  f.log->append(0, 0, 100);
+  f.log->append(1, 1000, 1100);
+  f.log->assign(0, 0);
+  f.log->assign(1, 0);
+  auto a = f.start(0);
+  a.query.processAllAvailable();
+  // Partition 1 moves to a second process: its counts continue there from the committed state.
+  auto b = f.start(1);
+  f.log->assign(1, 1);
+  a.query.processAllAvailable();
+  f.log->append(1, 1100, 1250);
+  f.log->append(0, 100, 130);
+  b.query.processAllAvailable();
+  a.query.processAllAvailable();
+  // The first process goes away: partition 0 (and its state) moves too.
+  a.query.stop();
+  f.log->assign(0, 1);
+  f.log->append(0, 130, 260);
+  b.query.processAllAvailable();
+  b.query.stop();
+  EXPECT_EQ(f.counts(), f.expected());
+}
+
+TEST(ScaleOut, AFencedProcessCommitsNeitherOutputNorState) {
+  StatefulFixture f(1);
+  f.log->append(0, 0, 50);
+  f.log->assign(0, 0);
+  PauseFirstBatch pause;
+  auto zombie = f.start(0, pause.gate());
+  pause.awaitPaused();
+  f.log->assign(0, 1);
+  auto successor = f.start(1);
+  f.log->append(0, 50, 80);
+  successor.query.processAllAvailable();
+  pause.resume();
+  for (int i = 0; i < 500 && zombie.source->fenced().empty(); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(zombie.source->fenced(), (std::vector<PartitionId>{{"log", 0}}));
+  // The partition comes back to the first process later: it restores the successor's state,
+  // not its own abandoned batch's.
+  successor.query.stop();
+  f.log->assign(0, 0);
+  f.log->append(0, 80, 120);
+  zombie.query.processAllAvailable();
+  zombie.query.stop();
+  EXPECT_EQ(f.counts(), f.expected());
+}
+
+TEST(ScaleOut, StateThatCannotFollowItsPartitionIsRefused) {
+  Session session;
+  auto log = std::make_shared<SharedLog>();
+  log->partitions.resize(1);
+  try {
+    session.readStream(std::make_shared<GroupMember>(log, 0))
+        .groupByKey([](int v) { return v % 3; })
+        .window(tumbling(1s), [](int v) { return static_cast<int64_t>(v); })
+        .count()
+        .writeStream().outputMode(OutputMode::kUpdate).checkpoint(memoryCheckpoint())
+        .foreachBatch([](const auto&, const BatchInfo&) {}).start();
+    FAIL() << "a windowed aggregation was accepted scaled out";
+  } catch (const ConfigurationError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot run scaled out"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ScaleOut, StoresWithoutPerPartitionOffsetsAreRefused) {

@@ -313,14 +313,21 @@ void PostgresCheckpointStore::commitPartitions(const BatchInfo& batch) {
     std::lock_guard lock(mu_);
     if (committedWithin_ == batch.batchId) return;
   }
-  withConnection([&](Connection& c) { inTransaction(c, [&](Connection& tx) { commitPartitionsWithin(tx, batch); }); });
+  withConnection([&](Connection& c) {
+    inTransaction(c, [&](Connection& tx) {
+      commitPartitionsWithin(tx, batch);
+      if (batch.stateChanges && !batch.stateChanges->empty()) writeStateWithin(tx, *batch.stateChanges);
+    });
+  });
 }
 
 void PostgresCheckpointStore::commitWithin(Connection& tx, const BatchInfo& batch) {
   if (shared_) {
-    commitPartitionsWithin(tx, batch);
+    commitPartitionsWithin(tx, batch);  // throws PartitionsFencedError before any state is written
+    if (batch.stateChanges && !batch.stateChanges->empty()) writeStateWithin(tx, *batch.stateChanges);
     std::lock_guard lock(mu_);
     committedWithin_ = batch.batchId;
+    stateWrittenWithin_ = batch.stateChanges ? batch.batchId : -1;
     return;
   }
   const int64_t batchId = batch.batchId;

@@ -126,6 +126,11 @@ class MemoryCheckpointStore final : public CheckpointStore {
                                   fenced);
     }
     for (auto& [state, end] : updates) state->committed = end;
+    // The batch's state changes become visible with its offsets, in the same step: a fenced
+    // instance writes neither.
+    if (batch.stateChanges) {
+      for (const auto& f : batch.stateChanges->files) state_[f.id] = f.bytes;
+    }
   }
 
  private:

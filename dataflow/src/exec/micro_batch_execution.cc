@@ -136,10 +136,14 @@ void MicroBatchExecution::initialize() {
       throw ConfigurationError("query " + options_.name +
                                ": sources assigned by a consumer group cannot be mixed with other sources");
     }
-    if (!plan_.stateful.empty()) {
-      throw ConfigurationError("query " + options_.name +
-                               ": stateful operators (aggregations, windows, deduplication) cannot yet be used "
-                               "with a source assigned by a consumer group");
+    for (const StatefulOperator* op : plan_.stateful) {
+      if (!op->stateFollowsPartitions() || !plan_.watermarkDelaysMs.empty()) {
+        throw ConfigurationError(
+            "query " + options_.name + ": the stateful operator " + op->operatorName() +
+            " cannot run scaled out (sources assigned by a consumer group) yet: only keyed aggregations and "
+            "dropDuplicates without event time keep state that moves with its partition; windows, watermarks, "
+            "joins and transformWithState need a single instance");
+      }
     }
     initializeScaleOut({id_, descriptions});
     return;
@@ -205,6 +209,23 @@ void MicroBatchExecution::initializeState(const std::optional<CommitLogEntry>& l
   state_->restore(lastCommit ? std::optional<int64_t>(lastCommit->batchId) : std::nullopt);
 }
 
+// Scale-out: a partition's state version is its offset after the batch, which every process
+// agrees on (the batch ids of different processes do not).
+void MicroBatchExecution::versionByOffset(StateChanges& changes, const OffsetLogEntry& entry) const {
+  for (auto& f : changes.files) {
+    std::optional<int64_t> end;
+    for (const auto& range : entry.sources) {
+      int64_t e = range.end.get(f.id.partition, -1);
+      if (e > range.start.get(f.id.partition, e)) end = e;
+    }
+    if (!end) {
+      throw InternalError("query " + options_.name + ": state of partition " + f.id.partition.toString() +
+                          " changed in a batch that read nothing from it");
+    }
+    f.id.version = *end;
+  }
+}
+
 int64_t MicroBatchExecution::nextWatermark(const std::vector<EventTimeStats>& stats) const {
   // Spark's default multiple-watermark policy: the minimum over the watermark operators.
   int64_t candidate = kNoWatermark;
@@ -234,6 +255,13 @@ void MicroBatchExecution::initializeScaleOut(const QueryMetadata& metadata) {
   }
   store.join(metadata);
   scaleOut_ = true;
+  if (!plan_.stateful.empty()) {
+    if (!store.supportsState()) {
+      throw ConfigurationError("query " + options_.name + ": checkpoint " + store.describe() + " does not keep operator state");
+    }
+    // No state at start: each partition's state is restored when it is leased.
+    state_ = std::make_unique<StateManager>(plan_.stateful, options_.checkpoint, options_.state, options_.name);
+  }
   committedEnd_.assign(plan_.sources.size(), Offsets{});
   leaseEpochs_.assign(plan_.sources.size(), {});
   for (auto& s : plan_.sources) s->open();
@@ -254,6 +282,7 @@ void MicroBatchExecution::followAssignment(const std::vector<Offsets>& latest) {
         continue;
       }
       revoked.push_back(it->first.toString());
+      if (state_) state_->dropPartitions({it->first});
       leaseEpochs_[i].erase(it->first);
       it = committed.erase(it);
     }
@@ -267,7 +296,9 @@ void MicroBatchExecution::followAssignment(const std::vector<Offsets>& latest) {
     PartitionLeases leased = options_.checkpoint->leasePartitions(i, assigned);
     std::optional<Offsets> initial;
     std::vector<std::string> resumed;
+    std::vector<std::pair<PartitionId, std::optional<int64_t>>> toRestore;
     for (const PartitionLease& lease : leased.leases) {
+      toRestore.emplace_back(lease.partition, lease.committed);
       int64_t start;
       if (lease.committed) {
         start = *lease.committed;
@@ -283,11 +314,30 @@ void MicroBatchExecution::followAssignment(const std::vector<Offsets>& latest) {
                         std::to_string(lease.epoch) + (lease.committed ? ")" : ", never committed)"));
     }
     spdlog::info("query {}: partitions assigned: {}", options_.name, joined(resumed));
+    // The partition's state comes with it: restored at its committed offset.
+    if (state_) state_->restorePartitions(toRestore);
   }
 }
 
-void MicroBatchExecution::dropFencedPartitions(const PartitionsFencedError& e, int64_t batchId) {
+void MicroBatchExecution::dropFencedPartitions(const PartitionsFencedError& e, int64_t batchId,
+                                               const OffsetLogEntry& entry) {
   spdlog::warn("query {} batch {}: abandoned, nothing committed: {}", options_.name, batchId, e.what());
+  if (state_) {
+    // The abandoned batch changed the state of every partition it read: those this process
+    // still owns go back to their committed state; the lost ones are dropped below.
+    std::vector<std::pair<PartitionId, std::optional<int64_t>>> kept;
+    std::vector<PartitionId> read;
+    for (size_t i = 0; i < entry.sources.size(); ++i) {
+      for (const auto& [p, end] : entry.sources[i].end.partitions()) {
+        if (end <= entry.sources[i].start.get(p, end)) continue;
+        read.push_back(p);
+        bool lost = std::find(e.partitions().begin(), e.partitions().end(), p) != e.partitions().end();
+        if (!lost) kept.emplace_back(p, entry.sources[i].start.get(p, end));
+      }
+    }
+    state_->dropPartitions(read);
+    state_->restorePartitions(kept);
+  }
   for (size_t i = 0; i < plan_.sources.size(); ++i) {
     std::vector<PartitionId> lost;
     for (const auto& p : e.partitions()) {
@@ -510,6 +560,7 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
           ctx.info.nextBatchWatermarkMs = nextWatermark(ctx.eventTime);
           if (state_) {
             session_->arena.execute([&] { stateChanges = state_->collect(entry.batchId); });
+            if (scaleOut_) versionByOffset(stateChanges, entry);
             ctx.info.stateChanges = &stateChanges;
           }
         }
@@ -536,7 +587,7 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
     for (int attempt = 1;; ++attempt) {
       try {
         if (scaleOut_) {
-          options_.checkpoint->commitPartitions(ctx.info);
+          options_.checkpoint->commitPartitions(ctx.info);  // with the state changes, atomically
         } else {
           if (state_) state_->write(stateChanges);
           options_.checkpoint->writeCommit({entry.batchId, nowEpochMs(), ctx.info.nextBatchWatermarkMs});
@@ -552,7 +603,7 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
     }
   } catch (const PartitionsFencedError& e) {
     if (!scaleOut_) throw;
-    dropFencedPartitions(e, entry.batchId);
+    dropFencedPartitions(e, entry.batchId, entry);
     return;
   }
   for (size_t i = 0; i < plan_.sources.size(); ++i) {
@@ -565,7 +616,10 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
   }
   watermarkMs_ = ctx.info.nextBatchWatermarkMs;
   noDataBatchDue_ = state_ && watermarkMs_ > entry.batchWatermarkMs;
-  if (state_) state_->committed(entry.batchId);
+  if (state_) {
+    if (scaleOut_) state_->noteWritten(stateChanges);
+    state_->committed(entry.batchId);
+  }
   durations["commitOffsets"] = elapsedMs(t);
   durations["triggerExecution"] = elapsedMs(triggerStart);
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <tuple>
 
 #include "dataflow/error.h"
 
@@ -105,6 +106,50 @@ int64_t StateManager::restore(std::optional<int64_t> version) {
   return ms;
 }
 
+void StateManager::restorePartitions(const std::vector<std::pair<PartitionId, std::optional<int64_t>>>& partitions) {
+  if (partitions.empty()) return;
+  waitForMaintenance();
+  for (size_t i = 0; i < operators_.size(); ++i) {
+    StatefulOperator& op = *operators_[i];
+    std::map<PartitionId, std::vector<StateFileId>> byPartition;
+    for (auto& f : store_->listStateFiles(op.id())) byPartition[f.partition].push_back(f);
+    for (const auto& [partition, committed] : partitions) {
+      op.dropPartition(partition);
+      PartitionFiles& info = files_[i][partition];
+      info = {};
+      if (!committed) continue;  // never committed: no state
+      for (const StateFileId& id : restoreChain(byPartition[partition], *committed)) {
+        std::string bytes = store_->readStateFile(id);
+        op.restoreFile(partition, StateFileReader(bytes, store_->describe() + "/" + id.path()));
+        if (id.snapshot) {
+          info.snapshot = id.version;
+        } else {
+          ++info.deltasSinceSnapshot;
+        }
+        info.lastVersion = std::max(info.lastVersion, id.version);
+      }
+    }
+    op.finishRestore();
+  }
+}
+
+void StateManager::dropPartitions(const std::vector<PartitionId>& partitions) {
+  for (size_t i = 0; i < operators_.size(); ++i) {
+    for (const auto& p : partitions) {
+      operators_[i]->dropPartition(p);
+      files_[i].erase(p);
+    }
+  }
+}
+
+void StateManager::noteWritten(const StateChanges& changes) {
+  for (const auto& f : changes.files) {
+    auto& info = files_[f.id.operatorId][f.id.partition];
+    ++info.deltasSinceSnapshot;
+    info.lastVersion = std::max(info.lastVersion, f.id.version);
+  }
+}
+
 StateChanges StateManager::collect(int64_t version) {
   StateChanges changes;
   for (size_t i = 0; i < operators_.size(); ++i) {
@@ -122,7 +167,7 @@ void StateManager::write(const StateChanges& changes) {
   int64_t ms = msSince(t0);
   // Shared out by operator in proportion to nothing finer: the write is one call.
   for (auto& t : commitTimeMs_) t += ms / static_cast<int64_t>(std::max<size_t>(1, commitTimeMs_.size()));
-  for (const auto& f : changes.files) ++files_[f.id.operatorId][f.id.partition].deltasSinceSnapshot;
+  noteWritten(changes);
 }
 
 void StateManager::committed(int64_t version) {
@@ -131,19 +176,22 @@ void StateManager::committed(int64_t version) {
     return;  // the previous round is still running; the due partitions stay due
   }
   waitForMaintenance();
-  std::vector<std::pair<int, PartitionId>> due;
+  // A partition's snapshot is made at its newest version: the batch id, or in scale-out the
+  // partition's offset after its last batch.
+  std::vector<std::tuple<int, PartitionId, int64_t>> due;
   for (size_t i = 0; i < files_.size(); ++i) {
     for (auto& [partition, info] : files_[i]) {
       if (info.deltasSinceSnapshot >= options_.minDeltasForSnapshot) {
-        due.emplace_back(static_cast<int>(i), partition);
+        int64_t at = info.lastVersion >= 0 ? info.lastVersion : version;
+        due.emplace_back(static_cast<int>(i), partition, at);
         info.deltasSinceSnapshot = 0;
-        info.snapshot = version;
+        info.snapshot = at;
       }
     }
   }
   if (due.empty()) return;
-  maintenance_ = std::async(std::launch::async, [this, due = std::move(due), version] {
-    for (const auto& [op, partition] : due) maintain(op, partition, version);
+  maintenance_ = std::async(std::launch::async, [this, due = std::move(due)] {
+    for (const auto& [op, partition, at] : due) maintain(op, partition, at);
   });
 }
 

@@ -30,6 +30,15 @@ class StateManager {
   // never committed) are deleted: the replay writes them again. Returns the time taken.
   int64_t restore(std::optional<int64_t> version);
 
+  // Scale-out: a partition's state is restored when this process leases the partition (at its
+  // committed offset: state versions are then the partition's end offset after the batch, the
+  // same in every process) and dropped when the partition is revoked.
+  void restorePartitions(const std::vector<std::pair<PartitionId, std::optional<int64_t>>>& partitions);
+  void dropPartitions(const std::vector<PartitionId>& partitions);
+  // Scale-out: the batch's changes were committed by the store (commitPartitions, with the
+  // offsets), not by write(); keeps the bookkeeping for snapshots.
+  void noteWritten(const StateChanges& changes);
+
   // Encodes what batch `version` changed, per operator and partition.
   StateChanges collect(int64_t version);
   // Writes them durably, before the batch's commit record.
@@ -48,6 +57,7 @@ class StateManager {
   struct PartitionFiles {
     std::optional<int64_t> snapshot;  // newest snapshot version
     int deltasSinceSnapshot = 0;
+    int64_t lastVersion = -1;         // of the newest delta written
   };
   void maintain(int operatorId, PartitionId partition, int64_t version);
   void waitForMaintenance();

@@ -108,7 +108,8 @@ class MicroBatchExecution {
   // Scale-out: drops revoked partitions and leases newly assigned ones, from the sources' latest
   // offsets (which cover only the partitions assigned to this instance).
   void followAssignment(const std::vector<Offsets>& latest);
-  void dropFencedPartitions(const PartitionsFencedError& e, int64_t batchId);
+  void dropFencedPartitions(const PartitionsFencedError& e, int64_t batchId, const OffsetLogEntry& entry);
+  void versionByOffset(StateChanges& changes, const OffsetLogEntry& entry) const;
   void initializeState(const std::optional<CommitLogEntry>& lastCommit);
   // The watermark after a batch that read `stats` (by watermark operator): never lower than now.
   int64_t nextWatermark(const std::vector<EventTimeStats>& stats) const;

@@ -68,6 +68,13 @@ class StatefulOperator {
   // The figures of the last batch.
   virtual StateOperatorProgress progress() const = 0;
 
+  // Scale-out: whether every change of the operator's state in a batch comes from that batch's
+  // records of the same source partition (no watermark, timers or cross-partition state), so that
+  // a partition's state can move with the partition to another process.
+  virtual bool stateFollowsPartitions() const { return false; }
+  // Scale-out: forgets a partition's state (revoked, or to be restored again).
+  virtual void dropPartition(const PartitionId& /*partition*/) {}
+
   // Late records (behind the watermark) become dead letters instead of being only dropped and
   // counted (QueryOptions::lateRecordsToDeadLetters).
   void routeLateRecords(bool toDeadLetters) { lateToDeadLetters_ = toDeadLetters; }
@@ -308,6 +315,7 @@ class PartitionedState {
     return *s;
   }
   std::map<PartitionId, std::unique_ptr<Slot>>& all() { return parts_; }
+  void drop(const PartitionId& p) { parts_.erase(p); }
   const std::map<PartitionId, std::unique_ptr<Slot>>& all() const { return parts_; }
   void clear() { parts_.clear(); }
 

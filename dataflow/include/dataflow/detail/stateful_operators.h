@@ -54,6 +54,7 @@ class KeyedStatefulOperator : public StatefulOperator {
  public:
   void clearState() override { state_.clear(); }
   void restoreFile(const PartitionId& p, const StateFileReader& file) override { state_.get(p).state.apply(file); }
+  void dropPartition(const PartitionId& p) override { state_.drop(p); }
   void collectChanges(int64_t version, StateChanges& out) override { state_.collect(id(), version, out, progress_); }
   StateOperatorProgress progress() const override {
     StateOperatorProgress p = progress_;
@@ -175,6 +176,7 @@ class AggregateOperator final
         windowing_(std::move(windowing)), mode_(mode) {}
 
   std::string operatorName() const override { return "stateStoreSave"; }
+  bool stateFollowsPartitions() const override { return !kWindowed; }
 
   void produce(ExecContext& ctx, Batch<Row>& out) override {
     Batch<T> in;
@@ -423,6 +425,7 @@ class DedupOperator final
       : input_(std::move(input)), key_(std::move(key)), time_(std::move(time)), expireAfterMs_(expireAfterMs) {}
 
   std::string operatorName() const override { return kTimed ? "dedupeWithinWatermark" : "dedupe"; }
+  bool stateFollowsPartitions() const override { return !kTimed; }
 
   void produce(ExecContext& ctx, Batch<T>& out) override {
     Batch<T> in;
