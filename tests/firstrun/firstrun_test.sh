@@ -18,6 +18,8 @@ unset DATAFLOW_STATE_DIR PG_URL PGHOST PGPORT PGDATABASE PGUSER PGPASSWORD KAFKA
 export PGOPTIONS="-c client_min_messages=warning"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# Any other failing command says where it failed (set -e alone would exit without a word).
+trap 'echo "FAIL: line $LINENO: \`$BASH_COMMAND\` exited with status $?" >&2' ERR
 # copy_tree DEST: the repository as it is on disk (tracked and new files, not the ignored ones),
 # like a clone of the current work.
 copy_tree() {
@@ -75,7 +77,7 @@ case "${1:-}" in
     scripts/stack up
     eval "$(scripts/stack env)"
     for i in 1 2 3; do
-      cid=$(psql -X -tAc "INSERT INTO customers (email, country) VALUES ('firstrun-$i@example.com', 'SE') RETURNING id" | head -n 1)
+      cid=$(psql -X -q -tAc "INSERT INTO customers (email, country) VALUES ('firstrun-$i@example.com', 'SE') RETURNING id")
       psql -X -qc "INSERT INTO orders (customer_id, amount, status) VALUES ($cid, $i.50, 'pending')"
     done
     psql -X -qc "UPDATE orders SET status = 'paid' WHERE amount = 2.50"
