@@ -27,7 +27,7 @@ report_failure() {
   if [[ -n "$cause" ]]; then
     printf '%s   cause:\n' "$prefix" >&2
     printf '%s\n' "$cause" | sed "s/^/$prefix     /" >&2
-  else
+  elif [[ -n "$logfile" && -r "$logfile" ]]; then
     printf '%s   cause: nothing in its log says why (killed from outside, or out of memory? see dmesg)\n' "$prefix" >&2
   fi
   if [[ -n "$logfile" && -r "$logfile" ]]; then

@@ -400,6 +400,27 @@ TEST(EventTime, SessionWindowsMergeWhenARecordBridgesTwoSessions) {
   expectRefused([] { dataflow::session(0ms); }, "gap must be positive");
 }
 
+TEST(EventTime, AStatelessQueryWithOverlappedBatchesTracksItsWatermark) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.maxRecordsPerBatch = 1});
+  in->addData({{1, 1000}, {1, 5000}, {1, 9000}});
+  auto sink = std::make_shared<BatchLogSink<Event>>();
+  auto query = session.readStream(in)
+                   .withWatermark(&Event::ts, 1s)
+                   .writeStream()
+                   .overlapBatches(true)  // batches prepared ahead fill their event-time figures too
+                   .trigger(Trigger::availableNow())
+                   .sink(sink)
+                   .start();
+  query.awaitTermination();
+  auto progress = query.recentProgress();
+  ASSERT_EQ(progress.size(), 3u);
+  EXPECT_EQ(progress[0].eventTime.count("watermark"), 0u);
+  EXPECT_EQ(progress[1].eventTime.at("watermark"), "1970-01-01T00:00:00.000Z");
+  EXPECT_EQ(progress[2].eventTime.at("watermark"), "1970-01-01T00:00:04.000Z");
+  EXPECT_EQ(progress[2].eventTime.at("max"), "1970-01-01T00:00:09.000Z");
+}
+
 // A record that carries its source position and raw bytes, as Kafka records do.
 struct RawEvent {
   std::string topic;

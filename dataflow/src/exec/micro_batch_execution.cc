@@ -426,6 +426,7 @@ std::unique_ptr<ExecContext> MicroBatchExecution::makeContext(const std::vector<
       if (until > from) ctx->ranges[i].push_back({p, from, until});
     }
   }
+  ctx->eventTime.assign(plan_.watermarkDelaysMs.size(), EventTimeStats{});  // a batch prepared ahead fills them too
   ctx->inputRows = std::make_unique<std::atomic<int64_t>[]>(plan_.sources.size());
   for (size_t i = 0; i < plan_.sources.size(); ++i) ctx->inputRows[i].store(0);
   return ctx;
@@ -539,7 +540,6 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
   if (scaleOut_) ctx.info.leaseEpochs = leaseEpochs_;
   ctx.watermarkMs = entry.batchWatermarkMs;
   ctx.info.batchWatermarkMs = entry.batchWatermarkMs;
-  ctx.eventTime.assign(plan_.watermarkDelaysMs.size(), EventTimeStats{});
   StateChanges stateChanges;
   bool stateCollected = false;
 
