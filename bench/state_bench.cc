@@ -115,7 +115,7 @@ void BM_TumblingWindowCount(benchmark::State& state) {
     state.PauseTiming();
     in->next = batches[static_cast<size_t>(batch % 4)];
     for (auto& r : in->next.partitions()[0].rows) r.ts += batch * span;  // time moves on
-    ctx.watermarkMs = batch * span - 1000;                                // 1 s delay
+    ctx.info.batchWatermarkMs = batch * span - 1000;                                // 1 s delay
     ++batch;
     state.ResumeTiming();
     Batch<KeyValue<Windowed<int64_t>, int64_t>> out;

@@ -538,7 +538,6 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
   ctx.info.batchTimestampMs = entry.batchTimestampMs;
   ctx.info.sources = entry.sources;
   if (scaleOut_) ctx.info.leaseEpochs = leaseEpochs_;
-  ctx.watermarkMs = entry.batchWatermarkMs;
   ctx.info.batchWatermarkMs = entry.batchWatermarkMs;
   StateChanges stateChanges;
   bool stateCollected = false;

@@ -105,7 +105,7 @@ class StreamJoinOperator final
     tbb::parallel_invoke([&] { left_->produce(ctx, lin); }, [&] { right_->produce(ctx, rin); });
     out.deadLetters() = std::move(lin.deadLetters());
     for (auto& d : rin.deadLetters()) out.deadLetters().push_back(std::move(d));
-    const int64_t watermark = ctx.watermarkMs;
+    const int64_t watermark = ctx.info.batchWatermarkMs;
     droppedLate_ = 0;
     out.partitions().resize(1);
     out.partitions()[0].id = kPartition;

@@ -36,9 +36,8 @@ struct ExecContext {
   std::unique_ptr<std::atomic<int64_t>[]> inputRows;  // by source index
   size_t chunkSize = 16384;
   BatchInfo info;
-  // The watermark the batch runs with (kNoWatermark before any event time was seen), and the
-  // event times each watermark operator read (by its index).
-  int64_t watermarkMs = kNoWatermark;
+  // The event times each watermark operator read (by its index). The batch's watermark is
+  // info.batchWatermarkMs.
   std::vector<EventTimeStats> eventTime;
 };
 

@@ -182,7 +182,7 @@ class AggregateOperator final
     Batch<T> in;
     input_->produce(ctx, in);
     out.deadLetters() = std::move(in.deadLetters());
-    const int64_t watermark = ctx.watermarkMs;
+    const int64_t watermark = ctx.info.batchWatermarkMs;
     this->updateThenEmit(
         in, out, [&](Slot& slot, const std::vector<T>& rows) { update(slot, rows, watermark); },
         [&](Slot& slot, std::vector<Row>& rows) { emit(slot, rows, watermark); });
@@ -316,7 +316,7 @@ class SessionAggregateOperator final
     Batch<T> in;
     input_->produce(ctx, in);
     out.deadLetters() = std::move(in.deadLetters());
-    const int64_t watermark = ctx.watermarkMs;
+    const int64_t watermark = ctx.info.batchWatermarkMs;
     this->updateThenEmit(
         in, out, [&](Slot& slot, const std::vector<T>& rows) { update(slot, rows, watermark); },
         [&](Slot& slot, std::vector<Row>& rows) { emit(slot, rows, watermark); });
@@ -431,7 +431,7 @@ class DedupOperator final
     Batch<T> in;
     input_->produce(ctx, in);
     out.deadLetters() = std::move(in.deadLetters());
-    const int64_t watermark = ctx.watermarkMs;
+    const int64_t watermark = ctx.info.batchWatermarkMs;
     // Forget the keys whose time is up before looking at the batch's records: a key the
     // watermark has passed is not a duplicate any more.
     if constexpr (kTimed) {

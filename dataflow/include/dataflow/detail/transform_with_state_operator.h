@@ -270,7 +270,7 @@ class TransformWithStateOperator final
     }
     auto& outParts = out.partitions();
     outParts.resize(all.size());
-    const TimerValues times{ctx.info.batchTimestampMs, ctx.watermarkMs};
+    const TimerValues times{ctx.info.batchTimestampMs, ctx.info.batchWatermarkMs};
     tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
       outParts[i].id = all[i]->id;
       run(*all[i], inputs[i], times, outParts[i].rows);
