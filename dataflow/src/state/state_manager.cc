@@ -165,7 +165,7 @@ void StateManager::write(const StateChanges& changes) {
   auto t0 = Clock::now();
   store_->writeStateFiles(changes);
   int64_t ms = msSince(t0);
-  // Shared out by operator in proportion to nothing finer: the write is one call.
+  // The write is one call for every operator: each is charged an equal share of it.
   for (auto& t : commitTimeMs_) t += ms / static_cast<int64_t>(std::max<size_t>(1, commitTimeMs_.size()));
   noteWritten(changes);
 }

@@ -79,21 +79,26 @@ class KeyedStatefulOperator : public StatefulOperator {
     for (size_t i = 0; i < slots.size(); ++i) slots[i] = &state_.get(in.partitions()[i].id);
     return slots;
   }
-  // The shape of a keyed aggregation's batch: update(slot, rows) for each input partition, then
-  // emit(slot, outRows) for every partition with state (output partitions in partition order),
-  // partitions in parallel in both phases.
+  // The shape of a keyed aggregation's batch: the input batch (its dead letters passed on), then
+  // update(slot, rows, watermark) for each input partition, then emit(slot, outRows, watermark)
+  // for every partition with state (output partitions in partition order), partitions in
+  // parallel in both phases.
   template <class In, class Row, class Update, class Emit>
-  void updateThenEmit(Batch<In>& in, Batch<Row>& out, Update&& update, Emit&& emit) {
+  void updateThenEmit(BatchOperator<In>& input, ExecContext& ctx, Batch<Row>& out, Update&& update, Emit&& emit) {
+    Batch<In> in;
+    input.produce(ctx, in);
+    out.deadLetters() = std::move(in.deadLetters());
+    const int64_t watermark = ctx.info.batchWatermarkMs;
     auto slots = slotsFor(in);
     auto& inParts = in.partitions();
-    tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) { update(*slots[i], inParts[i].rows); });
+    tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) { update(*slots[i], inParts[i].rows, watermark); });
     takeLate(out);
     auto all = allSlots();
     auto& outParts = out.partitions();
     outParts.resize(all.size());
     tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
       outParts[i].id = all[i]->id;
-      emit(*all[i], outParts[i].rows);
+      emit(*all[i], outParts[i].rows, watermark);
     });
   }
   // Moves the batch's late records (when routed to dead letters) into the output batch.
@@ -179,13 +184,9 @@ class AggregateOperator final
   bool stateFollowsPartitions() const override { return !kWindowed; }
 
   void produce(ExecContext& ctx, Batch<Row>& out) override {
-    Batch<T> in;
-    input_->produce(ctx, in);
-    out.deadLetters() = std::move(in.deadLetters());
-    const int64_t watermark = ctx.info.batchWatermarkMs;
     this->updateThenEmit(
-        in, out, [&](Slot& slot, const std::vector<T>& rows) { update(slot, rows, watermark); },
-        [&](Slot& slot, std::vector<Row>& rows) { emit(slot, rows, watermark); });
+        *input_, ctx, out, [this](Slot& s, const std::vector<T>& rows, int64_t wm) { update(s, rows, wm); },
+        [this](Slot& s, std::vector<Row>& rows, int64_t wm) { emit(s, rows, wm); });
   }
 
   void finishRestore() override {
@@ -313,13 +314,9 @@ class SessionAggregateOperator final
   std::string operatorName() const override { return "sessionWindowStateStoreSave"; }
 
   void produce(ExecContext& ctx, Batch<Row>& out) override {
-    Batch<T> in;
-    input_->produce(ctx, in);
-    out.deadLetters() = std::move(in.deadLetters());
-    const int64_t watermark = ctx.info.batchWatermarkMs;
     this->updateThenEmit(
-        in, out, [&](Slot& slot, const std::vector<T>& rows) { update(slot, rows, watermark); },
-        [&](Slot& slot, std::vector<Row>& rows) { emit(slot, rows, watermark); });
+        *input_, ctx, out, [this](Slot& s, const std::vector<T>& rows, int64_t wm) { update(s, rows, wm); },
+        [this](Slot& s, std::vector<Row>& rows, int64_t wm) { emit(s, rows, wm); });
   }
 
   void finishRestore() override {
