@@ -12,7 +12,7 @@ build_packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libtbb-dev libabsl-dev libboost-json1.81-dev libboost1.81-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  librdkafka-dev libpq-dev libspdlog-dev libfmt-dev libcli11-dev
+  librdkafka-dev libpq-dev librocksdb-dev libspdlog-dev libfmt-dev libcli11-dev
   python3 python3-jsonschema python3-yaml python3-prometheus-client prometheus-cpp-dev libcpp-httplib-dev
   clang-14 libclang-rt-14-dev chromium
   postgresql-15 postgresql-client-15
@@ -21,7 +21,7 @@ stack_packages=(
   postgresql-15 postgresql-client-15 openjdk-17-jre-headless maven kcat jq curl procps iproute2
 )
 runtime_packages=(
-  libtbb12 libtbbmalloc2 libprometheus-cpp-core1.0 libcpp-httplib0.11 libboost-json1.81.0 librdkafka1 libpq5 libspdlog1.10 libfmt9 ca-certificates
+  libtbb12 libtbbmalloc2 libprometheus-cpp-core1.0 libcpp-httplib0.11 libboost-json1.81.0 librdkafka1 libpq5 librocksdb7.8 libspdlog1.10 libfmt9 ca-certificates
 )
 
 packages=("${build_packages[@]}")

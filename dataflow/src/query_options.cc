@@ -56,13 +56,16 @@ void QueryOptions::set(const std::string& key, const std::string& value) {
     state.minDeltasForSnapshot = static_cast<int>(parsePositive(key, value, 1));
   } else if (key == "state.minVersionsToRetain") {
     state.minVersionsToRetain = static_cast<int>(parsePositive(key, value, 1));
+  } else if (key == "state.cachedKeysPerPartition") {
+    state.cachedKeysPerPartition = parsePositive(key, value, 1);
   } else if (key == "queryName") {
     name = value;
   } else {
     throw ConfigurationError("unknown query option '" + key +
                              "' (known: queryName, retry.maxAttempts, retry.initialBackoffMs, "
                              "retry.maxBackoffMs, idlePollIntervalMs, progress.retained, overlapBatches, outputMode, "
-                             "lateRecords, state.minDeltasForSnapshot, state.minVersionsToRetain)");
+                             "lateRecords, state.minDeltasForSnapshot, state.minVersionsToRetain, "
+                             "state.cachedKeysPerPartition)");
   }
 }
 

@@ -74,13 +74,17 @@ struct ContractEvent {
 
 // A windowed count runs in two queries on the same store: the second continues the first's
 // state and watermark.
-inline void queryStateSurvivesARestart(const StoreFactory& fresh) {
+// With `backends`, each query keeps its state in a backend of its own (a new process: nothing
+// of the first query's working state is left but what the store kept).
+inline void queryStateSurvivesARestart(const StoreFactory& fresh,
+                                       const std::function<std::shared_ptr<StateBackend>()>& backends = nullptr) {
   using namespace std::chrono_literals;
   using Row = KeyValue<Windowed<int64_t>, int64_t>;
   auto store = fresh();
   auto in = std::make_shared<MemoryStream<ContractEvent>>("events", MemoryStreamOptions{.partitions = 2});
   auto run = [&] {
     Session session;
+    std::shared_ptr<StateBackend> backend = backends ? backends() : nullptr;
     std::vector<Row> rows;
     auto query = session.readStream(in)
                      .withWatermark(&ContractEvent::ts, 0ms)
@@ -90,6 +94,7 @@ inline void queryStateSurvivesARestart(const StoreFactory& fresh) {
                      .writeStream()
                      .outputMode(OutputMode::kAppend)
                      .checkpoint(store)
+                     .stateBackend(backend)
                      .option("state.minDeltasForSnapshot", "2")
                      .trigger(Trigger::availableNow())
                      .foreachBatch([&](const Batch<Row>& b, const BatchInfo&) {

@@ -21,5 +21,6 @@
 #include "dataflow/join.h"
 #include "dataflow/stateful_processor.h"
 #include "dataflow/state.h"
+#include "dataflow/state_backend.h"
 #include "dataflow/window.h"
 #include "dataflow/trigger.h"

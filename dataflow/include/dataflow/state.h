@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,6 +33,8 @@
 #include "dataflow/offsets.h"
 
 namespace dataflow {
+
+class StateBackend;  // state_backend.h
 
 // What a stateful query writes to its sink each batch (Spark's output modes).
 enum class OutputMode {
@@ -280,6 +283,14 @@ struct StateOptions {
   // Keep the files needed to restore at least this many of the newest versions. Default: 100
   // (spark.sql.streaming.minBatchesToRetain).
   int minVersionsToRetain = 100;
+  // Where operators keep their working state (state_backend.h): null keeps it in memory, in flat
+  // hash maps; a backend such as connectors/rocksdb keeps it on local disk for state larger
+  // than memory. Set with DataStreamWriter::stateBackend. Default: null (memory).
+  std::shared_ptr<StateBackend> backend;
+  // With a backend: how many keys of a partition stay cached in memory between batches (a
+  // partition's cache is emptied after a batch that leaves more). Option
+  // "state.cachedKeysPerPartition". Default: 262144.
+  int64_t cachedKeysPerPartition = 262144;
 };
 
 }  // namespace dataflow

@@ -483,6 +483,11 @@ class DataStreamWriter {
     options_.lateRecordsToDeadLetters = on;
     return *this;
   }
+  // Operators keep their working state in `backend` instead of memory (StateOptions::backend).
+  DataStreamWriter& stateBackend(std::shared_ptr<StateBackend> backend) {
+    options_.state.backend = std::move(backend);
+    return *this;
+  }
   DataStreamWriter& overlapBatches(bool on) {
     options_.overlapBatches = on;
     return *this;

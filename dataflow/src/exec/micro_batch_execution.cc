@@ -205,7 +205,7 @@ void MicroBatchExecution::initializeState(const std::optional<CommitLogEntry>& l
                              " does not keep operator state, which this query's stateful operators need; use "
                              "a directory checkpoint (checkpointLocation) or the in-memory store");
   }
-  state_ = std::make_unique<StateManager>(plan_.stateful, options_.checkpoint, options_.state, options_.name);
+  state_ = std::make_unique<StateManager>(plan_.stateful, options_.checkpoint, options_.state, options_.name, runId_);
   state_->restore(lastCommit ? std::optional<int64_t>(lastCommit->batchId) : std::nullopt);
 }
 
@@ -260,7 +260,7 @@ void MicroBatchExecution::initializeScaleOut(const QueryMetadata& metadata) {
       throw ConfigurationError("query " + options_.name + ": checkpoint " + store.describe() + " does not keep operator state");
     }
     // No state at start: each partition's state is restored when it is leased.
-    state_ = std::make_unique<StateManager>(plan_.stateful, options_.checkpoint, options_.state, options_.name);
+    state_ = std::make_unique<StateManager>(plan_.stateful, options_.checkpoint, options_.state, options_.name, runId_);
   }
   committedEnd_.assign(plan_.sources.size(), Offsets{});
   leaseEpochs_.assign(plan_.sources.size(), {});

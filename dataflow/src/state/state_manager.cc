@@ -43,12 +43,22 @@ std::vector<StateFileId> restoreChain(std::vector<StateFileId> files, int64_t ve
 }  // namespace
 
 StateManager::StateManager(std::vector<StatefulOperator*> operators, std::shared_ptr<CheckpointStore> store,
-                           StateOptions options, std::string queryName)
+                           StateOptions options, std::string queryName, const std::string& runId)
     : operators_(std::move(operators)), store_(std::move(store)), options_(options),
       queryName_(std::move(queryName)), commitTimeMs_(operators_.size(), 0), files_(operators_.size()) {
   if (options_.minDeltasForSnapshot < 1) throw ConfigurationError("state option minDeltasForSnapshot must be >= 1");
   if (options_.minVersionsToRetain < 1) throw ConfigurationError("state option minVersionsToRetain must be >= 1");
-  for (size_t i = 0; i < operators_.size(); ++i) operators_[i]->setId(static_cast<int>(i));
+  if (options_.cachedKeysPerPartition < 1) throw ConfigurationError("state option cachedKeysPerPartition must be >= 1");
+  for (size_t i = 0; i < operators_.size(); ++i) {
+    operators_[i]->setId(static_cast<int>(i));
+    if (options_.backend) {
+      operators_[i]->useStateBackend(options_.backend, runId, static_cast<size_t>(options_.cachedKeysPerPartition));
+    }
+  }
+  if (options_.backend) {
+    spdlog::info("query {}: operator state kept in {}, at most {} keys per partition cached", queryName_,
+                 options_.backend->describe(), options_.cachedKeysPerPartition);
+  }
 }
 
 StateManager::~StateManager() { waitForMaintenance(); }

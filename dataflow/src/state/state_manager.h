@@ -19,8 +19,9 @@ namespace dataflow::detail {
 
 class StateManager {
  public:
+  // `runId` names this run's tables in a state backend shared with other queries (and instances).
   StateManager(std::vector<StatefulOperator*> operators, std::shared_ptr<CheckpointStore> store,
-               StateOptions options, std::string queryName);
+               StateOptions options, std::string queryName, const std::string& runId);
   ~StateManager();
 
   bool empty() const { return operators_.empty(); }

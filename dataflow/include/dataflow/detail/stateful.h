@@ -5,6 +5,7 @@
 
 #include <absl/container/btree_map.h>
 #include <absl/container/flat_hash_map.h>
+#include <absl/container/flat_hash_set.h>
 #include <oneapi/tbb/parallel_for.h>
 
 #include <sys/mman.h>
@@ -23,6 +24,7 @@
 #include "dataflow/progress.h"
 #include "dataflow/source.h"
 #include "dataflow/state.h"
+#include "dataflow/state_backend.h"
 #include "dataflow/window.h"
 
 namespace dataflow::detail {
@@ -78,6 +80,15 @@ class StatefulOperator {
   virtual bool stateFollowsPartitions() const { return false; }
   // Scale-out: forgets a partition's state (revoked, or to be restored again).
   virtual void dropPartition(const PartitionId& /*partition*/) {}
+
+  // Keep the state in `backend` rather than in memory (StateOptions::backend); `scope` tells
+  // this query's tables from other queries' in a shared backend. Called before the restore. An
+  // operator that keeps its state in memory only refuses, naming itself.
+  virtual void useStateBackend(std::shared_ptr<StateBackend> backend, const std::string& /*scope*/,
+                               size_t /*cacheKeys*/) {
+    throw ConfigurationError(operatorName() + " keeps its state in memory; it cannot use the state backend " +
+                             backend->describe() + " (use the in-memory state for this query)");
+  }
 
   // Late records (behind the watermark) become dead letters instead of being only dropped and
   // counted (QueryOptions::lateRecordsToDeadLetters).
@@ -154,6 +165,11 @@ struct LargePageAllocator {
 
 // The state of one operator in one partition: keys K to values V in a flat hash map, with the
 // keys changed and removed since the last collectChanges(). Used by one task at a time.
+//
+// With a StateTable attached (a state backend, state_backend.h) the table holds the state and
+// the map caches it: an operator calls load() with the keys a batch (or an eviction) is about to
+// touch before touching them, and loadAll() before reading every key; persist() applies the
+// batch's delta to the table and trims the cache. Without a table these are no-ops.
 template <class K, class V>
 class PartitionState {
  public:
@@ -176,6 +192,7 @@ class PartitionState {
       created = true;
       ctor(key, Slot{init(), 0});
     });
+    rows_ += created;
     touch(it);
     return it->second.value;
   }
@@ -195,12 +212,16 @@ class PartitionState {
   // Inserts `key` with `value` unless present; returns whether it was inserted.
   bool insertNew(const K& key, V value) {
     auto [it, inserted] = map_.try_emplace(key, Slot{std::move(value), 0});
-    if (inserted) touch(it);
+    if (inserted) {
+      ++rows_;
+      touch(it);
+    }
     return inserted;
   }
   void erase(typename Map::iterator it) {
     removed_.push_back(it->first);
     map_.erase(it);
+    --rows_;
     ++removedCount_;
     pointersValidFrom_ = std::numeric_limits<size_t>::max();  // a remembered slot may be gone
   }
@@ -268,6 +289,10 @@ class PartitionState {
 
   // Restore: applies a snapshot or delta, or one of its entries (key and value bytes).
   void apply(const StateFileReader& file) {
+    if (table_) {
+      table_->apply(file);
+      return;
+    }
     file.forEach([&](std::string_view key, std::string_view value) { applyPut(key, value); },
                  [&](std::string_view key) { applyRemove(key); });
   }
@@ -277,12 +302,93 @@ class PartitionState {
     map_.insert_or_assign(std::move(k), Slot{std::move(v), 0});
   }
   void applyRemove(std::string_view key) { map_.erase(StateCodec<K>::decode(key)); }
+  // After the last file of a restore: the row count, from the map or a scan of the table.
+  void restored() {
+    if (!table_) {
+      rows_ = static_cast<int64_t>(map_.size());
+      return;
+    }
+    rows_ = 0;
+    table_->scan([&](std::string_view, std::string_view) { ++rows_; });
+  }
+
+  // ---- a state backend's table behind the map
+  // Keeps the state in `table` (empty), with at most `cacheKeys` keys cached between batches.
+  void attach(std::unique_ptr<StateTable> table, size_t cacheKeys) {
+    table_ = std::move(table);
+    cacheKeys_ = cacheKeys;
+  }
+  bool spills() const { return table_ != nullptr; }
+
+  // Caches the keys keys(need) passes to need(key) that are stored but not cached. A key removed
+  // in this batch stays absent (the table still has it until persist()).
+  template <class Keys>
+  void load(Keys&& keys) {
+    if (!table_) return;
+    absl::flat_hash_set<K> gone(removed_.begin(), removed_.end());
+    absl::flat_hash_set<K> wanted;
+    std::vector<K> missing;
+    keys([&](const K& k) {
+      if (!map_.contains(k) && !gone.contains(k) && wanted.insert(k).second) missing.push_back(k);
+    });
+    if (missing.empty()) return;
+    std::vector<std::string> encoded(missing.size());
+    std::vector<std::string_view> views(missing.size());
+    for (size_t i = 0; i < missing.size(); ++i) {
+      StateCodec<K>::encode(missing[i], encoded[i]);
+      views[i] = encoded[i];
+    }
+    const size_t capacity = map_.capacity();
+    table_->multiGet(views, [&](size_t i, std::string_view value) {
+      map_.try_emplace(std::move(missing[i]), Slot{StateCodec<V>::decode(value), 0});
+    });
+    if (map_.capacity() != capacity) pointersValidFrom_ = std::numeric_limits<size_t>::max();  // slots moved
+  }
+  // Caches every stored key (complete output mode reads them all).
+  void loadAll() {
+    if (!table_) return;
+    absl::flat_hash_set<K> gone(removed_.begin(), removed_.end());
+    const size_t capacity = map_.capacity();
+    table_->scan([&](std::string_view key, std::string_view value) {
+      K k = StateCodec<K>::decode(key);
+      if (gone.contains(k) || map_.contains(k)) return;
+      map_.try_emplace(std::move(k), Slot{StateCodec<V>::decode(value), 0});
+    });
+    if (map_.capacity() != capacity) pointersValidFrom_ = std::numeric_limits<size_t>::max();
+  }
+  // Calls fn(key, value) for every stored key (from the table when there is one: what is
+  // derived from the whole state, such as eviction indexes, is rebuilt from it after a restore).
+  template <class F>
+  void forEachStored(F&& fn) {
+    if (!table_) {
+      for (const auto& [k, slot] : map_) fn(k, slot.value);
+      return;
+    }
+    table_->scan([&](std::string_view key, std::string_view value) {
+      K k = StateCodec<K>::decode(key);
+      V v = StateCodec<V>::decode(value);
+      fn(k, v);
+    });
+  }
+  // After encodeDelta(): writes the delta `bytes` to the table, then empties the cache if it
+  // holds more keys than its budget (every cached key is clean now, so nothing is lost).
+  void persist(const std::string& bytes) {
+    if (!table_) return;
+    if (!bytes.empty()) table_->apply(StateFileReader(bytes, "the batch's state delta"));
+    if (map_.size() > cacheKeys_) {
+      map_ = Map();
+      capacityAtLastChange_ = 0;
+    }
+  }
+  // Rows in the state (stored, not only cached).
+  int64_t rows() const { return table_ ? rows_ : static_cast<int64_t>(map_.size()); }
 
   // Rough size of the state in memory: slots and control bytes (heap owned by keys and values,
   // e.g. long strings, is not counted).
   int64_t memoryBytes() const {
     return static_cast<int64_t>(map_.capacity() * (sizeof(typename Map::value_type) + 1) +
-                                changed_.capacity() * (sizeof(K) + sizeof(void*)));
+                                changed_.capacity() * (sizeof(K) + sizeof(void*))) +
+           (table_ ? table_->memoryBytes() : 0);
   }
 
  private:
@@ -325,6 +431,9 @@ class PartitionState {
   std::vector<K> removed_;
   int64_t removedCount_ = 0;
   uint32_t epoch_ = 1;
+  int64_t rows_ = 0;                  // stored rows, when the map is a cache of table_
+  std::unique_ptr<StateTable> table_;  // null: the map is the state
+  size_t cacheKeys_ = 0;
 };
 
 // The per-partition states of one operator, plus an optional index of keys by an eviction time
@@ -350,8 +459,16 @@ class PartitionedState {
     if (!s) {
       s = std::make_unique<Slot>();
       s->id = p;
+      if (backend_) s->state.attach(backend_->openTable(scope_, operatorId_, p), cacheKeys_);
     }
     return *s;
+  }
+  // Partitions created from now on keep their state in `backend` (StateOptions::backend).
+  void useBackend(std::shared_ptr<StateBackend> backend, std::string scope, int operatorId, size_t cacheKeys) {
+    backend_ = std::move(backend);
+    scope_ = std::move(scope);
+    operatorId_ = operatorId;
+    cacheKeys_ = cacheKeys;
   }
   std::map<PartitionId, std::unique_ptr<Slot>>& all() { return parts_; }
   void drop(const PartitionId& p) { parts_.erase(p); }
@@ -373,6 +490,7 @@ class PartitionedState {
       auto& st = slots[i]->state;
       encoded[i].removed = st.removedCount();
       if (st.hasChanges()) encoded[i].bytes = st.encodeDelta(encoded[i].entries, encoded[i].puts);
+      st.persist(encoded[i].bytes);
     });
     p.numRowsUpdated = p.numRowsRemoved = p.numDeltaBytes = 0;
     for (size_t i = 0; i < slots.size(); ++i) {
@@ -388,7 +506,7 @@ class PartitionedState {
     p.memoryUsedBytes = 0;
     p.numRowsDroppedByWatermark = 0;
     for (const auto& [id, slot] : parts_) {
-      p.numRowsTotal += static_cast<int64_t>(slot->state.map().size());
+      p.numRowsTotal += slot->state.rows();
       p.memoryUsedBytes += slot->state.memoryBytes();
       p.numRowsDroppedByWatermark += slot->droppedLate;
     }
@@ -397,6 +515,10 @@ class PartitionedState {
 
  private:
   std::map<PartitionId, std::unique_ptr<Slot>> parts_;
+  std::shared_ptr<StateBackend> backend_;  // null: state in memory
+  std::string scope_;
+  int operatorId_ = 0;
+  size_t cacheKeys_ = 0;
 };
 
 }  // namespace dataflow::detail

@@ -48,12 +48,21 @@ class WatermarkOperator final : public BatchOperator<T> {
 };
 
 // What every keyed stateful operator does for the engine: restore, encode changes, report. Derived
-// operators keep their keys in `state_` and rebuild their eviction index in finishRestore().
+// operators keep their keys in `state_` and rebuild their eviction index in rebuildIndex().
 template <class K, class V>
 class KeyedStatefulOperator : public StatefulOperator {
  public:
   void clearState() override { state_.clear(); }
   void restoreFile(const PartitionId& p, const StateFileReader& file) override { state_.get(p).state.apply(file); }
+  void finishRestore() final {
+    for (auto& [id, slot] : state_.all()) {
+      slot->state.restored();
+      rebuildIndex(*slot);
+    }
+  }
+  void useStateBackend(std::shared_ptr<StateBackend> backend, const std::string& scope, size_t cacheKeys) override {
+    state_.useBackend(std::move(backend), scope, id(), cacheKeys);
+  }
   void dropPartition(const PartitionId& p) override { state_.drop(p); }
   void collectChanges(int64_t version, StateChanges& out) override { state_.collect(id(), version, out, progress_); }
   StateOperatorProgress progress() const override {
@@ -66,6 +75,10 @@ class KeyedStatefulOperator : public StatefulOperator {
  protected:
   using State = PartitionedState<K, V>;
   using Slot = typename State::Slot;
+
+  // After a restore: rebuilds what the operator derives from a partition's whole state (its
+  // eviction index), reading it with forEachStored().
+  virtual void rebuildIndex(Slot& /*slot*/) {}
 
   // The slots of the batch's input partitions (created here, on the driver thread, before the
   // parallel section), with every partition's late-record counter reset.
@@ -119,6 +132,7 @@ class KeyedStatefulOperator : public StatefulOperator {
   template <class F>
   static void evictUpTo(Slot& slot, int64_t watermark, F&& fn) {
     auto& index = slot.byDeadline;
+    loadDue(slot, watermark);
     while (!index.empty() && index.begin()->first <= watermark) {
       for (const K& k : index.begin()->second) {
         auto it = slot.state.map().find(k);
@@ -128,6 +142,16 @@ class KeyedStatefulOperator : public StatefulOperator {
       }
       index.erase(index.begin());
     }
+  }
+
+  // With a state backend: caches the keys whose eviction time is at or before `watermark`.
+  static void loadDue(Slot& slot, int64_t watermark) {
+    if (!slot.state.spills()) return;
+    slot.state.load([&](auto&& need) {
+      for (auto it = slot.byDeadline.begin(); it != slot.byDeadline.end() && it->first <= watermark; ++it) {
+        for (const K& k : it->second) need(k);
+      }
+    });
   }
 
   State state_;
@@ -189,12 +213,10 @@ class AggregateOperator final
         [this](Slot& s, std::vector<Row>& rows, int64_t wm) { emit(s, rows, wm); });
   }
 
-  void finishRestore() override {
+  void rebuildIndex(Slot& slot) override {
     if constexpr (kWindowed) {
-      for (auto& [id, slot] : state_.all()) {
-        slot->byDeadline.clear();
-        for (const auto& [k, v] : slot->state.map()) slot->byDeadline[k.window.endMs].push_back(k);
-      }
+      slot.byDeadline.clear();
+      slot.state.forEachStored([&](const GroupKey& k, const Acc&) { slot.byDeadline[k.window.endMs].push_back(k); });
     }
   }
 
@@ -206,6 +228,19 @@ class AggregateOperator final
     bool created = false;
     const bool ahead = st.large();
     const size_t n = rows.size(), d = PartitionState<GroupKey, Acc>::kLookahead;
+    if (st.spills()) {
+      st.load([&](auto&& need) {
+        for (const T& row : rows) {
+          if constexpr (!kWindowed) {
+            need(std::invoke(key_, row));
+          } else {
+            windowing_.spec.forEachWindow(toEventTimeMs(std::invoke(windowing_.time, row)), [&](Window w) {
+              if (w.endMs > watermark) need(GroupKey{w, std::invoke(key_, row)});
+            });
+          }
+        }
+      });
+    }
     if constexpr (!kWindowed) {
       for (size_t i = 0; i < n; ++i) {
         if (ahead && i + d < n) st.prefetch(std::invoke(key_, rows[i + d]));
@@ -249,6 +284,7 @@ class AggregateOperator final
         if constexpr (kWindowed) Base::evictUpTo(slot, watermark, [](const GroupKey&, const Acc&) {});
         break;
       case OutputMode::kComplete:
+        st.loadAll();
         rows.reserve(st.map().size());
         for (const auto& [k, s] : st.map()) rows.push_back(Row{k, agg_.result(s.value)});
         break;
@@ -319,18 +355,21 @@ class SessionAggregateOperator final
         [this](Slot& s, std::vector<Row>& rows, int64_t wm) { emit(s, rows, wm); });
   }
 
-  void finishRestore() override {
-    for (auto& [id, slot] : state_.all()) {
-      slot->byDeadline.clear();
-      for (const auto& [k, s] : slot->state.map()) {
-        for (const auto& e : s.value) slot->byDeadline[std::get<1>(e)].push_back(k);
-      }
-    }
+  void rebuildIndex(Slot& slot) override {
+    slot.byDeadline.clear();
+    slot.state.forEachStored([&](const Key& k, const std::vector<SessionEntry>& sessions) {
+      for (const auto& e : sessions) slot.byDeadline[std::get<1>(e)].push_back(k);
+    });
   }
 
  private:
   void update(Slot& slot, const std::vector<T>& rows, int64_t watermark) {
     const int64_t gap = windows_.spec.gapMs;
+    slot.state.load([&](auto&& need) {
+      for (const T& row : rows) {
+        if (toEventTimeMs(std::invoke(windows_.time, row)) + gap > watermark) need(std::invoke(key_, row));
+      }
+    });
     for (const T& row : rows) {
       int64_t t = toEventTimeMs(std::invoke(windows_.time, row));
       if (t + gap <= watermark) {
@@ -373,6 +412,7 @@ class SessionAggregateOperator final
       });
     }
     // Sessions the watermark closed: emitted in append mode, dropped in both.
+    Base::loadDue(slot, watermark);
     auto& index = slot.byDeadline;
     while (!index.empty() && index.begin()->first <= watermark) {
       for (const Key& k : index.begin()->second) {
@@ -445,6 +485,14 @@ class DedupOperator final
       auto& slot = *slots[i];
       auto& rows = outParts[i].rows;
       outParts[i].id = inParts[i].id;
+      slot.state.load([&](auto&& need) {
+        for (const T& row : inParts[i].rows) {
+          if constexpr (kTimed) {
+            if (toEventTimeMs(std::invoke(time_, row)) < watermark) continue;
+          }
+          need(std::invoke(key_, row));
+        }
+      });
       for (T& row : inParts[i].rows) {
         int64_t expiry = 0;
         if constexpr (kTimed) {
@@ -465,12 +513,10 @@ class DedupOperator final
     this->takeLate(out);
   }
 
-  void finishRestore() override {
+  void rebuildIndex(Slot& slot) override {
     if constexpr (kTimed) {
-      for (auto& [id, slot] : state_.all()) {
-        slot->byDeadline.clear();
-        for (const auto& [k, s] : slot->state.map()) slot->byDeadline[s.value].push_back(k);
-      }
+      slot.byDeadline.clear();
+      slot.state.forEachStored([&](const Key& k, int64_t expiry) { slot.byDeadline[expiry].push_back(k); });
     }
   }
 
