@@ -13,6 +13,7 @@
 // and its accumulator must be Checkpointable (state.h).
 #pragma once
 
+#include <algorithm>
 #include <concepts>
 #include <cstdint>
 #include <functional>
@@ -20,6 +21,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "dataflow/state.h"
 
@@ -43,6 +45,8 @@ struct Count {
   void add(int64_t& acc, const T&) const { ++acc; }
   int64_t result(int64_t acc) const { return acc; }
   void merge(int64_t& acc, int64_t other) const { acc += other; }
+  template <class T>
+  void retract(int64_t& acc, const T&) const { --acc; }
 };
 
 // Integers sum into int64_t, floating-point values into double.
@@ -62,6 +66,9 @@ struct Sum {
   Acc result(const Acc& acc) const { return acc; }
   template <class Acc>
   void merge(Acc& acc, const Acc& other) const { acc += other; }
+  // Exact for integers; a floating-point sum keeps the rounding of every step.
+  template <class T, class Acc>
+  void retract(Acc& acc, const T& row) const { acc -= static_cast<Acc>(std::invoke(fn, row)); }
 };
 
 // Min and Max keep {seen, value}; a key always has a value (it exists because a record arrived).
@@ -105,6 +112,49 @@ struct Avg {
   void merge(std::pair<double, int64_t>& acc, const std::pair<double, int64_t>& other) const {
     acc.first += other.first;
     acc.second += other.second;
+  }
+  template <class T>
+  void retract(std::pair<double, int64_t>& acc, const T& row) const {
+    acc.first -= static_cast<double>(std::invoke(fn, row));
+    --acc.second;
+  }
+};
+
+// Min or max under retraction (table aggregations, table.h): the group's values with their
+// multiplicities, sorted, so that retracting the current extreme reveals the next one exactly.
+// Memory grows with the distinct values of a group.
+template <class F, bool kMax>
+struct RetractableExtreme {
+  static constexpr const char* kName = kMax ? "max" : "min";
+  F fn;
+  template <class T>
+  auto init() const {
+    using V = std::decay_t<std::invoke_result_t<const F&, const T&>>;
+    static_assert(std::totally_ordered<V>, "min/max(fn): fn must return an ordered value");
+    return std::vector<std::pair<V, int64_t>>{};
+  }
+  template <class T, class Acc>
+  void add(Acc& acc, const T& row) const {
+    auto v = std::invoke(fn, row);
+    auto it = std::lower_bound(acc.begin(), acc.end(), v, [](const auto& e, const auto& x) { return e.first < x; });
+    if (it != acc.end() && !(v < it->first)) {
+      ++it->second;
+    } else {
+      acc.insert(it, {std::move(v), 1});
+    }
+  }
+  template <class T, class Acc>
+  void retract(Acc& acc, const T& row) const {
+    auto v = std::invoke(fn, row);
+    auto it = std::lower_bound(acc.begin(), acc.end(), v, [](const auto& e, const auto& x) { return e.first < x; });
+    if (it == acc.end() || v < it->first) return;  // never added: nothing to take back
+    if (--it->second == 0) acc.erase(it);
+  }
+  template <class Acc>
+  auto result(const Acc& acc) const {
+    using V = typename Acc::value_type::first_type;
+    if (acc.empty()) return V{};
+    return kMax ? acc.back().first : acc.front().first;
   }
 };
 
@@ -156,6 +206,10 @@ struct Multi {
   void merge(Acc& acc, const Acc& other) const {
     mergeEach(acc, other, std::index_sequence_for<As...>{});
   }
+  template <class T, class Acc>
+  void retract(Acc& acc, const T& row) const {
+    retractEach<T>(acc, row, std::index_sequence_for<As...>{});
+  }
   std::string names() const {
     std::string out;
     std::apply([&](const auto&... a) { ((out += (out.empty() ? "" : ", ") + std::string(a.kName)), ...); }, aggs);
@@ -167,6 +221,10 @@ struct Multi {
   void addEach(Acc& acc, const T& row, std::index_sequence<I...>) const {
     (std::get<I>(aggs).template add<T>(std::get<I>(acc), row), ...);
   }
+  template <class T, class Acc, size_t... I>
+  void retractEach(Acc& acc, const T& row, std::index_sequence<I...>) const {
+    (std::get<I>(aggs).template retract<T>(std::get<I>(acc), row), ...);
+  }
   template <class Acc, size_t... I>
   void mergeEach(Acc& acc, const Acc& other, std::index_sequence<I...>) const {
     (std::get<I>(aggs).merge(std::get<I>(acc), std::get<I>(other)), ...);
@@ -174,6 +232,27 @@ struct Multi {
   template <class Acc, size_t... I>
   auto resultEach(const Acc& acc, std::index_sequence<I...>) const {
     return std::tuple{std::get<I>(aggs).result(std::get<I>(acc))...};
+  }
+};
+
+// The form of aggregate A that a table aggregation uses (table.h): min and max become
+// RetractableExtreme, several aggregates map each, the others retract as they are.
+template <class A>
+struct ForTable {
+  using type = A;
+  static A make(A a) { return a; }
+};
+template <class F, bool kMax>
+struct ForTable<Extreme<F, kMax>> {
+  using type = RetractableExtreme<F, kMax>;
+  static type make(Extreme<F, kMax> a) { return {std::move(a.fn)}; }
+};
+template <class... As>
+struct ForTable<Multi<As...>> {
+  using type = Multi<typename ForTable<As>::type...>;
+  static type make(Multi<As...> m) {
+    return std::apply([](auto&... a) { return type{std::tuple{ForTable<std::decay_t<decltype(a)>>::make(std::move(a))...}}; },
+                      m.aggs);
   }
 };
 
@@ -217,6 +296,13 @@ template <class Init, class Add, class Finish, class Merge>
 agg::Custom<Init, Add, Finish, Merge> aggregate(Init init, Add add, Finish finish, Merge merge) {
   return {std::move(init), std::move(add), std::move(finish), std::move(merge)};
 }
+
+// An aggregate that can take a record back out of its accumulator (table aggregations: an
+// updated or deleted row retracts what it added).
+template <class A, class T>
+concept RetractableAggregate = AggregateFunction<A, T> && requires(const A& a, agg::AccOf<A, T>& acc, const T& row) {
+  a.template retract<T>(acc, row);
+};
 
 // An aggregate whose accumulators can be merged (what session windows need).
 template <class A, class T>

@@ -20,6 +20,7 @@
 #include "dataflow/keyed_stream.h"
 #include "dataflow/join.h"
 #include "dataflow/stateful_processor.h"
+#include "dataflow/table.h"
 #include "dataflow/state.h"
 #include "dataflow/state_backend.h"
 #include "dataflow/window.h"

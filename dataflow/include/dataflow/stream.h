@@ -143,6 +143,10 @@ template <class T>
 class DataStreamWriter;
 template <class T, class KeyFn, class Windowing>
 class KeyedStream;
+template <class K, class V>
+class Table;
+template <class K, class V, class GroupFn>
+class GroupedTable;
 
 template <class T, class P = detail::Pipe<T>>
 class Stream {
@@ -151,6 +155,10 @@ class Stream {
   friend class Stream;
   template <class U, class KeyFn, class Windowing>
   friend class KeyedStream;
+  template <class K, class V>
+  friend class Table;
+  template <class K, class V, class GroupFn>
+  friend class GroupedTable;
 
  public:
   using value_type = T;
@@ -287,6 +295,12 @@ class Stream {
     return KeyedStream<T, K, detail::NoWindow>(session_, materialize(), routing_, std::move(key), {}, "");
   }
 
+  // Reads this stream as the changelog of a table (table.h): per key(record) the row of the
+  // newest version(record); row(record) gives the row, or std::nullopt for a delete.
+  template <class K, class Ver, class R>
+    requires StateKeyFunction<K, T> && VersionFunction<Ver, T> && std::invocable<const R&, const T&>
+  auto asTable(K key, Ver version, R row) const;
+
   // Keeps the first record of each key, across batches; the keys are kept forever (Spark's
   // dropDuplicates without an event-time column).
   template <class K>
@@ -396,6 +410,18 @@ class Stream {
   std::string explain() const { return detail::explainPlan(*materialize().node); }
 
  private:
+  // A stateful step after this stream: `build(input operator, planner)` makes its operator.
+  template <class U, class Build>
+  Stream<U> statefulStep(std::string label, Build build) const {
+    auto input = materialize();
+    auto node = std::make_shared<detail::LogicalNode>(
+        detail::LogicalNode{detail::LogicalNode::Kind::kStateful, std::move(label), {}, {input.node}, false});
+    detail::Producer<U> out{node, [in = input.build, build = std::move(build)](detail::Planner& planner) {
+                              return build(in(planner), planner);
+                            }};
+    return Stream<U>(session_, std::move(out), detail::Pipe<U>{}, routing_);
+  }
+
   template <class K, class F>
   Stream<T> dedup(K key, F eventTime, const char* name) const {
     auto input = materialize();
@@ -591,3 +617,4 @@ class DataStreamWriter {
 }  // namespace dataflow
 
 #include "dataflow/keyed_stream.h"
+#include "dataflow/table.h"

@@ -16,6 +16,7 @@
 
 #include "testing/state_store_contract.h"
 #include "testing/stateful_workloads.h"
+#include "testing/table_workloads.h"
 
 namespace dataflow {
 namespace {
@@ -227,6 +228,20 @@ TEST(RocksDbState, ManyKeysThroughASmallCacheAgreeWithMemory) {
   EXPECT_EQ(p.numRowsTotal, static_cast<int64_t>(expected.size())) << "rows stored, not only cached";
   EXPECT_GT(p.memoryUsedBytes, 0);
   std::filesystem::remove_all(dir);
+}
+
+// A table (asTable -> groupBy -> retracting aggregates) with its state in RocksDB and a cache of
+// two keys: equal to the recomputation from the final table, also with a crash in a batch.
+TEST(RocksDbState, TableAggregationsEqualARecomputation) {
+  for (uint32_t seed : {1u, 2u, 3u}) {
+    auto changelog = table_testing::randomChangelog(seed, 2, 300);
+    int crashes = 0;
+    auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
+    store->arm(CrashingStore::Step::kAfterState, 5);
+    auto got = table_testing::runAggregation(changelog, store, &crashes, -1, rocksdb::stateBackend());
+    EXPECT_EQ(got, table_testing::recompute(changelog)) << "seed " << seed;
+    EXPECT_EQ(crashes, 1);
+  }
 }
 
 TEST(RocksDbState, OperatorsThatKeepStateInMemoryRefuseTheBackendAtStart) {

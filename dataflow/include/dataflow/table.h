@@ -1,0 +1,149 @@
+// Tables: a changelog (a Debezium topic, say) read as the table it describes, not as a stream of
+// new facts. Spark appends every change event as a row, so sum(amount) GROUP BY customer over an
+// orders changelog counts each update again and never forgets a delete; here, as in Kafka
+// Streams' KTable and Flink's retract streams, a table keeps the current row per key and its
+// aggregations retract what an updated or deleted row had contributed.
+//
+//   auto orders = session.readStream(source).parse(orderChange)
+//       .asTable(&OrderChange::id, &OrderChange::lsn,
+//                [](const OrderChange& c) { return c.deleted ? std::nullopt : std::optional(c.row); });
+//   auto perCustomer = orders.groupBy(&Order::customerId)
+//       .agg(dataflow::count(), dataflow::sum(&Order::cents), dataflow::max(&Order::cents));
+//   perCustomer.toChangelog()   // Stream<TableChange<int64_t, std::tuple<int64_t, int64_t, int64_t>>>
+//       .writeStream().foreachBatch(upsertOrDelete).start();
+//
+// Each batch, a table emits one TableChange per key whose value the batch changed, with the value
+// before the batch (from state: Debezium sends no before image for updates with REPLICA IDENTITY
+// DEFAULT, and only the key for deletes) and after it. An event whose version (e.g. the LSN) is
+// not newer than the key's is ignored, so replays and out-of-order duplicates change nothing.
+//
+// count, sum and avg retract by subtraction (exact for integers); min and max keep each group's
+// values with their multiplicities, so they stay exact when the extreme row changes or goes. A
+// group whose last row leaves is deleted (after = nullopt).
+//
+// Partitioning: asTable keeps its state by source partition (a key's changes arrive on one
+// partition, as Debezium keys by primary key). groupBy regroups rows across partitions, so its
+// state is one partition kept by one process: such a query does not run scaled out.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "dataflow/aggregates.h"
+#include "dataflow/detail/table_operators.h"
+#include "dataflow/stream.h"
+
+namespace dataflow {
+
+template <class K, class V, class GroupFn>
+class GroupedTable;
+
+// A table of rows V by key K, as a stream of its changes.
+template <class K, class V>
+class Table {
+ public:
+  explicit Table(Stream<TableChange<K, V>> changes) : changes_(std::move(changes)) {}
+
+  // The table's changes, one per key the batch changed: upserts (after set) and deletes (after
+  // empty), with the previous value in `before`.
+  Stream<TableChange<K, V>> toChangelog() const { return changes_; }
+
+  // Regroups the rows by `group(row)` for an aggregation.
+  template <class G>
+    requires StateKeyFunction<G, V>
+  GroupedTable<K, V, G> groupBy(G group) const {
+    return GroupedTable<K, V, G>(changes_, std::move(group));
+  }
+
+  std::string explain() const { return changes_.explain(); }
+
+ private:
+  Stream<TableChange<K, V>> changes_;
+};
+
+// A table regrouped by a new key; its aggregations give a table of groups.
+template <class K, class V, class GroupFn>
+class GroupedTable {
+  using Group = std::decay_t<std::invoke_result_t<const GroupFn&, const V&>>;
+
+ public:
+  GroupedTable(Stream<TableChange<K, V>> changes, GroupFn group) : changes_(std::move(changes)), group_(std::move(group)) {}
+
+  // Several aggregates in one pass; the value is the tuple of their results (one aggregate: its
+  // result alone). min and max are kept exact under retraction (see the top of this file).
+  template <class... As>
+    requires(sizeof...(As) > 0)
+  auto agg(As... aggregates) const {
+    if constexpr (sizeof...(As) == 1) {
+      return aggregateWith(agg::ForTable<As...>::make(std::move(aggregates)...));
+    } else {
+      return aggregateWith(agg::ForTable<agg::Multi<As...>>::make(agg::Multi<As...>{std::tuple<As...>{std::move(aggregates)...}}));
+    }
+  }
+  auto count() const { return agg(dataflow::count()); }
+  template <class F>
+  auto sum(F fn) const { return agg(dataflow::sum(std::move(fn))); }
+  template <class F>
+  auto avg(F fn) const { return agg(dataflow::avg(std::move(fn))); }
+  template <class F>
+  auto min(F fn) const { return agg(dataflow::min(std::move(fn))); }
+  template <class F>
+  auto max(F fn) const { return agg(dataflow::max(std::move(fn))); }
+
+ private:
+  template <class A>
+  auto aggregateWith(A aggregate) const {
+    static_assert(RetractableAggregate<A, V>,
+                  "a table aggregation retracts rows: use count, sum, avg, min and max (a user-defined aggregate "
+                  "would need retract(acc, row))");
+    using Out = agg::OutOf<A, V>;
+    using Op = detail::TableAggregateOperator<K, V, GroupFn, A>;
+    auto changes = changes_;
+    auto grouped = changes.template statefulStep<TableChange<Group, Out>>(
+        "TableAggregate [retracting; state: group -> rows, accumulator; one partition]",
+        [group = group_, a = std::move(aggregate)](std::unique_ptr<detail::BatchOperator<TableChange<K, V>>> input,
+                                                   detail::Planner& planner) {
+          if (planner.outputMode == OutputMode::kComplete) {
+            throw ConfigurationError("a table aggregation emits its changes: use the append or update output mode, not complete");
+          }
+          auto op = std::make_unique<Op>(std::move(input), group, a);
+          planner.stateful.push_back(op.get());
+          return std::unique_ptr<detail::BatchOperator<TableChange<Group, Out>>>(op.release());
+        });
+    return Table<Group, Out>(std::move(grouped));
+  }
+
+  Stream<TableChange<K, V>> changes_;
+  GroupFn group_;
+};
+
+template <class T, class P>
+template <class K, class Ver, class R>
+  requires StateKeyFunction<K, T> && VersionFunction<Ver, T> && std::invocable<const R&, const T&>
+auto Stream<T, P>::asTable(K key, Ver version, R row) const {
+  using Key = std::decay_t<std::invoke_result_t<const K&, const T&>>;
+  using MaybeRow = std::decay_t<std::invoke_result_t<const R&, const T&>>;
+  using Row = typename MaybeRow::value_type;
+  static_assert(std::is_same_v<MaybeRow, std::optional<Row>>,
+                "asTable(key, version, row): row(record) returns std::optional<Row> (nullopt for a delete)");
+  static_assert(Checkpointable<Row> && Checkpointable<std::decay_t<std::invoke_result_t<const Ver&, const T&>>>,
+                "asTable keeps the row and version of every key in state: both need a StateCodec");
+  using Op = detail::AsTableOperator<T, K, Ver, R>;
+  auto changes = statefulStep<TableChange<Key, Row>>(
+      "AsTable [state: key -> version, row; by source partition]",
+      [key = std::move(key), version = std::move(version), row = std::move(row)](
+          std::unique_ptr<detail::BatchOperator<T>> input, detail::Planner& planner) {
+        if (planner.outputMode == OutputMode::kComplete) {
+          throw ConfigurationError("a table emits its changes: use the append or update output mode, not complete");
+        }
+        auto op = std::make_unique<Op>(std::move(input), key, version, row);
+        planner.stateful.push_back(op.get());
+        return std::unique_ptr<detail::BatchOperator<TableChange<Key, Row>>>(op.release());
+      });
+  return Table<Key, Row>(std::move(changes));
+}
+
+}  // namespace dataflow
