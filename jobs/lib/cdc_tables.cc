@@ -105,7 +105,10 @@ Result<UpsertRow> customerChange(const KafkaRecord& record) {
                    *e.source.lsn, false, e.unavailable};
 }
 
-Result<UpsertRow> orderChange(const KafkaRecord& record) {
+namespace {
+
+// An order event with a row, of the orders table, with a positive id.
+Result<dbz::ChangeEvent<Order>> orderEvent(const KafkaRecord& record) {
   auto event = decode(kOrders, record);
   if (!event) return std::move(event).error();
   const auto& e = event.value();
@@ -113,8 +116,17 @@ Result<UpsertRow> orderChange(const KafkaRecord& record) {
   if (e.source.table != "orders" && !e.source.table.empty()) {
     return parseError("wrong_table", "event of table '" + e.source.table + "' on the orders topic");
   }
+  if (e.row.id <= 0) return parseError("invalid_value", "order id " + std::to_string(e.row.id) + " is not positive");
+  return event;
+}
+
+}  // namespace
+
+Result<UpsertRow> orderChange(const KafkaRecord& record) {
+  auto event = orderEvent(record);
+  if (!event) return std::move(event).error();
+  const auto& e = event.value();
   const Order& o = e.row;
-  if (o.id <= 0) return parseError("invalid_value", "order id " + std::to_string(o.id) + " is not positive");
   if (e.isDelete()) {
     return UpsertRow{{std::to_string(o.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)},
                      *e.source.lsn, true};
@@ -125,6 +137,58 @@ Result<UpsertRow> orderChange(const KafkaRecord& record) {
   return UpsertRow{{std::to_string(o.id), std::to_string(o.customerId), o.amount.text, o.status, text(o.createdAt),
                     text(o.updatedAt), eventTime(e.source)},
                    *e.source.lsn, false, e.unavailable};
+}
+
+namespace {
+
+// "123.45" (numeric(12,2) as Debezium's string decimal handling gives it) in cents.
+std::optional<int64_t> cents(std::string_view text) {
+  bool negative = !text.empty() && text.front() == '-';
+  if (negative) text.remove_prefix(1);
+  auto dot = text.find('.');
+  std::string_view whole = text.substr(0, dot), fraction = dot == std::string_view::npos ? "" : text.substr(dot + 1);
+  if (whole.empty() || fraction.size() > 2) return std::nullopt;
+  int64_t units = 0, hundredths = 0;
+  auto [p1, e1] = std::from_chars(whole.data(), whole.data() + whole.size(), units);
+  if (e1 != std::errc() || p1 != whole.data() + whole.size()) return std::nullopt;
+  if (!fraction.empty()) {
+    auto [p2, e2] = std::from_chars(fraction.data(), fraction.data() + fraction.size(), hundredths);
+    if (e2 != std::errc() || p2 != fraction.data() + fraction.size()) return std::nullopt;
+    if (fraction.size() == 1) hundredths *= 10;
+  }
+  int64_t v = units * 100 + hundredths;
+  return negative ? -v : v;
+}
+
+}  // namespace
+
+Result<OrderFact> orderFact(const KafkaRecord& record) {
+  auto event = orderEvent(record);
+  if (!event) return std::move(event).error();
+  const auto& e = event.value();
+  const Order& o = e.row;
+  if (e.isDelete()) return OrderFact{o.id, *e.source.lsn, true, {}};
+  if (o.customerId <= 0) return parseError("invalid_value", "order " + std::to_string(o.id) + ": customer_id is not positive");
+  auto amount = cents(o.amount.text);
+  if (!amount || *amount < 0) {
+    return parseError("invalid_value", "order " + std::to_string(o.id) + ": amount '" + o.amount.text.substr(0, 40) +
+                                           "' is not a non-negative number with at most two decimals");
+  }
+  if (!o.createdAt || o.createdAt->special != dbz::Timestamp::Special::kNone) {
+    return parseError("invalid_value", "order " + std::to_string(o.id) + ": created_at is missing or infinite");
+  }
+  return OrderFact{o.id, *e.source.lsn, false, OrderRow{o.customerId, *amount, o.createdAt->micros, *e.source.lsn}};
+}
+
+UpsertTableOptions customerOrderStats() {
+  return {.table = "public.customer_order_stats",
+          .keyColumns = {"customer_id"},
+          .valueColumns = {"order_count", "total_amount", "avg_amount", "max_amount", "first_order_at", "last_order_at",
+                           "source_lsn"},
+          .versionColumn = "batch_version",
+          .softDeleteColumn = "is_deleted",
+          .insertOnlyColumns = {"first_seen_at"},
+          .touchColumns = {"updated_at"}};
 }
 
 const CdcTable& customersTable() {

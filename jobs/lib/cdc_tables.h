@@ -7,6 +7,7 @@
 #include <dataflow/kafka/kafka_source.h>
 #include <dataflow/postgres/warehouse.h>
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -30,6 +31,27 @@ Result<UpsertRow> customerChange(const KafkaRecord& record);
 // public.orders -> fact_orders (order_id, customer_id, amount, status, created_at, updated_at, event_time).
 UpsertTableOptions factOrders();
 Result<UpsertRow> orderChange(const KafkaRecord& record);
+
+// An order change read as a table row (the table jobs, dataflow/table.h): what the per-customer
+// aggregates need, with fixed-size fields only, so that the row is kept in state by its bytes.
+struct OrderRow {
+  int64_t customerId = 0;
+  int64_t amountCents = 0;
+  int64_t createdAtMicros = 0;
+  int64_t lsn = 0;
+};
+struct OrderFact {
+  int64_t id = 0;
+  int64_t lsn = 0;
+  bool deleted = false;
+  OrderRow row;
+};
+// The same validation as orderChange; a delete carries the key only.
+Result<OrderFact> orderFact(const KafkaRecord& record);
+
+// customer_order_stats (sql/006_customer_order_stats.sql): customer_id, order_count, total_amount,
+// avg_amount, max_amount, first_order_at, last_order_at, source_lsn; versioned by batch.
+UpsertTableOptions customerOrderStats();
 
 // A table the jobs know: its Debezium table name (the topic's last part), decoder and target.
 struct CdcTable {

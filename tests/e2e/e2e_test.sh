@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
-#   backfill manual_checks malformed mixed_workload faults multi_table metrics partitions
+#   backfill manual_checks malformed mixed_workload faults multi_table table_stats metrics partitions
 #   schema_change toasted_values schema_on signals scale_out
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
@@ -178,6 +178,54 @@ case "${1:-}" in
     [[ $(q "SELECT error_kind FROM dlq_events WHERE source_topic = 'dbserver1.public.unknown_table'") == unrouted_table ]] || fail "unrouted table not in the DLQ"
     "$JOBS" start > /dev/null
     echo "multi_table: ok"
+    ;;
+
+  table_stats)
+    # customer_order_stats: the orders changelog as a table, aggregated per customer. Edge cases
+    # (an amount changed, an order moved to another customer, an order deleted, a customer
+    # deleted with its orders by the cascade, one order updated 50 times in one transaction), then
+    # a run from the beginning of the topic must equal the SQL aggregation of the source; then
+    # the job runs live under the simulator, is killed (-9) and restarted, and must equal it again.
+    oracle="WITH src AS (SELECT customer_id, count(*) AS n, sum(amount) AS total, avg(amount) AS av, max(amount) AS mx,
+                                min(created_at) AS f, max(created_at) AS l FROM orders GROUP BY customer_id),
+                  dst AS (SELECT * FROM customer_order_stats WHERE NOT is_deleted)
+             SELECT count(*) FROM src FULL JOIN dst USING (customer_id)
+             WHERE src.customer_id IS NULL OR dst.customer_id IS NULL OR dst.order_count <> src.n
+                OR dst.total_amount <> src.total OR abs(dst.avg_amount - src.av) > 0.000001
+                OR dst.max_amount <> src.mx OR dst.first_order_at <> src.f OR dst.last_order_at <> src.l"
+    a=$(q "INSERT INTO customers (email, country) VALUES ('stats-a-$$@example.com', 'NL') RETURNING id")
+    b=$(q "INSERT INTO customers (email, country) VALUES ('stats-b-$$@example.com', 'DE') RETURNING id")
+    o1=$(q "INSERT INTO orders (customer_id, amount) VALUES ($a, 10.00) RETURNING id")
+    o2=$(q "INSERT INTO orders (customer_id, amount) VALUES ($a, 99.99) RETURNING id")
+    o3=$(q "INSERT INTO orders (customer_id, amount) VALUES ($b, 5.50) RETURNING id")
+    q "INSERT INTO orders (customer_id, amount) VALUES ($b, 7.25)" > /dev/null
+    q "UPDATE orders SET amount = 12.34 WHERE id = $o1" > /dev/null        # amount changed
+    q "UPDATE orders SET customer_id = $b WHERE id = $o2" > /dev/null      # a's max moves to b
+    q "DELETE FROM orders WHERE id = $o3" > /dev/null                     # deleted
+    q "BEGIN; $(for i in $(seq 1 50); do printf 'UPDATE orders SET amount = %d.%02d WHERE id = %s; ' $i $i "$o1"; done) COMMIT" > /dev/null
+    verify 60  # the stateless jobs caught up: the topic holds every change
+    QUERY_NAME=table-stats-e2e timeout 120 "$BUILD/jobs/customer_order_stats" --available-now \
+      > "$DATA/table_stats.log" 2>&1 || fail "customer_order_stats failed: $(tail -n 5 "$DATA/table_stats.log")"
+    [[ $(q "$oracle") == 0 ]] || fail "customer_order_stats differs from the SQL aggregation in $(q "$oracle") customers"
+    [[ $(q "SELECT order_count || '/' || max_amount FROM customer_order_stats WHERE customer_id = $b") == 2/99.99 ]] ||
+      fail "customer $b: $(q "SELECT order_count || '/' || max_amount FROM customer_order_stats WHERE customer_id = $b")"
+    q "DELETE FROM customers WHERE id = $b" > /dev/null                    # its orders go by the cascade
+    # Live, with a kill -9 in the middle.
+    QUERY_NAME=table-stats-e2e "$BUILD/jobs/customer_order_stats" > "$DATA/table_stats_live.log" 2>&1 &
+    job=$!
+    "$SIM" --ops 1500 --rate 500 --batch 2 --seed 71 > "$DATA/table_stats_sim.log" 2>&1 &
+    sim=$!
+    sleep 1.5
+    kill -9 "$job" 2>/dev/null || true
+    wait "$job" 2>/dev/null || true
+    QUERY_NAME=table-stats-e2e "$BUILD/jobs/customer_order_stats" >> "$DATA/table_stats_live.log" 2>&1 &
+    job=$!
+    wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/table_stats_sim.log")"
+    verify 90
+    wait_sql "$oracle" 0 60
+    [[ $(q "SELECT is_deleted FROM customer_order_stats WHERE customer_id = $b") == t ]] || fail "customer $b's stats not deleted"
+    kill -TERM "$job"; wait "$job" || fail "customer_order_stats did not stop cleanly"
+    echo "table_stats: ok ($(q "SELECT count(*) FROM customer_order_stats WHERE NOT is_deleted") customers)"
     ;;
 
   schema_on)

@@ -1,0 +1,90 @@
+// customer-order-stats: the orders changelog read as a table -> per-customer aggregates in
+// customer_order_stats.
+//
+// Each order event updates the table of current orders (newest LSN per order wins; a delete
+// carries only the key, its old row comes from state). Grouped by customer, count, sum, avg and max
+// of the amount and the first and last order time are kept exact under updates, deletes, cascades
+// and orders moved to another customer: the old row is retracted, the new one added. Each batch
+// upserts the customers it changed (a customer left without orders is soft-deleted), writes its
+// dead letters, its operator state and its checkpoint commit in one transaction.
+#include "lib/cdc_job.h"
+#include "lib/cdc_tables.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
+namespace {
+
+using Stats = std::tuple<int64_t, int64_t, double, int64_t, int64_t, int64_t, int64_t>;
+using StatsChange = dataflow::TableChange<int64_t, Stats>;
+
+std::string money(int64_t cents) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%s%lld.%02lld", cents < 0 ? "-" : "", static_cast<long long>(std::llabs(cents) / 100),
+                static_cast<long long>(std::llabs(cents) % 100));
+  return buf;
+}
+
+dataflow::postgres::UpsertRow toUpsert(const StatsChange& c, int64_t version) {
+  if (!c.after) return {{std::to_string(c.key), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt,
+                         std::nullopt, std::nullopt}, version, true};
+  const auto& [count, total, avgCents, maxCents, first, last, lsn] = *c.after;
+  char avg[48];
+  std::snprintf(avg, sizeof avg, "%.6f", avgCents / 100.0);
+  namespace dbz = dataflow::debezium;
+  return {{std::to_string(c.key), std::to_string(count), money(total), std::string(avg), money(maxCents),
+           dbz::Timestamp{first}.toString(), dbz::Timestamp{last}.toString(), std::to_string(lsn)},
+          version, false};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cdc::blockTerminationSignals();
+  auto config = cdc::JobConfig::fromArgs(argc, argv, {
+      .program = "customer_order_stats",
+      .queryName = "customer-order-stats",
+      .topics = {{"--topic", "ORDERS_TOPIC", "dbserver1.public.orders"}},
+  });
+  try {
+    dataflow::Session session({.workerThreads = config.workers});
+    auto warehouse = cdc::openWarehouse(config);
+    cdc::Monitoring monitoring;
+    const dataflow::postgres::UpsertTable statsTable(cdc::customerOrderStats());
+    using cdc::OrderFact;
+    using cdc::OrderRow;
+
+    auto query = session.readStream(cdc::kafkaSource(config))
+                     .filter(cdc::notTombstone)
+                     .parse(cdc::orderFact)
+                     .deadLettersHandledBySink()
+                     .asTable(&OrderFact::id, &OrderFact::lsn,
+                              [](const OrderFact& f) { return f.deleted ? std::nullopt : std::optional<OrderRow>(f.row); })
+                     .groupBy(&OrderRow::customerId)
+                     .agg(dataflow::count(), dataflow::sum(&OrderRow::amountCents), dataflow::avg(&OrderRow::amountCents),
+                          dataflow::max(&OrderRow::amountCents), dataflow::min(&OrderRow::createdAtMicros),
+                          dataflow::max(&OrderRow::createdAtMicros), dataflow::max(&OrderRow::lsn))
+                     .toChangelog()
+                     .writeStream()
+                     .queryName(config.queryName)
+                     .trigger(cdc::trigger(config))
+                     .checkpoint(warehouse.checkpoint)
+                     .addListener(cdc::batchLogger())
+                     .addListener(monitoring.metrics)
+                     .foreachBatch([&](const dataflow::Batch<StatsChange>& batch, const dataflow::BatchInfo& info) {
+                       std::vector<dataflow::postgres::UpsertRow> rows;
+                       for (const auto& part : batch.partitions()) {
+                         for (const auto& c : part.rows) rows.push_back(toUpsert(c, info.batchId + 1));
+                       }
+                       cdc::writeToWarehouse(warehouse, batch.deadLetters(), info, monitoring,
+                                             [&](dataflow::postgres::WarehouseTransaction& tx) { tx.upsert(statsTable, rows); });
+                     })
+                     .start();
+    monitoring.serve(config, query);
+    return cdc::runUntilSignalled(query);
+  } catch (const dataflow::Error& e) {
+    spdlog::error("{}: {}", config.queryName, e.what());
+    return dynamic_cast<const dataflow::ConfigurationError*>(&e) ? 2 : 1;
+  }
+}
