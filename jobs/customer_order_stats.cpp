@@ -72,13 +72,8 @@ int main(int argc, char** argv) {
                      .checkpoint(warehouse.checkpoint)
                      .addListener(cdc::batchLogger())
                      .addListener(monitoring.metrics)
-                     .foreachBatch([&](const dataflow::Batch<StatsChange>& batch, const dataflow::BatchInfo& info) {
-                       std::vector<dataflow::postgres::UpsertRow> rows;
-                       for (const auto& part : batch.partitions()) {
-                         for (const auto& c : part.rows) rows.push_back(toUpsert(c, info.batchId + 1));
-                       }
-                       cdc::writeToWarehouse(warehouse, batch.deadLetters(), info, monitoring,
-                                             [&](dataflow::postgres::WarehouseTransaction& tx) { tx.upsert(statsTable, rows); });
+                     .foreachBatch([&](const auto& batch, const dataflow::BatchInfo& info) {
+                       cdc::writeTableChanges(warehouse, statsTable, batch, info, monitoring, toUpsert);
                      })
                      .start();
     monitoring.serve(config, query);

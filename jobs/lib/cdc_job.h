@@ -99,6 +99,21 @@ void writeToWarehouse(Warehouse& warehouse, std::span<const dataflow::DeadLetter
                       const dataflow::BatchInfo& info, Monitoring& monitoring,
                       const std::function<void(dataflow::postgres::WarehouseTransaction&)>& upserts);
 
+// Writes a table's changes (dataflow::TableChange, table.h) into `table`: toRow(change, version)
+// gives each change's upsert or soft delete, versioned by the batch (batch id + 1, so a newer
+// batch's row wins), written with the batch's dead letters and commit in one transaction.
+template <class K, class V, class ToRow>
+void writeTableChanges(Warehouse& warehouse, const dataflow::postgres::UpsertTable& table,
+                       const dataflow::Batch<dataflow::TableChange<K, V>>& batch, const dataflow::BatchInfo& info,
+                       Monitoring& monitoring, ToRow toRow) {
+  std::vector<dataflow::postgres::UpsertRow> rows;
+  for (const auto& part : batch.partitions()) {
+    for (const auto& c : part.rows) rows.push_back(toRow(c, info.batchId + 1));
+  }
+  writeToWarehouse(warehouse, batch.deadLetters(), info, monitoring,
+                   [&](dataflow::postgres::WarehouseTransaction& tx) { tx.upsert(table, rows); });
+}
+
 // Counts Debezium tombstones (null values after deletes): they are skipped, never dead letters.
 bool notTombstone(const dataflow::kafka::KafkaRecord& record);
 

@@ -180,6 +180,34 @@ Result<OrderFact> orderFact(const KafkaRecord& record) {
   return OrderFact{o.id, *e.source.lsn, false, OrderRow{o.customerId, *amount, o.createdAt->micros, *e.source.lsn}};
 }
 
+Result<CustomerFact> customerFact(const KafkaRecord& record) {
+  auto upsert = customerChange(record);  // the same validation
+  if (!upsert) return std::move(upsert).error();
+  const UpsertRow& u = upsert.value();
+  CustomerFact f{std::stoll(*u.values[0]), u.version, u.deleted, u.keepStored, {}};
+  if (!u.deleted) f.row = {u.values[1].value_or(""), u.values[2]};
+  return f;
+}
+
+Result<OrderDetail> orderDetail(const KafkaRecord& record) {
+  auto upsert = orderChange(record);  // the same validation
+  if (!upsert) return std::move(upsert).error();
+  const UpsertRow& u = upsert.value();
+  OrderDetail d{std::stoll(*u.values[0]), u.version, u.deleted, u.keepStored, {}};
+  if (!u.deleted) d.row = {std::stoll(*u.values[1]), u.values[2].value_or(""), u.values[3].value_or("")};
+  return d;
+}
+
+UpsertTableOptions ordersEnriched() {
+  return {.table = "public.orders_enriched",
+          .keyColumns = {"order_id"},
+          .valueColumns = {"customer_id", "email", "country", "amount", "status"},
+          .versionColumn = "batch_version",
+          .softDeleteColumn = "is_deleted",
+          .insertOnlyColumns = {"first_seen_at"},
+          .touchColumns = {"updated_at"}};
+}
+
 UpsertTableOptions customerOrderStats() {
   return {.table = "public.customer_order_stats",
           .keyColumns = {"customer_id"},

@@ -8,6 +8,8 @@
 #include <dataflow/postgres/warehouse.h>
 
 #include <cstdint>
+#include <optional>
+#include <tuple>
 #include <string>
 #include <string_view>
 
@@ -48,6 +50,29 @@ struct OrderFact {
 };
 // The same validation as orderChange; a delete carries the key only.
 Result<OrderFact> orderFact(const KafkaRecord& record);
+
+// Customers and orders with their text columns, as table rows for orders_enriched (a row keeps
+// what the event did not carry, an unchanged TOASTed value, from the key's previous row).
+struct CustomerFact {
+  int64_t id = 0;
+  int64_t lsn = 0;
+  bool deleted = false;
+  uint64_t unavailable = 0;  // bit 1: email, bit 2: country (as the Debezium mapping numbers them)
+  std::tuple<std::string, std::optional<std::string>> row;  // email, country
+};
+Result<CustomerFact> customerFact(const KafkaRecord& record);
+struct OrderDetail {
+  int64_t id = 0;
+  int64_t lsn = 0;
+  bool deleted = false;
+  uint64_t unavailable = 0;  // bit 3: status
+  std::tuple<int64_t, std::string, std::string> row;  // customer_id, amount, status
+};
+Result<OrderDetail> orderDetail(const KafkaRecord& record);
+
+// orders_enriched (sql/007_orders_enriched.sql): order_id, customer_id, email, country, amount,
+// status; versioned by batch.
+UpsertTableOptions ordersEnriched();
 
 // customer_order_stats (sql/006_customer_order_stats.sql): customer_id, order_count, total_amount,
 // avg_amount, max_amount, first_order_at, last_order_at, source_lsn; versioned by batch.

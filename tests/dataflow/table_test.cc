@@ -46,6 +46,28 @@ TEST(Table, ChangesCarryTheValueBeforeAndAfterAndOlderVersionsAreIgnored) {
   EXPECT_TRUE(batches[3].empty());
 }
 
+TEST(Table, ARowFunctionGetsThePreviousRowToCompleteAnEventThatLacksColumns) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<OrderEvent>>("orders");
+  auto sink = std::make_shared<BatchLogSink<OrderChange>>();
+  // amount -1: the event did not carry the amount (as Debezium's placeholder for an unchanged
+  // TOASTed value): keep the previous one.
+  auto complete = [](const OrderEvent& e, const Order* previous) -> std::optional<Order> {
+    if (e.deleted) return std::nullopt;
+    Order o = e.row;
+    if (o.amount == -1 && previous) o.amount = previous->amount;
+    return o;
+  };
+  auto query = session.readStream(in).asTable(&OrderEvent::id, &OrderEvent::lsn, complete).toChangelog()
+                   .writeStream().sink(sink).start();
+  in->addData({{1, 1, false, {7, 100}}});
+  query.processAllAvailable();
+  in->addData({{1, 2, false, {8, -1}}});
+  query.processAllAvailable();
+  query.stop();
+  EXPECT_EQ(sink->batches()[1], (std::vector<OrderChange>{{1, Order{7, 100}, Order{8, 100}}}));
+}
+
 TEST(TableAggregation, EqualsARecomputationFromTheFinalTable) {
   for (uint32_t seed : {1u, 2u, 3u, 4u, 5u}) {
     auto changelog = randomChangelog(seed, 2, 300);
@@ -129,6 +151,158 @@ TEST(TableAggregation, CompleteModeIsRefusedAndExplainShowsTheTableOperators) {
   } catch (const ConfigurationError& e) {
     EXPECT_NE(std::string(e.what()).find("not complete"), std::string::npos) << e.what();
   }
+}
+
+// ------------------------------------------------------------------ foreign-key joins
+
+struct Customer {
+  int64_t tier = 0;
+  bool operator==(const Customer&) const = default;
+};
+struct CustomerEvent {
+  int64_t id = 0;
+  int64_t lsn = 0;
+  bool deleted = false;
+  Customer row;
+};
+auto customerRowOf = [](const CustomerEvent& e) { return e.deleted ? std::nullopt : std::optional<Customer>(e.row); };
+using Enriched = std::tuple<int64_t, int64_t, int64_t>;  // customer, amount, tier (-1: no customer)
+auto enrich = [](const Order& o, const Customer* c) { return Enriched{o.customer, o.amount, c ? c->tier : -1}; };
+using EnrichedChange = TableChange<int64_t, Enriched>;
+
+std::vector<CustomerEvent> randomCustomers(uint32_t seed, int n) {
+  std::mt19937 rng(seed);
+  std::vector<CustomerEvent> out;
+  int64_t lsn = 1;
+  for (int i = 0; i < n; ++i) {
+    CustomerEvent e{static_cast<int64_t>(rng() % 7), lsn += 1 + static_cast<int64_t>(rng() % 2), rng() % 5 == 0,
+                    Customer{static_cast<int64_t>(rng() % 4)}};
+    if (!out.empty() && rng() % 10 == 0) e = out[rng() % out.size()];
+    out.push_back(e);
+  }
+  return out;
+}
+
+template <class E, class Row>
+std::map<int64_t, Row> finalTable(const std::vector<E>& events, auto rowFn) {
+  std::map<int64_t, E> newest;
+  for (const auto& e : events) {
+    auto it = newest.find(e.id);
+    if (it == newest.end() || it->second.lsn < e.lsn) newest[e.id] = e;
+  }
+  std::map<int64_t, Row> out;
+  for (const auto& [id, e] : newest) {
+    if (auto row = rowFn(e)) out[id] = *row;
+  }
+  return out;
+}
+
+std::map<int64_t, Enriched> runJoin(const std::vector<std::vector<OrderEvent>>& orders, const std::vector<CustomerEvent>& customers,
+                                    JoinType type, std::shared_ptr<CrashingStore> store, int* crashes) {
+  auto orderIn = std::make_shared<MemoryStream<OrderEvent>>(
+      "orders", MemoryStreamOptions{.partitions = static_cast<int>(orders.size()), .maxRecordsPerBatch = 13});
+  for (size_t p = 0; p < orders.size(); ++p) orderIn->addData(orders[p], static_cast<int>(p));
+  auto customerIn = std::make_shared<MemoryStream<CustomerEvent>>("customers", MemoryStreamOptions{.maxRecordsPerBatch = 5});
+  customerIn->addData(customers);
+  auto sink = std::make_shared<BatchLogSink<EnrichedChange>>();
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    Session session({.workerThreads = 2});
+    auto customerTable = session.readStream(customerIn).asTable(&CustomerEvent::id, &CustomerEvent::lsn, customerRowOf);
+    auto query = session.readStream(orderIn)
+                     .asTable(&OrderEvent::id, &OrderEvent::lsn, rowOf)
+                     .join(customerTable, &Order::customer, enrich, type)
+                     .toChangelog()
+                     .writeStream().checkpoint(store).trigger(Trigger::availableNow()).sink(sink).start();
+    try {
+      query.awaitTermination();
+      break;
+    } catch (const InternalError&) {
+      ++*crashes;
+    }
+  }
+  std::map<int64_t, Enriched> table;
+  for (const auto& [id, changes] : sink->batches()) {
+    for (const auto& c : changes) {
+      auto it = table.find(c.key);
+      if (c.before) {
+        EXPECT_TRUE(it != table.end() && it->second == *c.before) << "order " << c.key << ": wrong before image";
+      } else {
+        EXPECT_EQ(it, table.end()) << "order " << c.key << ": inserted twice";
+      }
+      if (c.after) table[c.key] = *c.after; else table.erase(c.key);
+    }
+  }
+  return table;
+}
+
+std::map<int64_t, Enriched> joinOracle(const std::vector<std::vector<OrderEvent>>& orders,
+                                       const std::vector<CustomerEvent>& customers, JoinType type) {
+  std::vector<OrderEvent> all;
+  for (const auto& p : orders) all.insert(all.end(), p.begin(), p.end());
+  auto o = finalTable<OrderEvent, Order>(all, rowOf);
+  auto c = finalTable<CustomerEvent, Customer>(customers, customerRowOf);
+  std::map<int64_t, Enriched> out;
+  for (const auto& [id, order] : o) {
+    auto it = c.find(order.customer);
+    if (it == c.end() && type == JoinType::kInner) continue;
+    out[id] = enrich(order, it == c.end() ? nullptr : &it->second);
+  }
+  return out;
+}
+
+TEST(TableJoin, InnerAndLeftJoinsEqualTheJoinOfTheFinalTablesAcrossCrashes) {
+  using Step = CrashingStore::Step;
+  for (JoinType type : {JoinType::kInner, JoinType::kLeftOuter}) {
+    for (uint32_t seed : {1u, 2u, 3u}) {
+      auto orders = randomChangelog(seed, 2, 150);
+      auto customers = randomCustomers(seed + 100, 120);
+      auto expected = joinOracle(orders, customers, type);
+      ASSERT_GE(expected.size(), 10u);
+      int crashes = 0;
+      EXPECT_EQ(runJoin(orders, customers, type, std::make_shared<CrashingStore>(memoryCheckpoint()), &crashes), expected)
+          << toString(type) << " seed " << seed;
+      for (Step step : {Step::kAfterOffsets, Step::kAfterState, Step::kBeforeCommit}) {
+        auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
+        store->arm(step, 4 + seed);
+        crashes = 0;
+        EXPECT_EQ(runJoin(orders, customers, type, store, &crashes), expected)
+            << toString(type) << " seed " << seed << " step " << static_cast<int>(step);
+        EXPECT_EQ(crashes, 1);
+      }
+    }
+  }
+}
+
+TEST(TableJoin, ACustomerChangeUpdatesEveryOneOfItsOrders) {
+  Session session;
+  auto orders = std::make_shared<MemoryStream<OrderEvent>>("orders");
+  auto customers = std::make_shared<MemoryStream<CustomerEvent>>("customers");
+  auto sink = std::make_shared<BatchLogSink<EnrichedChange>>();
+  auto query = session.readStream(orders)
+                   .asTable(&OrderEvent::id, &OrderEvent::lsn, rowOf)
+                   .join(session.readStream(customers).asTable(&CustomerEvent::id, &CustomerEvent::lsn, customerRowOf),
+                         &Order::customer, enrich, JoinType::kLeftOuter)
+                   .toChangelog().writeStream().sink(sink).start();
+  customers->addData({{7, 1, false, {1}}});
+  orders->addData({{1, 1, false, {7, 10}}, {2, 2, false, {7, 20}}, {3, 3, false, {8, 30}}});
+  query.processAllAvailable();
+  customers->addData({{7, 2, false, {2}}});  // tier 1 -> 2: both of customer 7's orders change
+  query.processAllAvailable();
+  customers->addData({{7, 3, true, {}}});    // customer 7 deleted: a left join keeps the orders, without tier
+  query.processAllAvailable();
+  query.stop();
+  auto b = sink->batches();
+  auto sorted = [](std::vector<EnrichedChange> v) {
+    std::sort(v.begin(), v.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
+    return v;
+  };
+  EXPECT_EQ(sorted(b[0]), (std::vector<EnrichedChange>{{1, std::nullopt, Enriched{7, 10, 1}},
+                                                       {2, std::nullopt, Enriched{7, 20, 1}},
+                                                       {3, std::nullopt, Enriched{8, 30, -1}}}));
+  EXPECT_EQ(sorted(b[1]), (std::vector<EnrichedChange>{{1, Enriched{7, 10, 1}, Enriched{7, 10, 2}},
+                                                       {2, Enriched{7, 20, 1}, Enriched{7, 20, 2}}}));
+  EXPECT_EQ(sorted(b[2]), (std::vector<EnrichedChange>{{1, Enriched{7, 10, 2}, Enriched{7, 10, -1}},
+                                                       {2, Enriched{7, 20, 2}, Enriched{7, 20, -1}}}));
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
-#   backfill manual_checks malformed mixed_workload faults multi_table table_stats metrics partitions
+#   backfill manual_checks malformed mixed_workload faults multi_table table_stats table_enriched metrics partitions
 #   schema_change toasted_values schema_on signals scale_out
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
@@ -29,6 +29,21 @@ wait_sql() {
 }
 verify() { "$ROOT/scripts/verify-warehouse" --wait "${1:-60}" || fail "the warehouse does not match the source"; }
 dlq_count() { q "SELECT count(*) FROM dlq_events"; }
+# live_with_kill JOB QUERY_NAME SEED: runs the job under the simulator, kills it (-9) mid-stream,
+# starts it again, waits for the simulator; the job keeps running (its pid in $job).
+live_with_kill() {
+  local log="$DATA/$2-live.log" sim
+  QUERY_NAME=$2 "$BUILD/jobs/$1" > "$log" 2>&1 &
+  job=$!
+  "$SIM" --ops 1500 --rate 500 --batch 2 --seed "$3" > "$DATA/$2-sim.log" 2>&1 &
+  sim=$!
+  sleep 1.5
+  kill -9 "$job" 2>/dev/null || true
+  wait "$job" 2>/dev/null || true
+  QUERY_NAME=$2 "$BUILD/jobs/$1" >> "$log" 2>&1 &
+  job=$!
+  wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/$2-sim.log")"
+}
 produce_file() {  # produce_file TOPIC KEY FILE
   kcat -b "$KAFKA_BOOTSTRAP" -P -t "$1" -p 0 -k "$2" -X message.max.bytes=16000000 "$3"
 }
@@ -210,22 +225,47 @@ case "${1:-}" in
     [[ $(q "SELECT order_count || '/' || max_amount FROM customer_order_stats WHERE customer_id = $b") == 2/99.99 ]] ||
       fail "customer $b: $(q "SELECT order_count || '/' || max_amount FROM customer_order_stats WHERE customer_id = $b")"
     q "DELETE FROM customers WHERE id = $b" > /dev/null                    # its orders go by the cascade
-    # Live, with a kill -9 in the middle.
-    QUERY_NAME=table-stats-e2e "$BUILD/jobs/customer_order_stats" > "$DATA/table_stats_live.log" 2>&1 &
-    job=$!
-    "$SIM" --ops 1500 --rate 500 --batch 2 --seed 71 > "$DATA/table_stats_sim.log" 2>&1 &
-    sim=$!
-    sleep 1.5
-    kill -9 "$job" 2>/dev/null || true
-    wait "$job" 2>/dev/null || true
-    QUERY_NAME=table-stats-e2e "$BUILD/jobs/customer_order_stats" >> "$DATA/table_stats_live.log" 2>&1 &
-    job=$!
-    wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/table_stats_sim.log")"
+    live_with_kill customer_order_stats table-stats-e2e 71
     verify 90
     wait_sql "$oracle" 0 60
     [[ $(q "SELECT is_deleted FROM customer_order_stats WHERE customer_id = $b") == t ]] || fail "customer $b's stats not deleted"
     kill -TERM "$job"; wait "$job" || fail "customer_order_stats did not stop cleanly"
     echo "table_stats: ok ($(q "SELECT count(*) FROM customer_order_stats WHERE NOT is_deleted") customers)"
+    ;;
+
+  table_enriched)
+    # orders_enriched: orders joined with their customers, both changelogs read as tables. A
+    # customer's new email must reach all of its orders, an order moved to another customer must
+    # carry the new one's columns, a customer deleted takes its orders (the cascade); a run from the
+    # beginning of the topics, then a live run under the simulator with a kill -9, must equal the
+    # SQL join of the source.
+    oracle="WITH src AS (SELECT o.id, o.customer_id, c.email, c.country, o.amount, o.status
+                         FROM orders o LEFT JOIN customers c ON c.id = o.customer_id),
+                  dst AS (SELECT * FROM orders_enriched WHERE NOT is_deleted)
+             SELECT count(*) FROM src FULL JOIN dst ON dst.order_id = src.id
+             WHERE src.id IS NULL OR dst.order_id IS NULL OR dst.customer_id IS DISTINCT FROM src.customer_id
+                OR dst.email IS DISTINCT FROM src.email OR dst.country IS DISTINCT FROM src.country
+                OR dst.amount <> src.amount OR dst.status IS DISTINCT FROM src.status"
+    a=$(q "INSERT INTO customers (email, country) VALUES ('enriched-a-$$@example.com', 'NL') RETURNING id")
+    b=$(q "INSERT INTO customers (email, country) VALUES ('enriched-b-$$@example.com', 'DE') RETURNING id")
+    c=$(q "INSERT INTO customers (email, country) VALUES ('enriched-c-$$@example.com', 'FR') RETURNING id")
+    o1=$(q "INSERT INTO orders (customer_id, amount) VALUES ($a, 1.00) RETURNING id")
+    q "INSERT INTO orders (customer_id, amount) VALUES ($a, 2.00), ($c, 3.00)" > /dev/null
+    q "UPDATE customers SET email = 'enriched-a2-$$@example.com' WHERE id = $a" > /dev/null  # both of a's orders
+    q "UPDATE orders SET customer_id = $b, status = 'shipped' WHERE id = $o1" > /dev/null    # moved to b
+    q "DELETE FROM customers WHERE id = $c" > /dev/null                                     # its order goes too
+    verify 60
+    QUERY_NAME=enriched-e2e timeout 120 "$BUILD/jobs/orders_enriched" --available-now \
+      > "$DATA/table_enriched.log" 2>&1 || fail "orders_enriched failed: $(tail -n 5 "$DATA/table_enriched.log")"
+    [[ $(q "$oracle") == 0 ]] || fail "orders_enriched differs from the SQL join in $(q "$oracle") orders"
+    [[ $(q "SELECT count(*) FROM orders_enriched WHERE email = 'enriched-a2-$$@example.com' AND NOT is_deleted") == 1 ]] ||
+      fail "customer $a's new email is not on its remaining order"
+    live_with_kill orders_enriched enriched-e2e 73
+    q "UPDATE customers SET country = 'BE' WHERE id = $b" > /dev/null
+    verify 90
+    wait_sql "$oracle" 0 60
+    kill -TERM "$job"; wait "$job" || fail "orders_enriched did not stop cleanly"
+    echo "table_enriched: ok ($(q "SELECT count(*) FROM orders_enriched WHERE NOT is_deleted") orders)"
     ;;
 
   schema_on)

@@ -296,9 +296,10 @@ class Stream {
   }
 
   // Reads this stream as the changelog of a table (table.h): per key(record) the row of the
-  // newest version(record); row(record) gives the row, or std::nullopt for a delete.
+  // newest version(record); row(record) gives the row, or std::nullopt for a delete (also
+  // row(record, const Row* previous), to complete the row from the key's previous one).
   template <class K, class Ver, class R>
-    requires StateKeyFunction<K, T> && VersionFunction<Ver, T> && std::invocable<const R&, const T&>
+    requires StateKeyFunction<K, T> && VersionFunction<Ver, T>
   auto asTable(K key, Ver version, R row) const;
 
   // Keeps the first record of each key, across batches; the keys are kept forever (Spark's

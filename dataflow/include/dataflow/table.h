@@ -15,7 +15,10 @@
 // Each batch, a table emits one TableChange per key whose value the batch changed, with the value
 // before the batch (from state: Debezium sends no before image for updates with REPLICA IDENTITY
 // DEFAULT, and only the key for deletes) and after it. An event whose version (e.g. the LSN) is
-// not newer than the key's is ignored, so replays and out-of-order duplicates change nothing.
+// not newer than the key's is ignored, so replays and out-of-order duplicates change nothing. A
+// row function of two arguments, row(event, const Row* previous), also gets the key's current row
+// (nullptr if none): columns an event did not carry (PostgreSQL's unchanged TOASTed values) are
+// taken from it.
 //
 // count, sum and avg retract by subtraction (exact for integers); min and max keep each group's
 // values with their multiplicities, so they stay exact when the extreme row changes or goes. A
@@ -34,6 +37,7 @@
 
 #include "dataflow/aggregates.h"
 #include "dataflow/detail/table_operators.h"
+#include "dataflow/join.h"
 #include "dataflow/stream.h"
 
 namespace dataflow {
@@ -58,9 +62,47 @@ class Table {
     return GroupedTable<K, V, G>(changes_, std::move(group));
   }
 
+  // Foreign-key join: each row with the row of `right` whose key is foreignKey(row), as
+  // combine(row, &rightRow), or for a left join combine(row, nullptr) when there is none. The
+  // result, keyed by this table's key, changes when either side does.
+  template <class RK, class R, class FkFn, class F>
+    requires std::invocable<const FkFn&, const V&> &&
+             std::same_as<std::decay_t<std::invoke_result_t<const FkFn&, const V&>>, RK> &&
+             std::invocable<const F&, const V&, const R*>
+  auto join(const Table<RK, R>& right, FkFn foreignKey, F combine, JoinType type = JoinType::kInner) const {
+    using Out = std::decay_t<std::invoke_result_t<const F&, const V&, const R*>>;
+    static_assert(Checkpointable<V> && Checkpointable<R>, "a table join keeps both tables' rows in state: both need a StateCodec");
+    using Op = detail::TableJoinOperator<K, V, RK, R, FkFn, F>;
+    auto lin = changes_.materialize();
+    auto rin = right.changes_.materialize();
+    auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+        detail::LogicalNode::Kind::kStateful,
+        std::string("TableJoin [") + toString(type) + ", foreign key; state: both tables' rows; one partition]",
+        {}, {lin.node, rin.node}, false});
+    detail::Producer<TableChange<K, Out>> out{
+        node, [l = lin.build, r = rin.build, foreignKey, combine, type](detail::Planner& planner) {
+          auto lo = l(planner);
+          auto ro = r(planner);
+          if (planner.outputMode == OutputMode::kComplete) {
+            throw ConfigurationError("a table join emits its changes: use the append or update output mode, not complete");
+          }
+          auto op = std::make_unique<Op>(std::move(lo), std::move(ro), foreignKey, combine, type);
+          planner.stateful.push_back(op.get());
+          return std::unique_ptr<detail::BatchOperator<TableChange<K, Out>>>(op.release());
+        }};
+    detail::Routing routing;
+    routing.fallible = changes_.routing_.fallible || right.changes_.routing_.fallible;
+    routing.handler = changes_.routing_.handler ? changes_.routing_.handler : right.changes_.routing_.handler;
+    routing.handledBySink = changes_.routing_.handledBySink || right.changes_.routing_.handledBySink;
+    return Table<K, Out>(Stream<TableChange<K, Out>>(changes_.session_, std::move(out), detail::Pipe<TableChange<K, Out>>{},
+                                                     std::move(routing)));
+  }
+
   std::string explain() const { return changes_.explain(); }
 
  private:
+  template <class K2, class V2>
+  friend class Table;
   Stream<TableChange<K, V>> changes_;
 };
 
@@ -122,13 +164,16 @@ class GroupedTable {
 
 template <class T, class P>
 template <class K, class Ver, class R>
-  requires StateKeyFunction<K, T> && VersionFunction<Ver, T> && std::invocable<const R&, const T&>
+  requires StateKeyFunction<K, T> && VersionFunction<Ver, T>
 auto Stream<T, P>::asTable(K key, Ver version, R row) const {
   using Key = std::decay_t<std::invoke_result_t<const K&, const T&>>;
-  using MaybeRow = std::decay_t<std::invoke_result_t<const R&, const T&>>;
+  using MaybeRow = typename detail::RowResult<R, T>::type;
   using Row = typename MaybeRow::value_type;
   static_assert(std::is_same_v<MaybeRow, std::optional<Row>>,
-                "asTable(key, version, row): row(record) returns std::optional<Row> (nullopt for a delete)");
+                "asTable(key, version, row): row(record) or row(record, const Row* previous) returns "
+                "std::optional<Row> (nullopt for a delete)");
+  static_assert(std::invocable<const R&, const T&> || std::invocable<const R&, const T&, const Row*>,
+                "asTable(key, version, row): row takes the record, or the record and the key's previous row");
   static_assert(Checkpointable<Row> && Checkpointable<std::decay_t<std::invoke_result_t<const Ver&, const T&>>>,
                 "asTable keeps the row and version of every key in state: both need a StateCodec");
   using Op = detail::AsTableOperator<T, K, Ver, R>;

@@ -5,6 +5,7 @@
 
 #include <absl/container/flat_hash_map.h>
 #include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/parallel_invoke.h>
 
 #include <functional>
 #include <memory>
@@ -18,6 +19,7 @@
 #include "dataflow/batch.h"
 #include "dataflow/detail/operators.h"
 #include "dataflow/detail/stateful_operators.h"
+#include "dataflow/join.h"
 #include "dataflow/state.h"
 
 namespace dataflow {
@@ -71,17 +73,43 @@ class BatchChanges {
 // A changelog as a table: per key the row of its newest version (a delete keeps the version as a
 // tombstone, so an older event replayed or arriving late never brings the row back). State per
 // source partition: a key's changes arrive on one partition (Debezium keys by primary key).
+// What row(record) or row(record, previous) returns: std::optional<Row>.
+template <class RowFn, class T>
+struct RowResult {
+  using type = std::decay_t<std::invoke_result_t<const RowFn&, const T&>>;
+};
+// The return type of a callable of two arguments (a function, a function pointer or a lambda):
+// row(record, previous) cannot be asked for it before Row, its second argument's type, is known.
+template <class F>
+struct BinaryResult;
+template <class R, class A, class P>
+struct BinaryResult<R (*)(A, P)> {
+  using type = std::decay_t<R>;
+};
+template <class R, class A, class P>
+struct BinaryResult<R(A, P)> : BinaryResult<R (*)(A, P)> {};
+template <class C, class R, class A, class P>
+struct BinaryResult<R (C::*)(A, P) const> : BinaryResult<R (*)(A, P)> {};
+template <class F>
+  requires requires { &F::operator(); }
+struct BinaryResult<F> : BinaryResult<decltype(&F::operator())> {};
+
+template <class RowFn, class T>
+  requires(!std::invocable<const RowFn&, const T&>)
+struct RowResult<RowFn, T> {
+  using type = typename BinaryResult<RowFn>::type;
+};
+
 template <class T, class KeyFn, class VersionFn, class RowFn>
 class AsTableOperator final
     : public BatchOperator<TableChange<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>,
-                                       typename std::decay_t<std::invoke_result_t<const RowFn&, const T&>>::value_type>>,
+                                       typename RowResult<RowFn, T>::type::value_type>>,
       public KeyedStatefulOperator<
           std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>,
-          std::pair<std::decay_t<std::invoke_result_t<const VersionFn&, const T&>>,
-                    std::decay_t<std::invoke_result_t<const RowFn&, const T&>>>> {
+          std::pair<std::decay_t<std::invoke_result_t<const VersionFn&, const T&>>, typename RowResult<RowFn, T>::type>> {
   using Key = std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>;
   using Version = std::decay_t<std::invoke_result_t<const VersionFn&, const T&>>;
-  using MaybeRow = std::decay_t<std::invoke_result_t<const RowFn&, const T&>>;
+  using MaybeRow = typename RowResult<RowFn, T>::type;
   using Row = typename MaybeRow::value_type;
   using Change = TableChange<Key, Row>;
   using Base = KeyedStatefulOperator<Key, std::pair<Version, MaybeRow>>;
@@ -122,9 +150,16 @@ class AsTableOperator final
       auto it = st.map().find(k);
       if (it != st.map().end() && !(it->second.value.first < v)) continue;  // not newer than what is kept
       changes.note(k, it == st.map().end() ? std::nullopt : it->second.value.second);
+      MaybeRow next;
+      if constexpr (std::invocable<const RowFn&, const T&>) {
+        next = std::invoke(row_, r);
+      } else {
+        const Row* previous = it != st.map().end() && it->second.value.second ? &*it->second.value.second : nullptr;
+        next = std::invoke(row_, r, previous);
+      }
       bool created = false;
       auto& entry = st.upsert(k, [] { return std::pair<Version, MaybeRow>{}; }, created);
-      entry = {std::move(v), std::invoke(row_, r)};
+      entry = {std::move(v), std::move(next)};
     }
     changes.emit(out, [&](const Key& k) { return st.map().find(k)->second.value.second; });
   }
@@ -220,6 +255,137 @@ class TableAggregateOperator final
   std::unique_ptr<BatchOperator<TableChange<K, V>>> input_;
   GroupFn group_;
   A agg_;
+};
+
+// A foreign-key join of two tables (table.h): each left row with the right row its foreign key
+// names. The result of a left key changes when its row changes (or moves to another right key)
+// and when the right row it names changes, appears or goes: a customer's new email updates every
+// one of that customer's enriched orders. State: both tables' rows and, derived from them, the
+// left keys by foreign key (rebuilt on restore). Like a table aggregation, it spans the source
+// partitions: one state partition, one task, one process.
+template <class LK, class L, class RK, class R, class FkFn, class F>
+class TableJoinOperator final
+    : public BatchOperator<TableChange<LK, std::decay_t<std::invoke_result_t<const F&, const L&, const R*>>>>,
+      public StatefulOperator {
+  using Out = std::decay_t<std::invoke_result_t<const F&, const L&, const R*>>;
+  using Change = TableChange<LK, Out>;
+
+ public:
+  TableJoinOperator(std::unique_ptr<BatchOperator<TableChange<LK, L>>> left,
+                    std::unique_ptr<BatchOperator<TableChange<RK, R>>> right, FkFn foreignKey, F combine, JoinType type)
+      : left_(std::move(left)), right_(std::move(right)), fk_(std::move(foreignKey)), combine_(std::move(combine)),
+        type_(type) {}
+
+  std::string operatorName() const override { return "tableJoin"; }
+
+  void produce(ExecContext& ctx, Batch<Change>& out) override {
+    Batch<TableChange<LK, L>> lin;
+    Batch<TableChange<RK, R>> rin;
+    tbb::parallel_invoke([&] { left_->produce(ctx, lin); }, [&] { right_->produce(ctx, rin); });
+    out.deadLetters() = std::move(lin.deadLetters());
+    for (auto& d : rin.deadLetters()) out.deadLetters().push_back(std::move(d));
+    BatchChanges<LK, Out> changes;
+    // The right side first: every left row naming a changed right key is affected.
+    for (const auto& part : rin.partitions()) {
+      for (const auto& c : part.rows) {
+        if (auto it = byForeignKey_.find(c.key); it != byForeignKey_.end()) {
+          for (const LK& lk : it->second) changes.note(lk, result(lk));
+        }
+        if (c.after) {
+          bool created = false;
+          rightRows_.upsert(c.key, [] { return R{}; }, created) = *c.after;
+        } else {
+          rightRows_.erase(c.key);
+        }
+      }
+    }
+    for (const auto& part : lin.partitions()) {
+      for (const auto& c : part.rows) {
+        changes.note(c.key, result(c.key));
+        if (auto it = leftRows_.map().find(c.key); it != leftRows_.map().end()) unindex(c.key, std::invoke(fk_, it->second.value));
+        if (c.after) {
+          bool created = false;
+          leftRows_.upsert(c.key, [] { return L{}; }, created) = *c.after;
+          byForeignKey_[std::invoke(fk_, *c.after)].push_back(c.key);
+        } else {
+          leftRows_.erase(c.key);
+        }
+      }
+    }
+    out.partitions().resize(1);
+    out.partitions()[0].id = allPartitions();
+    changes.emit(out.partitions()[0].rows, [&](const LK& lk) { return result(lk); });
+  }
+
+  void useStateBackend(std::shared_ptr<StateBackend> backend, const std::string&, size_t) override {
+    throw ConfigurationError(operatorName() + " keeps its state in memory; it cannot use the state backend " +
+                             backend->describe() + " (use the in-memory state for this query)");
+  }
+  void clearState() override {
+    leftRows_ = {};
+    rightRows_ = {};
+    byForeignKey_.clear();
+  }
+  void restoreFile(const PartitionId&, const StateFileReader& file) override {
+    file.forEach(
+        [&](std::string_view key, std::string_view value) {
+          if (key.at(0) == 'L') leftRows_.applyPut(key.substr(1), value);
+          else rightRows_.applyPut(key.substr(1), value);
+        },
+        [&](std::string_view key) {
+          if (key.at(0) == 'L') leftRows_.applyRemove(key.substr(1));
+          else rightRows_.applyRemove(key.substr(1));
+        });
+  }
+  void finishRestore() override {
+    byForeignKey_.clear();
+    for (const auto& [lk, slot] : leftRows_.map()) byForeignKey_[std::invoke(fk_, slot.value)].push_back(lk);
+  }
+  void collectChanges(int64_t version, StateChanges& out) override {
+    progress_.numRowsRemoved = leftRows_.removedCount() + rightRows_.removedCount();
+    StateFileWriter w(StateFileWriter::Kind::kDelta);
+    progress_.numRowsUpdated = static_cast<int64_t>(leftRows_.writeDelta(w, "L") + rightRows_.writeDelta(w, "R"));
+    progress_.numDeltaBytes = 0;
+    if (w.count() == 0) return;
+    std::string bytes = w.finish();
+    progress_.numDeltaBytes = static_cast<int64_t>(bytes.size());
+    out.files.push_back({StateFileId{id(), allPartitions(), version, false}, std::move(bytes)});
+  }
+  StateOperatorProgress progress() const override {
+    StateOperatorProgress p = progress_;
+    p.operatorName = operatorName();
+    p.numRowsTotal = static_cast<int64_t>(leftRows_.map().size() + rightRows_.map().size());
+    p.memoryUsedBytes = leftRows_.memoryBytes() + rightRows_.memoryBytes();
+    p.numStatePartitions = 1;
+    return p;
+  }
+
+ private:
+  // The joined value of left key `lk` as the state holds it now.
+  std::optional<Out> result(const LK& lk) const {
+    auto l = leftRows_.map().find(lk);
+    if (l == leftRows_.map().end()) return std::nullopt;
+    auto r = rightRows_.map().find(std::invoke(fk_, l->second.value));
+    const R* right = r == rightRows_.map().end() ? nullptr : &r->second.value;
+    if (!right && type_ == JoinType::kInner) return std::nullopt;
+    return std::invoke(combine_, l->second.value, right);
+  }
+  void unindex(const LK& lk, const RK& rk) {
+    auto it = byForeignKey_.find(rk);
+    if (it == byForeignKey_.end()) return;
+    std::erase(it->second, lk);
+    if (it->second.empty()) byForeignKey_.erase(it);
+  }
+
+  std::unique_ptr<BatchOperator<TableChange<LK, L>>> left_;
+  std::unique_ptr<BatchOperator<TableChange<RK, R>>> right_;
+  FkFn fk_;
+  F combine_;
+  JoinType type_;
+  PartitionState<LK, L> leftRows_;
+  PartitionState<RK, R> rightRows_;
+  absl::flat_hash_map<RK, std::vector<LK>> byForeignKey_;  // derived from leftRows_
+  StateOperatorProgress progress_;
 };
 
 }  // namespace detail
