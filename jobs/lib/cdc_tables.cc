@@ -160,6 +160,19 @@ std::optional<int64_t> cents(std::string_view text) {
   return negative ? -v : v;
 }
 
+// An order's amount in cents (non-negative) and creation time in microseconds, validated.
+Result<std::pair<int64_t, int64_t>> amountAndCreation(const Order& o) {
+  auto amount = cents(o.amount.text);
+  if (!amount || *amount < 0) {
+    return parseError("invalid_value", "order " + std::to_string(o.id) + ": amount '" + o.amount.text.substr(0, 40) +
+                                           "' is not a non-negative number with at most two decimals");
+  }
+  if (!o.createdAt || o.createdAt->special != dbz::Timestamp::Special::kNone) {
+    return parseError("invalid_value", "order " + std::to_string(o.id) + ": created_at is missing or infinite");
+  }
+  return std::pair{*amount, o.createdAt->micros};
+}
+
 }  // namespace
 
 Result<OrderFact> orderFact(const KafkaRecord& record) {
@@ -169,15 +182,10 @@ Result<OrderFact> orderFact(const KafkaRecord& record) {
   const Order& o = e.row;
   if (e.isDelete()) return OrderFact{o.id, *e.source.lsn, true, {}};
   if (o.customerId <= 0) return parseError("invalid_value", "order " + std::to_string(o.id) + ": customer_id is not positive");
-  auto amount = cents(o.amount.text);
-  if (!amount || *amount < 0) {
-    return parseError("invalid_value", "order " + std::to_string(o.id) + ": amount '" + o.amount.text.substr(0, 40) +
-                                           "' is not a non-negative number with at most two decimals");
-  }
-  if (!o.createdAt || o.createdAt->special != dbz::Timestamp::Special::kNone) {
-    return parseError("invalid_value", "order " + std::to_string(o.id) + ": created_at is missing or infinite");
-  }
-  return OrderFact{o.id, *e.source.lsn, false, OrderRow{o.customerId, *amount, o.createdAt->micros, *e.source.lsn}};
+  auto figures = amountAndCreation(o);
+  if (!figures) return std::move(figures).error();
+  auto [amount, createdAt] = figures.value();
+  return OrderFact{o.id, *e.source.lsn, false, OrderRow{o.customerId, amount, createdAt, *e.source.lsn}};
 }
 
 Result<CustomerFact> customerFact(const KafkaRecord& record) {
@@ -196,6 +204,36 @@ Result<OrderDetail> orderDetail(const KafkaRecord& record) {
   OrderDetail d{std::stoll(*u.values[0]), u.version, u.deleted, u.keepStored, {}};
   if (!u.deleted) d.row = {std::stoll(*u.values[1]), u.values[2].value_or(""), u.values[3].value_or("")};
   return d;
+}
+
+Result<OrderCreated> orderCreated(const KafkaRecord& record) {
+  auto event = orderEvent(record);
+  if (!event) return std::move(event).error();
+  const auto& e = event.value();
+  OrderCreated out;
+  out.topic = record.topic;
+  out.partition = record.partition;
+  out.offset = record.offset;
+  out.created = e.op == dbz::Operation::kCreate || e.op == dbz::Operation::kRead;
+  if (!out.created) return out;  // updates and deletes do not create orders
+  const Order& o = e.row;
+  auto figures = amountAndCreation(o);
+  if (!figures) return std::move(figures).error();
+  out.status = o.status;
+  out.amountCents = figures.value().first;
+  out.createdAtMs = figures.value().second / 1000;
+  out.key = record.key;
+  out.payload = record.value;
+  return out;
+}
+
+UpsertTableOptions ordersPerMinute() {
+  return {.table = "public.orders_per_minute",
+          .keyColumns = {"window_start", "status"},
+          .valueColumns = {"window_end", "order_count", "revenue"},
+          .versionColumn = "batch_version",
+          .insertOnlyColumns = {"first_seen_at"},
+          .touchColumns = {"updated_at"}};
 }
 
 UpsertTableOptions ordersEnriched() {

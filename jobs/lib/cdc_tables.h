@@ -74,6 +74,25 @@ Result<OrderDetail> orderDetail(const KafkaRecord& record);
 // status; versioned by batch.
 UpsertTableOptions ordersEnriched();
 
+// An order event for orders_per_minute: whether it created the order (an insert or a snapshot
+// read), its status, amount and creation time, and its source position and raw bytes (a late
+// event becomes a dead letter with them).
+struct OrderCreated {
+  bool created = false;
+  std::string status;
+  int64_t amountCents = 0;
+  int64_t createdAtMs = 0;
+  std::string_view topic;
+  int32_t partition = 0;
+  int64_t offset = 0;
+  std::string key, payload;
+};
+Result<OrderCreated> orderCreated(const KafkaRecord& record);
+
+// orders_per_minute (sql/008_orders_per_minute.sql): window_start, status, window_end,
+// order_count, revenue; versioned by batch.
+UpsertTableOptions ordersPerMinute();
+
 // customer_order_stats (sql/006_customer_order_stats.sql): customer_id, order_count, total_amount,
 // avg_amount, max_amount, first_order_at, last_order_at, source_lsn; versioned by batch.
 UpsertTableOptions customerOrderStats();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
-#   backfill manual_checks malformed mixed_workload faults multi_table table_stats table_enriched metrics partitions
+#   backfill manual_checks malformed mixed_workload faults multi_table table_stats table_enriched table_windows metrics partitions
 #   schema_change toasted_values schema_on signals scale_out
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
@@ -266,6 +266,41 @@ case "${1:-}" in
     wait_sql "$oracle" 0 60
     kill -TERM "$job"; wait "$job" || fail "orders_enriched did not stop cleanly"
     echo "table_enriched: ok ($(q "SELECT count(*) FROM orders_enriched WHERE NOT is_deleted") orders)"
+    ;;
+
+  table_windows)
+    # orders_per_minute: event-time tumbling windows with a watermark, append mode. Orders created
+    # at chosen times in 2030 fill two minutes; a later one moves the watermark (10 s delay) past
+    # both, so each window's row is written once, with its count and revenue. An order created in
+    # a final minute afterwards is late: with LATE_EVENTS=deadLetter it reaches dlq_events with its
+    # bytes, and the minute's row is unchanged.
+    cust=$(q "INSERT INTO customers (email, country) VALUES ('windows-$$@example.com', 'NL') RETURNING id")
+    q "INSERT INTO orders (customer_id, amount, status, created_at) VALUES
+         ($cust, 1.00, 'wpending', '2030-01-01 00:00:05+00'), ($cust, 2.00, 'wpending', '2030-01-01 00:00:20+00'),
+         ($cust, 3.50, 'wpending', '2030-01-01 00:00:59.999+00'), ($cust, 9.00, 'wshipped', '2030-01-01 00:00:30+00'),
+         ($cust, 4.00, 'wpending', '2030-01-01 00:01:10+00'), ($cust, 0.50, 'wpending', '2030-01-01 00:03:00+00')" > /dev/null
+    verify 60
+    run_windows() {
+      LATE_EVENTS=deadLetter QUERY_NAME=windows-e2e timeout 120 "$BUILD/jobs/orders_per_minute" --available-now \
+        >> "$DATA/table_windows.log" 2>&1 || fail "orders_per_minute failed: $(tail -n 5 "$DATA/table_windows.log")"
+    }
+    run_windows
+    rows="SELECT string_agg(to_char(window_start AT TIME ZONE 'UTC', 'HH24:MI') || ' ' || status || ' ' || order_count || ' ' || revenue, ', '
+            ORDER BY window_start, status) FROM orders_per_minute WHERE window_start >= '2030-01-01' AND status LIKE 'w%'"
+    expected="00:00 wpending 3 6.50, 00:00 wshipped 1 9.00, 00:01 wpending 1 4.00"
+    [[ $(q "$rows") == "$expected" ]] || fail "orders_per_minute: '$(q "$rows")', expected '$expected' (00:03 is not final)"
+    late=$(q "INSERT INTO orders (customer_id, amount, status, created_at) VALUES ($cust, 7.00, 'wpending', '2030-01-01 00:00:40+00') RETURNING id")
+    start_dlq=$(dlq_count)
+    verify 60
+    run_windows
+    [[ $(q "$rows") == "$expected" ]] || fail "a late order changed a final window: '$(q "$rows")'"
+    [[ $(q "SELECT count(*) FROM dlq_events WHERE error_kind = 'late_event' AND convert_from(record_key, 'UTF8') = '{\"id\":$late}'") == 1 ]] ||
+      fail "the late order is not in dlq_events with its key (new dead letters: $(( $(dlq_count) - start_dlq )))"
+    [[ $(q "SELECT count(*) FROM dlq_events WHERE error_kind = 'late_event' AND convert_from(raw_payload, 'UTF8') LIKE '%\"id\":$late,%'") == 1 ]] ||
+      fail "the late order's dead letter lacks its bytes"
+    LATE_EVENTS=sometimes "$BUILD/jobs/orders_per_minute" --available-now > "$DATA/table_windows_bad.log" 2>&1 && fail "a bad LATE_EVENTS was accepted"
+    grep -q "LATE_EVENTS: expected drop or deadLetter" "$DATA/table_windows_bad.log" || fail "a bad LATE_EVENTS is not named"
+    echo "table_windows: ok"
     ;;
 
   schema_on)
