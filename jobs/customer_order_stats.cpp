@@ -6,7 +6,8 @@
 // of the amount and the first and last order time are kept exact under updates, deletes, cascades
 // and orders moved to another customer: the old row is retracted, the new one added. Each batch
 // upserts the customers it changed (a customer left without orders is soft-deleted), writes its
-// dead letters, its operator state and its checkpoint commit in one transaction.
+// dead letters, its operator state and its checkpoint commit in one transaction. TABLE_DELETES=hard
+// deletes a customer's row instead of marking it is_deleted.
 #include "lib/cdc_job.h"
 #include "lib/cdc_tables.h"
 
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
     dataflow::Session session({.workerThreads = config.workers});
     auto warehouse = cdc::openWarehouse(config);
     cdc::Monitoring monitoring;
-    const dataflow::postgres::UpsertTable statsTable(cdc::customerOrderStats());
+    const dataflow::postgres::UpsertTable statsTable(cdc::withTableDeletes(cdc::customerOrderStats()));
     using cdc::OrderFact;
     using cdc::OrderRow;
 

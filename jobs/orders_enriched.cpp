@@ -6,7 +6,8 @@
 // when the order changes and when its customer does: a customer's new email rewrites every one of
 // its orders. Columns an event did not carry (unchanged TOASTed values) are taken from the key's
 // previous row. Each batch upserts the orders it changed (deleted ones soft-deleted), with its dead
-// letters, operator state and checkpoint commit, in one transaction.
+// letters, operator state and checkpoint commit, in one transaction. TABLE_DELETES=hard deletes
+// rows instead of marking them is_deleted.
 #include "lib/cdc_job.h"
 #include "lib/cdc_tables.h"
 
@@ -59,7 +60,7 @@ int main(int argc, char** argv) {
     dataflow::Session session({.workerThreads = config.workers});
     auto warehouse = cdc::openWarehouse(config);
     cdc::Monitoring monitoring;
-    const dataflow::postgres::UpsertTable enrichedTable(cdc::ordersEnriched());
+    const dataflow::postgres::UpsertTable enrichedTable(cdc::withTableDeletes(cdc::ordersEnriched()));
     auto topic = [&](const std::string& name) {
       auto options = cdc::kafkaSourceOptions(config);
       options.subscribe = {name};

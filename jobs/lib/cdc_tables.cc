@@ -4,6 +4,7 @@
 #include "cdc_tables.h"
 
 #include <charconv>
+#include <cstdlib>
 
 namespace cdc {
 namespace {
@@ -225,6 +226,18 @@ Result<OrderCreated> orderCreated(const KafkaRecord& record) {
   out.key = record.key;
   out.payload = record.value;
   return out;
+}
+
+UpsertTableOptions withTableDeletes(UpsertTableOptions options) {
+  const char* v = std::getenv("TABLE_DELETES");
+  std::string mode = v && *v ? v : "soft";
+  if (mode == "hard") {
+    options.softDeleteColumn.clear();
+    options.hardDelete = true;
+  } else if (mode != "soft") {
+    throw dataflow::ConfigurationError("TABLE_DELETES: expected soft or hard, got '" + mode + "'");
+  }
+  return options;
 }
 
 UpsertTableOptions ordersPerMinute() {

@@ -93,6 +93,10 @@ Result<OrderCreated> orderCreated(const KafkaRecord& record);
 // order_count, revenue; versioned by batch.
 UpsertTableOptions ordersPerMinute();
 
+// How a table job writes a row whose key left the table (TABLE_DELETES): "soft" (default) sets
+// is_deleted, "hard" deletes the row. Throws ConfigurationError naming TABLE_DELETES otherwise.
+UpsertTableOptions withTableDeletes(UpsertTableOptions options);
+
 // customer_order_stats (sql/006_customer_order_stats.sql): customer_id, order_count, total_amount,
 // avg_amount, max_amount, first_order_at, last_order_at, source_lsn; versioned by batch.
 UpsertTableOptions customerOrderStats();

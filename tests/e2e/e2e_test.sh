@@ -260,11 +260,19 @@ case "${1:-}" in
     [[ $(q "$oracle") == 0 ]] || fail "orders_enriched differs from the SQL join in $(q "$oracle") orders"
     [[ $(q "SELECT count(*) FROM orders_enriched WHERE email = 'enriched-a2-$$@example.com' AND NOT is_deleted") == 1 ]] ||
       fail "customer $a's new email is not on its remaining order"
+    # Live with hard deletes (TABLE_DELETES=hard): deleted orders leave the table.
+    soft_deleted=$(q "SELECT count(*) FROM orders_enriched WHERE is_deleted")
+    export TABLE_DELETES=hard
     live_with_kill orders_enriched enriched-e2e 73
+    unset TABLE_DELETES
     q "UPDATE customers SET country = 'BE' WHERE id = $b" > /dev/null
     verify 90
     wait_sql "$oracle" 0 60
+    (( $(q "SELECT count(*) FROM orders_enriched WHERE is_deleted") <= soft_deleted )) || fail "TABLE_DELETES=hard soft-deleted rows"
+    (( $(grep -o 'deletes=[0-9]*' "$DATA/enriched-e2e-sim.log" | tail -1 | cut -d= -f2) > 0 )) || fail "the simulator deleted nothing"
     kill -TERM "$job"; wait "$job" || fail "orders_enriched did not stop cleanly"
+    TABLE_DELETES=maybe "$BUILD/jobs/orders_enriched" --available-now > "$DATA/table_enriched_bad.log" 2>&1 && fail "a bad TABLE_DELETES was accepted"
+    grep -q "TABLE_DELETES: expected soft or hard" "$DATA/table_enriched_bad.log" || fail "a bad TABLE_DELETES is not named"
     echo "table_enriched: ok ($(q "SELECT count(*) FROM orders_enriched WHERE NOT is_deleted") orders)"
     ;;
 

@@ -83,6 +83,10 @@ UpsertTable::UpsertTable(UpsertTableOptions options) : options_(std::move(option
   }
   add(options_.versionColumn);
   if (!options_.softDeleteColumn.empty()) add(options_.softDeleteColumn);
+  if (options_.hardDelete && !options_.softDeleteColumn.empty()) {
+    throw ConfigurationError("UpsertTableOptions of " + options_.table + ": hardDelete and softDeleteColumn ('" +
+                             options_.softDeleteColumn + "') exclude each other");
+  }
 }
 
 int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const UpsertRow> rows) {
@@ -104,7 +108,7 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
       throw ConfigurationError("upsert into " + o.table + ": a row has " + std::to_string(r.values.size()) +
                                " values, the table is configured with " + std::to_string(width));
     }
-    if (r.deleted && o.softDeleteColumn.empty()) continue;  // deletes are ignored for this table
+    if (r.deleted && o.softDeleteColumn.empty() && !o.hardDelete) continue;  // deletes are ignored for this table
     key.clear();
     for (size_t k = 0; k < keys; ++k) {
       if (!r.values[k]) throw ConfigurationError("upsert into " + o.table + ": key column '" + o.keyColumns[k] + "' is NULL");
@@ -218,10 +222,22 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     select += ", now()";
     update += ", " + q + " = now()";
   }
+  int64_t deleted = 0;
+  std::string where;
+  if (o.hardDelete) {
+    std::string match;
+    for (const auto& k : o.keyColumns) {
+      std::string q = conn_.quoteIdentifier(k);
+      match += " AND s." + q + " = t." + q;
+    }
+    deleted = conn_.exec("DELETE FROM " + target + " t USING " + stage + " s WHERE s.__dataflow_deleted" + match +
+                         " AND t." + version + " < s." + version).affected();
+    where = " WHERE NOT __dataflow_deleted";
+  }
   auto result = conn_.exec("INSERT INTO " + target + " AS t (" + insertColumns + ") SELECT " + select + " FROM " + stage +
-                           " ON CONFLICT (" + keyList + ") DO UPDATE SET " + update + " WHERE t." + version +
+                           where + " ON CONFLICT (" + keyList + ") DO UPDATE SET " + update + " WHERE t." + version +
                            " < EXCLUDED." + version);
-  return result.affected();
+  return result.affected() + deleted;
 }
 
 int64_t WarehouseTransaction::deadLetters(std::span<const DeadLetter> letters, const BatchInfo& info) {

@@ -85,6 +85,29 @@ TEST_F(WarehouseTest, InsertUpdateAndSoftDelete) {
   EXPECT_EQ(seen.value(0, 0), "t") << "first_seen_at is kept, last_seen_at refreshed";
 }
 
+TEST_F(WarehouseTest, HardDeletesRemoveRowsUnderTheVersionGuard) {
+  Warehouse w({.connection = configFor(url_)});
+  UpsertTableOptions options = kCustomers;
+  options.softDeleteColumn.clear();
+  options.hardDelete = true;
+  UpsertTable table(options);
+  auto put = [&](int64_t batch, std::vector<UpsertRow> rows) {
+    w.writeBatch(info(batch), [&](WarehouseTransaction& tx) { tx.upsert(table, rows); });
+  };
+  put(0, {row(1, "a@x", "US", 100), row(2, "b@x", "DE", 101), row(3, "c@x", "FR", 102)});
+  put(1, {row(1, std::nullopt, std::nullopt, 200, true),   // removed
+          row(2, std::nullopt, std::nullopt, 50, true),    // older than the stored row: kept
+          row(3, std::nullopt, std::nullopt, 300, true), row(3, "c@x", "NL", 400),  // deleted, then back
+          row(4, std::nullopt, std::nullopt, 500, true)});  // never stored: nothing to remove
+  auto rows = readCustomers(*check_);
+  EXPECT_EQ(rows.size(), 2u);
+  EXPECT_FALSE(rows.contains(1));
+  EXPECT_EQ(rows[2], (Customer{"b@x", "DE", false, 101}));
+  EXPECT_EQ(rows[3], (Customer{"c@x", "NL", false, 400}));
+  options.softDeleteColumn = "is_deleted";
+  EXPECT_THROW(UpsertTable{options}, ConfigurationError) << "hard and soft deletes exclude each other";
+}
+
 TEST_F(WarehouseTest, SeveralChangesToOneKeyInABatchKeepTheNewest) {
   Warehouse w({.connection = configFor(url_)});
   write(w, 0, {row(1, "a@x", "US", 100), row(1, "a@x", "FR", 300), row(1, "a@x", "DE", 200)});

@@ -37,8 +37,15 @@ struct UpsertTableOptions {
   // Per-key version guard: a change applies only if its version is greater than the stored one,
   // so replays and older changes never overwrite newer rows. Default: "source_lsn".
   std::string versionColumn = "source_lsn";
-  // Set true by a delete, false by any other change; empty: deletes are ignored. Default: empty.
+  // Set true by a delete, false by any other change; empty: deletes are ignored (unless
+  // hardDelete). Default: empty.
   std::string softDeleteColumn;
+  // A delete removes the row (when its version is newer than the stored one) instead of marking
+  // it. The key's version goes with the row, so an older change replayed afterwards inserts it
+  // again: use it where batches are not replayed after their commit (the exactly-once
+  // checkpoint, and tables such as aggregates whose rows are versioned by batch). Excludes
+  // softDeleteColumn. Default: false.
+  bool hardDelete = false;
   // Set to now() when the row is first inserted and never changed (e.g. first_seen_at).
   std::vector<std::string> insertOnlyColumns;
   // Set to now() by every applied change (e.g. last_seen_at).
