@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
                      .writeStream()
                      .queryName(config.queryName)
                      .trigger(cdc::trigger(config))
+                     .overlapBatches(config.overlapBatches)
                      .checkpoint(warehouse.checkpoint)
                      .addListener(cdc::batchLogger())
                      .addListener(monitoring.metrics)

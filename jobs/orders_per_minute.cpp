@@ -75,6 +75,7 @@ int main(int argc, char** argv) {
                      .option("lateRecords", lateMode)
                      .queryName(config.queryName)
                      .trigger(cdc::trigger(config))
+                     .overlapBatches(config.overlapBatches)
                      .checkpoint(warehouse.checkpoint)
                      .addListener(cdc::batchLogger())
                      .addListener(monitoring.metrics)

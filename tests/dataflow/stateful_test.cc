@@ -813,6 +813,20 @@ INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStep,
                                            Workload::kOuterJoin, Workload::kSessionWindows),
                          [](const auto& info) { return workloadName(info.param); });
 
+// The same, with batches overlapped: the next batch runs through the stateful operators while
+// the current one is written, and the output must not change.
+class CrashAtEveryStepOverlapped : public ::testing::TestWithParam<Workload> {};
+
+TEST_P(CrashAtEveryStepOverlapped, OutputEqualsARunWithoutFailures) {
+  stateful_testing::expectOutputEqualsARunWithoutFailures(GetParam(), nullptr, true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStepOverlapped,
+                         ::testing::Values(Workload::kUpdateCount, Workload::kCompleteSum, Workload::kAppendWindows,
+                                           Workload::kUpdateWindows, Workload::kDedupWithinWatermark, Workload::kSessions,
+                                           Workload::kOuterJoin, Workload::kSessionWindows),
+                         [](const auto& info) { return workloadName(info.param); });
+
 // The brute-force oracle for append-mode tumbling windows over one partition: replays the batch
 // boundaries and the watermark rule, and recomputes every window from the whole input.
 TEST(EventTimeOracle, AppendWindowsEqualABruteForceRecomputation) {

@@ -76,6 +76,12 @@ TEST(TableAggregation, EqualsARecomputationFromTheFinalTable) {
     auto expected = recompute(changelog);
     ASSERT_GE(expected.size(), 5u) << "the changelog leaves groups to compare";
     EXPECT_EQ(got, expected) << "seed " << seed;
+    crashes = 0;
+    auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
+    store->arm(CrashingStore::Step::kBeforeCommit, 6);
+    EXPECT_EQ(runAggregation(changelog, store, &crashes, -1, nullptr, /*overlap=*/true), expected)
+        << "seed " << seed << ", batches overlapped, a crash before a commit";
+    EXPECT_EQ(crashes, 1);
   }
 }
 

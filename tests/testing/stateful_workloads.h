@@ -225,9 +225,13 @@ inline std::string str(const Windowed<int64_t>& k) {
 // With `sinkCrashBatch`, the sink fails (once) while writing that batch.
 // With `backend` the operators keep their state in it, with a cache of three keys per partition
 // (so nearly every batch reads state back from the backend).
+// With `overlap`, each batch is read and processed while the previous one is written
+// (overlapBatches), stateful operators included where they can run ahead.
 inline Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>> in, std::shared_ptr<CrashingStore> store,
-                          int* crashes, int64_t sinkCrashBatch = -1, std::shared_ptr<StateBackend> backend = nullptr) {
+                          int* crashes, int64_t sinkCrashBatch = -1, std::shared_ptr<StateBackend> backend = nullptr,
+                          bool overlap = false) {
   const std::string cacheKeys = backend ? "3" : "262144";
+  const std::string overlapBatches = overlap ? "true" : "false";
   auto windowsSink = std::make_shared<BatchLogSink<WindowCount>>();
   auto countSink = std::make_shared<BatchLogSink<KeyCount>>();
   auto eventSink = std::make_shared<BatchLogSink<Event>>();
@@ -248,10 +252,10 @@ inline Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>
     StreamingQuery query = [&] {
       switch (workload) {
         case Workload::kUpdateCount:
-          return source.groupByKey(&Event::key).count().writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).outputMode(OutputMode::kUpdate)
+          return source.groupByKey(&Event::key).count().writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).option("overlapBatches", overlapBatches).outputMode(OutputMode::kUpdate)
               .checkpoint(store).trigger(Trigger::availableNow()).sink(countSink).start();
         case Workload::kCompleteSum:
-          return source.groupByKey(&Event::key).sum(&Event::value).writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).outputMode(OutputMode::kComplete)
+          return source.groupByKey(&Event::key).sum(&Event::value).writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).option("overlapBatches", overlapBatches).outputMode(OutputMode::kComplete)
               .checkpoint(store).trigger(Trigger::availableNow()).sink(countSink).start();
         case Workload::kAppendWindows:
         case Workload::kUpdateWindows:
@@ -259,25 +263,25 @@ inline Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>
               .groupByKey(&Event::key)
               .window(workload == Workload::kAppendWindows ? tumbling(3s) : sliding(4s, 2s), &Event::ts)
               .agg(count(), sum(&Event::value))
-              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys)
+              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).option("overlapBatches", overlapBatches)
               .outputMode(workload == Workload::kAppendWindows ? OutputMode::kAppend : OutputMode::kUpdate)
               .checkpoint(store).trigger(Trigger::availableNow()).sink(windowsSink).start();
         case Workload::kDedupWithinWatermark:
           return source.withWatermark(&Event::ts, 1500ms)
               .dropDuplicatesWithinWatermark(&Event::id, &Event::ts)
-              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).checkpoint(store).trigger(Trigger::availableNow()).sink(eventSink).start();
+              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).option("overlapBatches", overlapBatches).checkpoint(store).trigger(Trigger::availableNow()).sink(eventSink).start();
         case Workload::kSessions:
           return source.withWatermark(&Event::ts, 1000ms)
               .groupByKey(&Event::key)
               .transformWithState([] { return SessionProcessor{}; }, TimeMode::kEventTime)
-              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).outputMode(OutputMode::kUpdate).checkpoint(store).trigger(Trigger::availableNow())
+              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).option("overlapBatches", overlapBatches).outputMode(OutputMode::kUpdate).checkpoint(store).trigger(Trigger::availableNow())
               .sink(textSink).start();
         case Workload::kSessionWindows:
           return source.withWatermark(&Event::ts, 1500ms)
               .groupByKey(&Event::key)
               .window(dataflow::session(900ms), &Event::ts)
               .agg(count(), sum(&Event::value))
-              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).outputMode(OutputMode::kAppend).checkpoint(store).trigger(Trigger::availableNow())
+              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).option("overlapBatches", overlapBatches).outputMode(OutputMode::kAppend).checkpoint(store).trigger(Trigger::availableNow())
               .sink(windowsSink).start();
         case Workload::kOuterJoin: {
           // Two streams cut from one source: "orders" (id % 3 != 0) and "payments" (the rest).
@@ -290,7 +294,7 @@ inline Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>
                       return std::to_string(o.id) + "-" + (p ? std::to_string(p->id) : std::string("none"));
                     },
                     JoinType::kLeftOuter, timeRange(&Event::ts, &Event::ts, -500ms, 1500ms))
-              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).checkpoint(store).trigger(Trigger::availableNow()).sink(textSink).start();
+              .writeStream().stateBackend(backend).option("state.cachedKeysPerPartition", cacheKeys).option("overlapBatches", overlapBatches).checkpoint(store).trigger(Trigger::availableNow()).sink(textSink).start();
         }
       }
       throw std::logic_error("workload");
@@ -323,7 +327,9 @@ inline Output runWorkload(Workload workload, std::shared_ptr<MemoryStream<Event>
 
 // Runs `workload` without failures, then with a crash at every step of random batches and in
 // the sink: each run's output must equal the first.
-inline void expectOutputEqualsARunWithoutFailures(Workload workload, std::shared_ptr<StateBackend> backend = nullptr) {
+// With `overlap`, the runs with failures overlap batches (the run without failures does not).
+inline void expectOutputEqualsARunWithoutFailures(Workload workload, std::shared_ptr<StateBackend> backend = nullptr,
+                                                  bool overlap = false) {
     auto data = randomInput(42 + static_cast<uint32_t>(workload), 2, 300);
   auto makeInput = [&] {
     auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.partitions = 2, .maxRecordsPerBatch = 40});
@@ -347,7 +353,7 @@ inline void expectOutputEqualsARunWithoutFailures(Workload workload, std::shared
       auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
       store->arm(step, batch);
       int got = 0;
-      Output output = runWorkload(workload, makeInput(), store, &got, -1, backend);
+      Output output = runWorkload(workload, makeInput(), store, &got, -1, backend, overlap);
       bool stateStep = step == Step::kBeforeState || step == Step::kAfterState;
       if (!stateStep || store->fired()) {
         EXPECT_TRUE(store->fired()) << "step " << static_cast<int>(step) << " batch " << batch;
@@ -360,7 +366,7 @@ inline void expectOutputEqualsARunWithoutFailures(Workload workload, std::shared
     int64_t batch = static_cast<int64_t>(rng() % expected.size());
     int sinkCrashes = 0;
     auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
-    EXPECT_EQ(runWorkload(workload, makeInput(), store, &sinkCrashes, batch, backend), expected) << "crash in the sink, batch " << batch;
+    EXPECT_EQ(runWorkload(workload, makeInput(), store, &sinkCrashes, batch, backend, overlap), expected) << "crash in the sink, batch " << batch;
     EXPECT_EQ(sinkCrashes, 1);
   }
 }

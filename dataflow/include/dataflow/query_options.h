@@ -33,9 +33,12 @@ struct QueryOptions {
   // Option "idlePollIntervalMs". Default: 10 ms.
   std::chrono::milliseconds idlePollInterval{10};
   // Read and process the next batch while the sink writes the current one. The next batch's plan
-  // is still logged before its sink runs, so restarts replay exactly as without overlap. It costs
-  // memory for a second batch in flight; with a scaled-out source it is not used (partitions may
-  // move between batches). Option "overlapBatches". Default: false.
+  // is still logged before its sink runs, so restarts replay exactly as without overlap. Stateful
+  // operators take part when each can (StatefulOperator::runsAhead: not transformWithState, whose
+  // timers follow the batch's time); a batch processed ahead that does not run next has its state
+  // changes undone by a restore. It costs memory for a second batch in flight; with a scaled-out
+  // source it is not used (partitions may move between batches). Option "overlapBatches".
+  // Default: false.
   bool overlapBatches = false;
   // What a stateful query writes each batch (Spark's outputMode; stateless queries ignore it).
   // Option "outputMode" (append, update, complete). Default: append, as Spark's.

@@ -107,7 +107,7 @@ MicroBatchExecution::MicroBatchExecution(std::shared_ptr<SessionState> session, 
 MicroBatchExecution::~MicroBatchExecution() {
   stop();
   if (driver_.joinable()) driver_.join();
-  dropSpeculation();  // benchmarks drive runBatch() without a driver thread
+  dropSpeculation(false);  // benchmarks drive runBatch() without a driver thread
 }
 
 void MicroBatchExecution::initialize() {
@@ -432,11 +432,18 @@ std::unique_ptr<ExecContext> MicroBatchExecution::makeContext(const std::vector<
   return ctx;
 }
 
-void MicroBatchExecution::startSpeculation(const OffsetLogEntry& current) {
-  dropSpeculation();
-  // Stateful plans never prepare ahead: a batch's state changes must follow the previous commit.
+void MicroBatchExecution::startSpeculation(const OffsetLogEntry& current, int64_t nextWatermarkMs) {
+  if (speculation_ && speculation_->changesState) {
+    // Undoing it now would also undo `current`, whose state is collected but not committed.
+    throw InternalError("query " + options_.name + ": a batch prepared ahead was neither adopted nor dropped");
+  }
+  dropSpeculation(false);
+  // A stateful plan prepares ahead only when each of its operators can (StatefulOperator::runsAhead):
+  // the next batch then changes the state the current one has already collected, and a batch
+  // prepared ahead but not committed next is undone by a restore. Scaled out, partitions may move
+  // between batches: never.
   if (!options_.overlapBatches || scaleOut_ || options_.trigger.kind() == Trigger::Kind::kOnce ||
-      !plan_.stateful.empty()) {
+      (state_ && !state_->runsAhead())) {
     return;
   }
   {
@@ -451,8 +458,10 @@ void MicroBatchExecution::startSpeculation(const OffsetLogEntry& current) {
   bool hasData = false;
   auto ranges = planRanges(base, latest, hasData);
   if (!hasData) return;
-  Speculation spec{std::move(base), std::move(ranges), nullptr, {}};
+  Speculation spec{std::move(base), std::move(ranges), nullptr, {}, state_ != nullptr};
   spec.ctx = makeContext(spec.ranges);
+  spec.ctx->info.batchId = current.batchId + 1;
+  spec.ctx->info.batchWatermarkMs = nextWatermarkMs;  // what the next batch runs with
   ExecContext* ctx = spec.ctx.get();
   spec.prepared = std::async(std::launch::async, [this, ctx] {
     std::unique_ptr<RootOperator::Prepared> out;
@@ -462,7 +471,7 @@ void MicroBatchExecution::startSpeculation(const OffsetLogEntry& current) {
   speculation_ = std::move(spec);
 }
 
-void MicroBatchExecution::dropSpeculation() {
+void MicroBatchExecution::dropSpeculation(bool undoState) {
   if (!speculation_) return;
   try {
     speculation_->prepared.wait();
@@ -470,7 +479,15 @@ void MicroBatchExecution::dropSpeculation() {
   } catch (const std::exception& e) {
     spdlog::debug("query {}: a batch prepared ahead failed and is dropped: {}", options_.name, e.what());
   }
+  bool changedState = speculation_->changesState;
   speculation_.reset();
+  if (undoState && changedState) undoRunAhead(nextBatchId_ - 1);
+}
+
+void MicroBatchExecution::undoRunAhead(int64_t lastCommittedBatch) {
+  spdlog::info("query {}: a batch prepared ahead is not the next one; restoring operator state at batch {}",
+               options_.name, lastCommittedBatch);
+  state_->restore(lastCommittedBatch >= 0 ? std::optional<int64_t>(lastCommittedBatch) : std::nullopt);
 }
 
 bool MicroBatchExecution::runBatch() {
@@ -522,9 +539,11 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
     try {
       prepared = speculation_->prepared.get();
     } catch (const std::exception& e) {
-      // Read or processed ahead and failed (e.g. the broker was away): do it again, with retries.
+      // Read or processed ahead and failed (e.g. the broker was away): do it again, with retries,
+      // from the state of the last commit (the failed run may have changed part of it).
       spdlog::debug("query {} batch {}: preparing ahead failed, preparing again: {}", options_.name, entry.batchId, e.what());
       context = makeContext(entry.sources);
+      if (speculation_->changesState) undoRunAhead(entry.batchId - 1);
     }
     speculation_.reset();
   } else {
@@ -566,7 +585,7 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
         // The next batch is read and processed while the sink writes this one.
         if (!overlapped) {
           overlapped = true;
-          startSpeculation(entry);
+          startSpeculation(entry, ctx.info.nextBatchWatermarkMs);
         }
         // A retriable failure of the sink hands it the same prepared batch again.
         result = plan_.root->deliver(*prepared, ctx);
@@ -774,7 +793,7 @@ void MicroBatchExecution::driverLoop() {
 }
 
 void MicroBatchExecution::finish(std::exception_ptr error) {
-  dropSpeculation();  // it reads from the sources closed below
+  dropSpeculation(false);  // it reads from the sources closed below
   try {
     plan_.root->close();
   } catch (const std::exception& e) {

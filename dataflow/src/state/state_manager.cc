@@ -162,12 +162,18 @@ void StateManager::noteWritten(const StateChanges& changes) {
 
 StateChanges StateManager::collect(int64_t version) {
   StateChanges changes;
+  collected_.resize(operators_.size());
   for (size_t i = 0; i < operators_.size(); ++i) {
     auto t0 = Clock::now();
     operators_[i]->collectChanges(version, changes);
     commitTimeMs_[i] = msSince(t0);
+    collected_[i] = operators_[i]->progress();
   }
   return changes;
+}
+
+bool StateManager::runsAhead() const {
+  return std::all_of(operators_.begin(), operators_.end(), [](const StatefulOperator* op) { return op->runsAhead(); });
 }
 
 void StateManager::write(const StateChanges& changes) {
@@ -248,8 +254,8 @@ bool StateManager::wantsBatch(int64_t nowMs, int64_t watermarkMs) const {
 
 std::vector<StateOperatorProgress> StateManager::progress() const {
   std::vector<StateOperatorProgress> out;
-  for (size_t i = 0; i < operators_.size(); ++i) {
-    auto p = operators_[i]->progress();
+  for (size_t i = 0; i < collected_.size(); ++i) {
+    auto p = collected_[i];
     p.commitTimeMs = commitTimeMs_[i];
     out.push_back(std::move(p));
   }

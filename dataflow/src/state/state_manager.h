@@ -48,10 +48,14 @@ class StateManager {
   // one, and deletion of files no longer needed, on a background thread.
   void committed(int64_t version);
 
+  // Whether every operator can run a batch ahead (StatefulOperator::runsAhead).
+  bool runsAhead() const;
+
   // Whether an operator wants a batch now although no data arrived (a due timer).
   bool wantsBatch(int64_t nowMs, int64_t watermarkMs) const;
 
-  // Figures of the last batch, per operator (commitTimeMs is that of collect + write).
+  // Figures of the last batch, per operator, as collect() saw them (a batch prepared ahead may be
+  // changing the state by now); commitTimeMs is that of collect + write.
   std::vector<StateOperatorProgress> progress() const;
 
  private:
@@ -68,6 +72,7 @@ class StateManager {
   StateOptions options_;
   std::string queryName_;
   std::vector<int64_t> commitTimeMs_;  // by operator, last batch
+  std::vector<StateOperatorProgress> collected_;  // by operator, at the last collect()
   // By operator, then partition: what the files look like (kept by the driver thread).
   std::vector<std::map<PartitionId, PartitionFiles>> files_;
   std::future<void> maintenance_;

@@ -98,6 +98,7 @@ class StreamJoinOperator final
         rightKey_(std::move(rightKey)), combine_(std::move(combine)), type_(type), range_(std::move(range)) {}
 
   std::string operatorName() const override { return "symmetricHashJoin"; }
+  bool runsAhead() const override { return true; }
 
   void produce(ExecContext& ctx, Batch<Out>& out) override {
     Batch<L> lin;

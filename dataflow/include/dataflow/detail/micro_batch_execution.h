@@ -94,6 +94,7 @@ class MicroBatchExecution {
     std::vector<SourceRange> ranges;   // per source
     std::unique_ptr<ExecContext> ctx;  // its ranges and input-row counters
     std::future<std::unique_ptr<RootOperator::Prepared>> prepared;
+    bool changesState = false;         // its plan has stateful operators
   };
 
   void driverLoop();
@@ -102,8 +103,15 @@ class MicroBatchExecution {
   std::vector<SourceRange> planRanges(const std::vector<Offsets>& start, const std::vector<Offsets>& latest,
                                       bool& hasData);
   std::unique_ptr<ExecContext> makeContext(const std::vector<SourceRange>& ranges) const;
-  void startSpeculation(const OffsetLogEntry& current);
-  void dropSpeculation();  // waits for a running one
+  // Prepares the batch after `current` on the arena while `current` is written; its stateful
+  // operators (when every one can run ahead) run with the watermark `nextWatermarkMs`.
+  void startSpeculation(const OffsetLogEntry& current, int64_t nextWatermarkMs);
+  // Waits for a running one and forgets it; with `undoState`, operator state it changed is
+  // restored at the last committed batch (its batch will not be the next one).
+  void dropSpeculation(bool undoState = true);
+  // Restores operator state at the last committed batch (after a batch prepared ahead was dropped
+  // or failed: it changed the state of a batch that is not the one committing next).
+  void undoRunAhead(int64_t lastCommittedBatch);
   void initializeScaleOut(const QueryMetadata& metadata);
   // Scale-out: drops revoked partitions and leases newly assigned ones, from the sources' latest
   // offsets (which cover only the partitions assigned to this instance).

@@ -74,6 +74,11 @@ class StatefulOperator {
   // The figures of the last batch.
   virtual StateOperatorProgress progress() const = 0;
 
+  // Whether the next batch may run through this operator while the current one is being written
+  // (QueryOptions::overlapBatches): its output and state changes depend only on its state, its
+  // input and the batch's watermark, never on the batch's processing time (timers) or id.
+  virtual bool runsAhead() const { return false; }
+
   // Scale-out: whether every change of the operator's state in a batch comes from that batch's
   // records of the same source partition (no watermark, timers or cross-partition state), so that
   // a partition's state can move with the partition to another process.

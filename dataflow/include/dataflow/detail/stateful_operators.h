@@ -63,6 +63,7 @@ class KeyedStatefulOperator : public StatefulOperator {
   void useStateBackend(std::shared_ptr<StateBackend> backend, const std::string& scope, size_t cacheKeys) override {
     state_.useBackend(std::move(backend), scope, id(), cacheKeys);
   }
+  bool runsAhead() const override { return true; }  // keyed by input and watermark only
   void dropPartition(const PartitionId& p) override { state_.drop(p); }
   void collectChanges(int64_t version, StateChanges& out) override { state_.collect(id(), version, out, progress_); }
   StateOperatorProgress progress() const override {

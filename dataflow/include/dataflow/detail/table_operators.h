@@ -277,6 +277,7 @@ class TableJoinOperator final
         type_(type) {}
 
   std::string operatorName() const override { return "tableJoin"; }
+  bool runsAhead() const override { return true; }
 
   void produce(ExecContext& ctx, Batch<Change>& out) override {
     Batch<TableChange<LK, L>> lin;
