@@ -827,6 +827,39 @@ INSTANTIATE_TEST_SUITE_P(Workloads, CrashAtEveryStepOverlapped,
                                            Workload::kOuterJoin, Workload::kSessionWindows),
                          [](const auto& info) { return workloadName(info.param); });
 
+// A batch processed ahead fails after its aggregation changed the state (here: in a map after
+// it): the batch is prepared again from the state of the last commit, so nothing counts twice.
+TEST(OverlappedBatches, AFailedRunAheadIsUndoneBeforeTheBatchRunsAgain) {
+  auto run = [](bool failOnce) {
+    Session session({.workerThreads = 2});
+    auto in = std::make_shared<MemoryStream<Event>>("events", MemoryStreamOptions{.maxRecordsPerBatch = 5});
+    std::vector<Event> events;
+    for (int64_t i = 0; i < 40; ++i) events.push_back({i % 3, i, 1, i});
+    in->addData(events);
+    auto sink = std::make_shared<BatchLogSink<KeyCount>>();
+    // Batch 0 is prepared in line; every later one ahead, while the previous one is written.
+    auto thrown = std::make_shared<bool>(!failOnce);
+    auto query = session.readStream(in)
+                     .groupByKey(&Event::key)
+                     .count()
+                     .map([thrown](const KeyCount& r) {
+                       if (!*thrown && r.value == 4) {
+                         *thrown = true;
+                         throw std::runtime_error("failed while running ahead");
+                       }
+                       return r;
+                     })
+                     .writeStream().outputMode(OutputMode::kUpdate).overlapBatches(true)
+                     .trigger(Trigger::availableNow()).sink(sink).start();
+    query.awaitTermination();
+    EXPECT_TRUE(*thrown);
+    auto batches = sink->batches();
+    for (auto& [id, rows] : batches) rows = sorted(rows);
+    return batches;
+  };
+  EXPECT_EQ(run(true), run(false));
+}
+
 // The brute-force oracle for append-mode tumbling windows over one partition: replays the batch
 // boundaries and the watermark rule, and recomputes every window from the whole input.
 TEST(EventTimeOracle, AppendWindowsEqualABruteForceRecomputation) {

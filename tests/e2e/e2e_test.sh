@@ -197,8 +197,9 @@ case "${1:-}" in
 
   table_stats)
     # customer_order_stats: the orders changelog as a table, aggregated per customer. Edge cases
-    # (an amount changed, an order moved to another customer, an order deleted, a customer
-    # deleted with its orders by the cascade, one order updated 50 times in one transaction), then
+    # (an amount changed, an order moved to another customer, an order deleted, a primary key
+    # changed, a customer deleted with its orders by the cascade, one order updated 50 times in one
+    # transaction), then
     # a run from the beginning of the topic must equal the SQL aggregation of the source; then
     # the job runs live under the simulator, is killed (-9) and restarted, and must equal it again.
     oracle="WITH src AS (SELECT customer_id, count(*) AS n, sum(amount) AS total, avg(amount) AS av, max(amount) AS mx,
@@ -217,6 +218,8 @@ case "${1:-}" in
     q "UPDATE orders SET amount = 12.34 WHERE id = $o1" > /dev/null        # amount changed
     q "UPDATE orders SET customer_id = $b WHERE id = $o2" > /dev/null      # a's max moves to b
     q "DELETE FROM orders WHERE id = $o3" > /dev/null                     # deleted
+    o4=$(q "INSERT INTO orders (customer_id, amount) VALUES ($a, 42.00) RETURNING id")
+    q "UPDATE orders SET id = id + 100000000 WHERE id = $o4" > /dev/null  # a primary-key change: delete + create
     q "BEGIN; $(for i in $(seq 1 50); do printf 'UPDATE orders SET amount = %d.%02d WHERE id = %s; ' $i $i "$o1"; done) COMMIT" > /dev/null
     verify 60  # the stateless jobs caught up: the topic holds every change
     QUERY_NAME=table-stats-e2e timeout 120 "$BUILD/jobs/customer_order_stats" --available-now \
