@@ -361,6 +361,18 @@ TEST(ScaleOut, StateThatCannotFollowItsPartitionIsRefused) {
   } catch (const ConfigurationError& e) {
     EXPECT_NE(std::string(e.what()).find("cannot run scaled out"), std::string::npos) << e.what();
   }
+  // A table aggregation regroups rows across partitions: refused too, by name.
+  try {
+    session.readStream(std::make_shared<GroupMember>(log, 0))
+        .asTable([](int v) { return v; }, [](int v) { return v; }, [](int v) { return std::optional<int>(v); })
+        .groupBy([](int v) { return v % 3; })
+        .count()
+        .toChangelog()
+        .writeStream().checkpoint(memoryCheckpoint()).foreachBatch([](const auto&, const BatchInfo&) {}).start();
+    FAIL() << "a table aggregation was accepted scaled out";
+  } catch (const ConfigurationError& e) {
+    EXPECT_NE(std::string(e.what()).find("tableAggregate cannot run scaled out"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ScaleOut, StoresWithoutPerPartitionOffsetsAreRefused) {

@@ -140,9 +140,10 @@ void MicroBatchExecution::initialize() {
       if (!op->stateFollowsPartitions() || !plan_.watermarkDelaysMs.empty()) {
         throw ConfigurationError(
             "query " + options_.name + ": the stateful operator " + op->operatorName() +
-            " cannot run scaled out (sources assigned by a consumer group) yet: only keyed aggregations and "
-            "dropDuplicates without event time keep state that moves with its partition; windows, watermarks, "
-            "joins and transformWithState need a single instance");
+            " cannot run scaled out (sources assigned by a consumer group) yet: only keyed aggregations, "
+            "dropDuplicates without event time and asTable keep state that moves with its partition; windows, "
+            "watermarks, joins, transformWithState, and table aggregations and joins (which regroup rows across "
+            "partitions) need a single instance");
       }
     }
     initializeScaleOut({id_, descriptions});
