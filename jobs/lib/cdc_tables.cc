@@ -85,7 +85,11 @@ UpsertTableOptions factOrders() {
           .touchColumns = {"last_seen_at"}};
 }
 
-Result<UpsertRow> customerChange(const KafkaRecord& record) {
+namespace {
+
+// A customer event with a row, of the customers table, with a positive id and, unless it is a
+// delete or did not carry it, an email with an '@'.
+Result<dbz::ChangeEvent<Customer>> customerEvent(const KafkaRecord& record) {
   auto event = decode(kCustomers, record);
   if (!event) return std::move(event).error();
   const auto& e = event.value();
@@ -95,12 +99,22 @@ Result<UpsertRow> customerChange(const KafkaRecord& record) {
   }
   const Customer& c = e.row;
   if (c.id <= 0) return parseError("invalid_value", "customer id " + std::to_string(c.id) + " is not positive");
+  if (!e.isDelete() && sent(e, 1) && (c.email.empty() || c.email.find('@') == std::string::npos)) {
+    return parseError("invalid_value", "customer " + std::to_string(c.id) + ": email '" + c.email.substr(0, 80) + "' has no '@'");
+  }
+  return event;
+}
+
+}  // namespace
+
+Result<UpsertRow> customerChange(const KafkaRecord& record) {
+  auto event = customerEvent(record);
+  if (!event) return std::move(event).error();
+  const auto& e = event.value();
+  const Customer& c = e.row;
   if (e.isDelete()) {
     return UpsertRow{{std::to_string(c.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)},
                      *e.source.lsn, true};
-  }
-  if (sent(e, 1) && (c.email.empty() || c.email.find('@') == std::string::npos)) {
-    return parseError("invalid_value", "customer " + std::to_string(c.id) + ": email '" + c.email.substr(0, 80) + "' has no '@'");
   }
   return UpsertRow{{std::to_string(c.id), c.email, c.country, text(c.createdAt), text(c.updatedAt), eventTime(e.source)},
                    *e.source.lsn, false, e.unavailable};
@@ -108,7 +122,9 @@ Result<UpsertRow> customerChange(const KafkaRecord& record) {
 
 namespace {
 
-// An order event with a row, of the orders table, with a positive id.
+// An order event with a row, of the orders table, with a positive id and, unless it is a delete,
+// a positive customer id, an amount that is not negative and a status (where the event carried
+// them).
 Result<dbz::ChangeEvent<Order>> orderEvent(const KafkaRecord& record) {
   auto event = decode(kOrders, record);
   if (!event) return std::move(event).error();
@@ -117,7 +133,12 @@ Result<dbz::ChangeEvent<Order>> orderEvent(const KafkaRecord& record) {
   if (e.source.table != "orders" && !e.source.table.empty()) {
     return parseError("wrong_table", "event of table '" + e.source.table + "' on the orders topic");
   }
-  if (e.row.id <= 0) return parseError("invalid_value", "order id " + std::to_string(e.row.id) + " is not positive");
+  const Order& o = e.row;
+  if (o.id <= 0) return parseError("invalid_value", "order id " + std::to_string(o.id) + " is not positive");
+  if (e.isDelete()) return event;
+  if (sent(e, 1) && o.customerId <= 0) return parseError("invalid_value", "order " + std::to_string(o.id) + ": customer_id is not positive");
+  if (o.amount.text.starts_with('-')) return parseError("invalid_value", "order " + std::to_string(o.id) + ": negative amount " + o.amount.text);
+  if (sent(e, 3) && o.status.empty()) return parseError("invalid_value", "order " + std::to_string(o.id) + ": empty status");
   return event;
 }
 
@@ -132,9 +153,6 @@ Result<UpsertRow> orderChange(const KafkaRecord& record) {
     return UpsertRow{{std::to_string(o.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)},
                      *e.source.lsn, true};
   }
-  if (sent(e, 1) && o.customerId <= 0) return parseError("invalid_value", "order " + std::to_string(o.id) + ": customer_id is not positive");
-  if (o.amount.text.starts_with('-')) return parseError("invalid_value", "order " + std::to_string(o.id) + ": negative amount " + o.amount.text);
-  if (sent(e, 3) && o.status.empty()) return parseError("invalid_value", "order " + std::to_string(o.id) + ": empty status");
   return UpsertRow{{std::to_string(o.id), std::to_string(o.customerId), o.amount.text, o.status, text(o.createdAt),
                     text(o.updatedAt), eventTime(e.source)},
                    *e.source.lsn, false, e.unavailable};
@@ -190,20 +208,20 @@ Result<OrderFact> orderFact(const KafkaRecord& record) {
 }
 
 Result<CustomerFact> customerFact(const KafkaRecord& record) {
-  auto upsert = customerChange(record);  // the same validation
-  if (!upsert) return std::move(upsert).error();
-  const UpsertRow& u = upsert.value();
-  CustomerFact f{std::stoll(*u.values[0]), u.version, u.deleted, u.keepStored, {}};
-  if (!u.deleted) f.row = {u.values[1].value_or(""), u.values[2]};
+  auto event = customerEvent(record);
+  if (!event) return std::move(event).error();
+  auto& e = event.value();
+  CustomerFact f{e.row.id, *e.source.lsn, e.isDelete(), e.unavailable, {}};
+  if (!f.deleted) f.row = {std::move(e.row.email), std::move(e.row.country)};
   return f;
 }
 
 Result<OrderDetail> orderDetail(const KafkaRecord& record) {
-  auto upsert = orderChange(record);  // the same validation
-  if (!upsert) return std::move(upsert).error();
-  const UpsertRow& u = upsert.value();
-  OrderDetail d{std::stoll(*u.values[0]), u.version, u.deleted, u.keepStored, {}};
-  if (!u.deleted) d.row = {std::stoll(*u.values[1]), u.values[2].value_or(""), u.values[3].value_or("")};
+  auto event = orderEvent(record);
+  if (!event) return std::move(event).error();
+  auto& e = event.value();
+  OrderDetail d{e.row.id, *e.source.lsn, e.isDelete(), e.unavailable, {}};
+  if (!d.deleted) d.row = {e.row.customerId, std::move(e.row.amount.text), std::move(e.row.status)};
   return d;
 }
 
