@@ -87,18 +87,28 @@ UpsertTableOptions factOrders() {
 
 namespace {
 
+// An event of `table` that carries a row with a positive id (`noun` names a row in errors).
+template <class Row>
+Result<dbz::ChangeEvent<Row>> rowEvent(const dbz::TableMapping<Row>& mapping, const KafkaRecord& record,
+                                       const std::string& table, const std::string& noun) {
+  auto event = decode(mapping, record);
+  if (!event) return event;
+  const auto& e = event.value();
+  if (!e.hasRow) return parseError("unsupported_operation", "operation '" + std::string(dbz::toString(e.op)) + "' carries no row");
+  if (e.source.table != table && !e.source.table.empty()) {
+    return parseError("wrong_table", "event of table '" + e.source.table + "' on the " + table + " topic");
+  }
+  if (e.row.id <= 0) return parseError("invalid_value", noun + " id " + std::to_string(e.row.id) + " is not positive");
+  return event;
+}
+
 // A customer event with a row, of the customers table, with a positive id and, unless it is a
 // delete or did not carry it, an email with an '@'.
 Result<dbz::ChangeEvent<Customer>> customerEvent(const KafkaRecord& record) {
-  auto event = decode(kCustomers, record);
-  if (!event) return std::move(event).error();
+  auto event = rowEvent(kCustomers, record, "customers", "customer");
+  if (!event) return event;
   const auto& e = event.value();
-  if (!e.hasRow) return parseError("unsupported_operation", "operation '" + std::string(dbz::toString(e.op)) + "' carries no row");
-  if (e.source.table != "customers" && !e.source.table.empty()) {
-    return parseError("wrong_table", "event of table '" + e.source.table + "' on the customers topic");
-  }
   const Customer& c = e.row;
-  if (c.id <= 0) return parseError("invalid_value", "customer id " + std::to_string(c.id) + " is not positive");
   if (!e.isDelete() && sent(e, 1) && (c.email.empty() || c.email.find('@') == std::string::npos)) {
     return parseError("invalid_value", "customer " + std::to_string(c.id) + ": email '" + c.email.substr(0, 80) + "' has no '@'");
   }
@@ -126,15 +136,10 @@ namespace {
 // a positive customer id, an amount that is not negative and a status (where the event carried
 // them).
 Result<dbz::ChangeEvent<Order>> orderEvent(const KafkaRecord& record) {
-  auto event = decode(kOrders, record);
-  if (!event) return std::move(event).error();
+  auto event = rowEvent(kOrders, record, "orders", "order");
+  if (!event) return event;
   const auto& e = event.value();
-  if (!e.hasRow) return parseError("unsupported_operation", "operation '" + std::string(dbz::toString(e.op)) + "' carries no row");
-  if (e.source.table != "orders" && !e.source.table.empty()) {
-    return parseError("wrong_table", "event of table '" + e.source.table + "' on the orders topic");
-  }
   const Order& o = e.row;
-  if (o.id <= 0) return parseError("invalid_value", "order id " + std::to_string(o.id) + " is not positive");
   if (e.isDelete()) return event;
   if (sent(e, 1) && o.customerId <= 0) return parseError("invalid_value", "order " + std::to_string(o.id) + ": customer_id is not positive");
   if (o.amount.text.starts_with('-')) return parseError("invalid_value", "order " + std::to_string(o.id) + ": negative amount " + o.amount.text);
