@@ -11,8 +11,6 @@
 #include "lib/cdc_job.h"
 #include "lib/cdc_tables.h"
 
-#include <spdlog/spdlog.h>
-
 #include <cstdio>
 
 namespace {
@@ -42,21 +40,14 @@ dataflow::postgres::UpsertRow toUpsert(const StatsChange& c, int64_t version) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  cdc::blockTerminationSignals();
-  auto config = cdc::JobConfig::fromArgs(argc, argv, {
+  return cdc::runJob(argc, argv, {
       .program = "customer_order_stats",
       .queryName = "customer-order-stats",
       .topics = {{"--topic", "ORDERS_TOPIC", "dbserver1.public.orders"}},
-  });
-  try {
-    dataflow::Session session({.workerThreads = config.workers});
-    auto warehouse = cdc::openWarehouse(config);
-    cdc::Monitoring monitoring;
-    const dataflow::postgres::UpsertTable statsTable(cdc::withTableDeletes(cdc::customerOrderStats()));
+  }, [](cdc::Job& job) {
     using cdc::OrderFact;
     using cdc::OrderRow;
-
-    auto query = session.readStream(cdc::kafkaSource(config))
+    auto stats = job.session.readStream(cdc::kafkaSource(job.config))
                      .filter(cdc::notTombstone)
                      .parse(cdc::orderFact)
                      .deadLettersHandledBySink()
@@ -65,23 +56,12 @@ int main(int argc, char** argv) {
                      .groupBy(&OrderRow::customerId)
                      .agg(dataflow::count(), dataflow::sum(&OrderRow::amountCents), dataflow::avg(&OrderRow::amountCents),
                           dataflow::max(&OrderRow::amountCents), dataflow::min(&OrderRow::createdAtMicros),
-                          dataflow::max(&OrderRow::createdAtMicros), dataflow::max(&OrderRow::lsn))
-                     .toChangelog()
-                     .writeStream()
-                     .queryName(config.queryName)
-                     .trigger(cdc::trigger(config))
-                     .overlapBatches(config.overlapBatches)
-                     .checkpoint(warehouse.checkpoint)
-                     .addListener(cdc::batchLogger())
-                     .addListener(monitoring.metrics)
-                     .foreachBatch([&](const auto& batch, const dataflow::BatchInfo& info) {
-                       cdc::writeTableChanges(warehouse, statsTable, batch, info, monitoring, toUpsert);
-                     })
-                     .start();
-    monitoring.serve(config, query);
-    return cdc::runUntilSignalled(query);
-  } catch (const dataflow::Error& e) {
-    spdlog::error("{}: {}", config.queryName, e.what());
-    return dynamic_cast<const dataflow::ConfigurationError*>(&e) ? 2 : 1;
-  }
+                          dataflow::max(&OrderRow::createdAtMicros), dataflow::max(&OrderRow::lsn));
+    return job.writer(stats.toChangelog())
+        .foreachBatch([&job, table = dataflow::postgres::UpsertTable(cdc::withTableDeletes(cdc::customerOrderStats()))](
+                          const auto& batch, const dataflow::BatchInfo& info) {
+          cdc::writeTableChanges(job.warehouse, table, batch, info, job.monitoring, toUpsert);
+        })
+        .start();
+  });
 }

@@ -11,8 +11,6 @@
 #include "lib/cdc_job.h"
 #include "lib/cdc_tables.h"
 
-#include <spdlog/spdlog.h>
-
 namespace {
 
 using CustomerRow = std::tuple<std::string, std::optional<std::string>>;        // email, country
@@ -48,51 +46,34 @@ dataflow::postgres::UpsertRow toUpsert(const dataflow::TableChange<int64_t, Enri
 }  // namespace
 
 int main(int argc, char** argv) {
-  cdc::blockTerminationSignals();
-  auto config = cdc::JobConfig::fromArgs(argc, argv, {
+  return cdc::runJob(argc, argv, {
       .program = "orders_enriched",
       .queryName = "orders-enriched",
       .topics = {{"--customers-topic", "CUSTOMERS_TOPIC", "dbserver1.public.customers"},
                  {"--orders-topic", "ORDERS_TOPIC", "dbserver1.public.orders"}},
-  });
-  try {
-    if (config.topics.size() != 2) throw dataflow::ConfigurationError("orders_enriched reads two topics: customers and orders");
-    dataflow::Session session({.workerThreads = config.workers});
-    auto warehouse = cdc::openWarehouse(config);
-    cdc::Monitoring monitoring;
-    const dataflow::postgres::UpsertTable enrichedTable(cdc::withTableDeletes(cdc::ordersEnriched()));
+  }, [](cdc::Job& job) {
+    if (job.config.topics.size() != 2) throw dataflow::ConfigurationError("orders_enriched reads two topics: customers and orders");
     auto topic = [&](const std::string& name) {
-      auto options = cdc::kafkaSourceOptions(config);
+      auto options = cdc::kafkaSourceOptions(job.config);
       options.subscribe = {name};
       return std::make_shared<dataflow::kafka::KafkaSource>(options);
     };
-    auto customers = session.readStream(topic(config.topics[0]))
+    auto customers = job.session.readStream(topic(job.config.topics[0]))
                          .filter(cdc::notTombstone)
                          .parse(cdc::customerFact)
                          .deadLettersHandledBySink()
                          .asTable(&cdc::CustomerFact::id, &cdc::CustomerFact::lsn, customerRow);
-    auto query = session.readStream(topic(config.topics[1]))
-                     .filter(cdc::notTombstone)
-                     .parse(cdc::orderDetail)
-                     .deadLettersHandledBySink()
-                     .asTable(&cdc::OrderDetail::id, &cdc::OrderDetail::lsn, orderRow)
-                     .join(customers, [](const OrderRow& o) { return std::get<0>(o); }, enrich, dataflow::JoinType::kLeftOuter)
-                     .toChangelog()
-                     .writeStream()
-                     .queryName(config.queryName)
-                     .trigger(cdc::trigger(config))
-                     .overlapBatches(config.overlapBatches)
-                     .checkpoint(warehouse.checkpoint)
-                     .addListener(cdc::batchLogger())
-                     .addListener(monitoring.metrics)
-                     .foreachBatch([&](const auto& batch, const dataflow::BatchInfo& info) {
-                       cdc::writeTableChanges(warehouse, enrichedTable, batch, info, monitoring, toUpsert);
-                     })
-                     .start();
-    monitoring.serve(config, query);
-    return cdc::runUntilSignalled(query);
-  } catch (const dataflow::Error& e) {
-    spdlog::error("{}: {}", config.queryName, e.what());
-    return dynamic_cast<const dataflow::ConfigurationError*>(&e) ? 2 : 1;
-  }
+    auto enriched = job.session.readStream(topic(job.config.topics[1]))
+                        .filter(cdc::notTombstone)
+                        .parse(cdc::orderDetail)
+                        .deadLettersHandledBySink()
+                        .asTable(&cdc::OrderDetail::id, &cdc::OrderDetail::lsn, orderRow)
+                        .join(customers, [](const OrderRow& o) { return std::get<0>(o); }, enrich, dataflow::JoinType::kLeftOuter);
+    return job.writer(enriched.toChangelog())
+        .foreachBatch([&job, table = dataflow::postgres::UpsertTable(cdc::withTableDeletes(cdc::ordersEnriched()))](
+                          const auto& batch, const dataflow::BatchInfo& info) {
+          cdc::writeTableChanges(job.warehouse, table, batch, info, job.monitoring, toUpsert);
+        })
+        .start();
+  });
 }

@@ -10,8 +10,6 @@
 #include "lib/cdc_job.h"
 #include "lib/cdc_tables.h"
 
-#include <spdlog/spdlog.h>
-
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
@@ -42,61 +40,44 @@ std::string timestamp(int64_t ms) { return dataflow::debezium::Timestamp{ms * 10
 }  // namespace
 
 int main(int argc, char** argv) {
-  cdc::blockTerminationSignals();
-  auto config = cdc::JobConfig::fromArgs(argc, argv, {
+  return cdc::runJob(argc, argv, {
       .program = "orders_per_minute",
       .queryName = "orders-per-minute",
       .topics = {{"--topic", "ORDERS_TOPIC", "dbserver1.public.orders"}},
-  });
-  try {
+  }, [](cdc::Job& job) {
     const auto delay = std::chrono::milliseconds(settingMs("WATERMARK_DELAY_MS", 10000));
     const char* late = std::getenv("LATE_EVENTS");
     const std::string lateMode = late && *late ? late : "drop";
     if (lateMode != "drop" && lateMode != "deadLetter") {
       throw dataflow::ConfigurationError("LATE_EVENTS: expected drop or deadLetter, got '" + lateMode + "'");
     }
-    dataflow::Session session({.workerThreads = config.workers});
-    auto warehouse = cdc::openWarehouse(config);
-    cdc::Monitoring monitoring;
-    const dataflow::postgres::UpsertTable perMinute(cdc::ordersPerMinute());
     using cdc::OrderCreated;
-
-    auto query = session.readStream(cdc::kafkaSource(config))
-                     .filter(cdc::notTombstone)
-                     .parse(cdc::orderCreated)
-                     .deadLettersHandledBySink()
-                     .filter([](const OrderCreated& o) { return o.created; })
-                     .withWatermark(&OrderCreated::createdAtMs, delay)
-                     .groupByKey(&OrderCreated::status)
-                     .window(dataflow::tumbling(std::chrono::minutes(1)), &OrderCreated::createdAtMs)
-                     .agg(dataflow::count(), dataflow::sum(&OrderCreated::amountCents))
-                     .writeStream()
-                     .outputMode(dataflow::OutputMode::kAppend)
-                     .option("lateRecords", lateMode)
-                     .queryName(config.queryName)
-                     .trigger(cdc::trigger(config))
-                     .overlapBatches(config.overlapBatches)
-                     .checkpoint(warehouse.checkpoint)
-                     .addListener(cdc::batchLogger())
-                     .addListener(monitoring.metrics)
-                     .foreachBatch([&](const dataflow::Batch<Row>& batch, const dataflow::BatchInfo& info) {
-                       std::vector<dataflow::postgres::UpsertRow> rows;
-                       for (const auto& part : batch.partitions()) {
-                         for (const auto& r : part.rows) {
-                           const auto& [count, cents] = r.value;
-                           rows.push_back({{timestamp(r.key.window.startMs), r.key.key, timestamp(r.key.window.endMs),
-                                            std::to_string(count), money(cents)},
-                                           info.batchId + 1, false});
-                         }
-                       }
-                       cdc::writeToWarehouse(warehouse, batch.deadLetters(), info, monitoring,
-                                             [&](dataflow::postgres::WarehouseTransaction& tx) { tx.upsert(perMinute, rows); });
-                     })
-                     .start();
-    monitoring.serve(config, query);
-    return cdc::runUntilSignalled(query);
-  } catch (const dataflow::Error& e) {
-    spdlog::error("{}: {}", config.queryName, e.what());
-    return dynamic_cast<const dataflow::ConfigurationError*>(&e) ? 2 : 1;
-  }
+    auto perMinute = job.session.readStream(cdc::kafkaSource(job.config))
+                         .filter(cdc::notTombstone)
+                         .parse(cdc::orderCreated)
+                         .deadLettersHandledBySink()
+                         .filter([](const OrderCreated& o) { return o.created; })
+                         .withWatermark(&OrderCreated::createdAtMs, delay)
+                         .groupByKey(&OrderCreated::status)
+                         .window(dataflow::tumbling(std::chrono::minutes(1)), &OrderCreated::createdAtMs)
+                         .agg(dataflow::count(), dataflow::sum(&OrderCreated::amountCents));
+    return job.writer(perMinute)
+        .outputMode(dataflow::OutputMode::kAppend)
+        .option("lateRecords", lateMode)
+        .foreachBatch([&job, table = dataflow::postgres::UpsertTable(cdc::ordersPerMinute())](
+                          const dataflow::Batch<Row>& batch, const dataflow::BatchInfo& info) {
+          std::vector<dataflow::postgres::UpsertRow> rows;
+          for (const auto& part : batch.partitions()) {
+            for (const auto& r : part.rows) {
+              const auto& [count, cents] = r.value;
+              rows.push_back({{timestamp(r.key.window.startMs), r.key.key, timestamp(r.key.window.endMs),
+                               std::to_string(count), money(cents)},
+                              info.batchId + 1, false});
+            }
+          }
+          cdc::writeToWarehouse(job.warehouse, batch.deadLetters(), info, job.monitoring,
+                                [&](dataflow::postgres::WarehouseTransaction& tx) { tx.upsert(table, rows); });
+        })
+        .start();
+  });
 }

@@ -5,8 +5,6 @@
 #include "lib/cdc_job.h"
 #include "lib/cdc_tables.h"
 
-#include <spdlog/spdlog.h>
-
 namespace {
 
 const std::vector<cdc::CdcTable> kTables = {cdc::customersTable(), cdc::ordersTable()};
@@ -26,43 +24,25 @@ dataflow::Result<cdc::WarehouseChange> route(const dataflow::kafka::KafkaRecord&
 }  // namespace
 
 int main(int argc, char** argv) {
-  cdc::blockTerminationSignals();
-  auto config = cdc::JobConfig::fromArgs(argc, argv, {
+  return cdc::runJob(argc, argv, {
       .program = "stream_all_tables",
       .queryName = "cdc-warehouse",
       .topicPattern = "dbserver1\\.public\\..*",
-  });
-  try {
-    dataflow::Session session({.workerThreads = config.workers});
-    auto warehouse = cdc::openWarehouse(config);
-    cdc::Monitoring monitoring;
+  }, [](cdc::Job& job) {
     std::vector<dataflow::postgres::UpsertTable> targets;
     for (const auto& t : kTables) targets.emplace_back(t.target);
-
-    auto query = session.readStream(cdc::kafkaSource(config))
-                     .filter(cdc::notTombstone)
-                     .parse(route)
-                     .deadLettersHandledBySink()
-                     .writeStream()
-                     .queryName(config.queryName)
-                     .trigger(cdc::trigger(config))
-                     .overlapBatches(config.overlapBatches)
-                     .checkpoint(warehouse.checkpoint)
-                     .addListener(cdc::batchLogger())
-                     .addListener(monitoring.metrics)
-                     .foreachBatch([&](const dataflow::Batch<cdc::WarehouseChange>& batch, const dataflow::BatchInfo& info) {
-                       std::vector<std::vector<dataflow::postgres::UpsertRow>> perTable(targets.size());
-                       for (const auto& change : batch.rows()) perTable[static_cast<size_t>(change.table)].push_back(change.row);
-                       cdc::writeToWarehouse(warehouse, batch.deadLetters(), info, monitoring,
-                                             [&](dataflow::postgres::WarehouseTransaction& tx) {
-                                               for (size_t i = 0; i < targets.size(); ++i) tx.upsert(targets[i], perTable[i]);
-                                             });
-                     })
-                     .start();
-    monitoring.serve(config, query);
-    return cdc::runUntilSignalled(query);
-  } catch (const dataflow::Error& e) {
-    spdlog::error("{}: {}", config.queryName, e.what());
-    return dynamic_cast<const dataflow::ConfigurationError*>(&e) ? 2 : 1;
-  }
+    return job.writer(job.session.readStream(cdc::kafkaSource(job.config))
+                          .filter(cdc::notTombstone)
+                          .parse(route)
+                          .deadLettersHandledBySink())
+        .foreachBatch([&job, targets](const dataflow::Batch<cdc::WarehouseChange>& batch, const dataflow::BatchInfo& info) {
+          std::vector<std::vector<dataflow::postgres::UpsertRow>> perTable(targets.size());
+          for (const auto& change : batch.rows()) perTable[static_cast<size_t>(change.table)].push_back(change.row);
+          cdc::writeToWarehouse(job.warehouse, batch.deadLetters(), info, job.monitoring,
+                                [&](dataflow::postgres::WarehouseTransaction& tx) {
+                                  for (size_t i = 0; i < targets.size(); ++i) tx.upsert(targets[i], perTable[i]);
+                                });
+        })
+        .start();
+  });
 }

@@ -7,41 +7,20 @@
 #include "lib/cdc_job.h"
 #include "lib/cdc_tables.h"
 
-#include <spdlog/spdlog.h>
-
 int main(int argc, char** argv) {
-  cdc::blockTerminationSignals();
-  auto config = cdc::JobConfig::fromArgs(argc, argv, {
+  return cdc::runJob(argc, argv, {
       .program = "stream_customers",
       .queryName = "customers-cdc-warehouse",
       .topics = {{"--topic", "CUSTOMERS_TOPIC", "dbserver1.public.customers"}},
+  }, [](cdc::Job& job) {
+    return job.writer(job.session.readStream(cdc::kafkaSource(job.config))
+                          .filter(cdc::notTombstone)
+                          .parse(cdc::customerChange)
+                          .deadLettersHandledBySink())
+        .foreachBatch([&job, table = dataflow::postgres::UpsertTable(cdc::dimCustomers())](
+                          const dataflow::Batch<dataflow::postgres::UpsertRow>& batch, const dataflow::BatchInfo& info) {
+          cdc::writeToWarehouse(job.warehouse, table, batch, info, job.monitoring);
+        })
+        .start();
   });
-  try {
-    dataflow::Session session({.workerThreads = config.workers});
-    auto warehouse = cdc::openWarehouse(config);
-    cdc::Monitoring monitoring;
-    const dataflow::postgres::UpsertTable dimCustomers(cdc::dimCustomers());
-
-    auto query = session.readStream(cdc::kafkaSource(config))
-                     .filter(cdc::notTombstone)
-                     .parse(cdc::customerChange)
-                     .deadLettersHandledBySink()
-                     .writeStream()
-                     .queryName(config.queryName)
-                     .trigger(cdc::trigger(config))
-                     .overlapBatches(config.overlapBatches)
-                     .checkpoint(warehouse.checkpoint)
-                     .addListener(cdc::batchLogger())
-                     .addListener(monitoring.metrics)
-                     .foreachBatch([&](const dataflow::Batch<dataflow::postgres::UpsertRow>& batch,
-                                       const dataflow::BatchInfo& info) {
-                       cdc::writeToWarehouse(warehouse, dimCustomers, batch, info, monitoring);
-                     })
-                     .start();
-    monitoring.serve(config, query);
-    return cdc::runUntilSignalled(query);
-  } catch (const dataflow::Error& e) {
-    spdlog::error("{}: {}", config.queryName, e.what());
-    return dynamic_cast<const dataflow::ConfigurationError*>(&e) ? 2 : 1;
-  }
 }

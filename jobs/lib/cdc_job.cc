@@ -255,4 +255,22 @@ int runUntilSignalled(dataflow::StreamingQuery& query) {
   return code;
 }
 
+Job::Job(JobConfig c)
+    : config(std::move(c)), session({.workerThreads = config.workers}), warehouse(openWarehouse(config)) {}
+
+int runJob(int argc, char** argv, const JobDefaults& defaults, const std::function<dataflow::StreamingQuery(Job&)>& start) {
+  blockTerminationSignals();
+  auto config = JobConfig::fromArgs(argc, argv, defaults);
+  const std::string name = config.queryName;
+  try {
+    Job job(std::move(config));
+    auto query = start(job);
+    job.monitoring.serve(job.config, query);
+    return runUntilSignalled(query);
+  } catch (const dataflow::Error& e) {
+    spdlog::error("{}: {}", name, e.what());
+    return dynamic_cast<const dataflow::ConfigurationError*>(&e) ? 2 : 1;
+  }
+}
+
 }  // namespace cdc

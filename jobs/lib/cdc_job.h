@@ -124,4 +124,33 @@ std::shared_ptr<dataflow::QueryListener> batchLogger();
 // Returns the process exit code: 0 after a graceful stop or a finished --available-now run.
 int runUntilSignalled(dataflow::StreamingQuery& query);
 
+// What a running job has: its settings, session, warehouse (with the checkpoint) and monitoring.
+struct Job {
+  explicit Job(JobConfig c);
+  JobConfig config;
+  dataflow::Session session;
+  Warehouse warehouse;
+  Monitoring monitoring;
+
+  // stream.writeStream() with the job's query name, trigger, batch overlap, checkpoint, batch log
+  // and metrics: what remains is the sink.
+  template <class S>
+  auto writer(const S& stream) {
+    auto w = stream.writeStream();
+    w.queryName(config.queryName)
+        .trigger(trigger(config))
+        .overlapBatches(config.overlapBatches)
+        .checkpoint(warehouse.checkpoint)
+        .addListener(batchLogger())
+        .addListener(monitoring.metrics);
+    return w;
+  }
+};
+
+// A job's main(): blocks termination signals, reads the settings (a bad one exits 2, named),
+// opens the job, lets `start` build and start its query, serves the metrics and runs until
+// SIGTERM/SIGINT. A framework error is logged and exits 2 for bad configuration, else 1.
+int runJob(int argc, char** argv, const JobDefaults& defaults,
+           const std::function<dataflow::StreamingQuery(Job&)>& start);
+
 }  // namespace cdc
