@@ -318,10 +318,6 @@ class TableJoinOperator final
     changes.emit(out.partitions()[0].rows, [&](const LK& lk) { return result(lk); });
   }
 
-  void useStateBackend(std::shared_ptr<StateBackend> backend, const std::string&, size_t) override {
-    throw ConfigurationError(operatorName() + " keeps its state in memory; it cannot use the state backend " +
-                             backend->describe() + " (use the in-memory state for this query)");
-  }
   void clearState() override {
     leftRows_ = {};
     rightRows_ = {};
