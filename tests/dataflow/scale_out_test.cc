@@ -4,10 +4,13 @@
 #include <dataflow/dataflow.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <condition_variable>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <set>
+#include <tuple>
 
 namespace dataflow {
 namespace {
@@ -346,18 +349,30 @@ TEST(ScaleOut, AFencedProcessCommitsNeitherOutputNorState) {
   EXPECT_EQ(f.counts(), f.expected());
 }
 
+// Keeps a count per key: its timers follow batch time, not partitions.
+struct CountingProcessor {
+  using Output = int64_t;
+  ValueState<int64_t> seen;
+  void init(ProcessorHandle<int>& h) { seen = h.valueState<int64_t>("seen"); }
+  void handleInputRows(const int&, std::span<const int> rows, TimerValues, Collector<Output>& out) {
+    int64_t n = (seen.exists() ? *seen.get() : 0) + static_cast<int64_t>(rows.size());
+    seen.update(n);
+    out.emit(n);
+  }
+};
+
 TEST(ScaleOut, StateThatCannotFollowItsPartitionIsRefused) {
   Session session;
   auto log = std::make_shared<SharedLog>();
   log->partitions.resize(1);
   try {
     session.readStream(std::make_shared<GroupMember>(log, 0))
+        .withWatermark([](int v) { return static_cast<int64_t>(v); }, 1s)
         .groupByKey([](int v) { return v % 3; })
-        .window(tumbling(1s), [](int v) { return static_cast<int64_t>(v); })
-        .count()
+        .transformWithState([] { return CountingProcessor{}; })
         .writeStream().outputMode(OutputMode::kUpdate).checkpoint(memoryCheckpoint())
         .foreachBatch([](const auto&, const BatchInfo&) {}).start();
-    FAIL() << "a windowed aggregation was accepted scaled out";
+    FAIL() << "transformWithState was accepted scaled out";
   } catch (const ConfigurationError& e) {
     EXPECT_NE(std::string(e.what()).find("cannot run scaled out"), std::string::npos) << e.what();
   }
@@ -398,6 +413,190 @@ TEST(ScaleOut, StoresWithoutPerPartitionOffsetsAreRefused) {
                ConfigurationError);
   std::filesystem::remove_all(dir);
 }
+
+
+// Event time scaled out: windows per (partition, key), each partition on its own watermark
+// (partition_watermarks.h). A record's value is its event time in ms; its key is value % 5.
+using WindowRow = KeyValue<Windowed<int>, int64_t>;
+struct WindowTable {
+  std::mutex mu;
+  std::vector<std::tuple<int32_t, int64_t, int64_t, int, int64_t>> rows;  // partition, start, end, key, count
+};
+
+class TransactionalWindowSink final : public Sink<WindowRow> {
+ public:
+  TransactionalWindowSink(std::shared_ptr<CheckpointStore> store, std::shared_ptr<WindowTable> table)
+      : store_(std::move(store)), table_(std::move(table)) {}
+  std::string description() const override { return "TransactionalWindowSink"; }
+  void addBatch(const Batch<WindowRow>& batch, const BatchInfo& info) override {
+    if (gate) gate(info);
+    std::lock_guard lock(table_->mu);
+    store_->commitPartitions(info);
+    for (const auto& part : batch.partitions()) {
+      for (const auto& kv : part.rows) {
+        table_->rows.emplace_back(part.id.partition, kv.key.window.startMs, kv.key.window.endMs, kv.key.key, kv.value);
+      }
+    }
+  }
+  std::function<void(const BatchInfo&)> gate;
+
+ private:
+  std::shared_ptr<CheckpointStore> store_;
+  std::shared_ptr<WindowTable> table_;
+};
+
+enum class EventWindowKind { kTumbling, kSession };
+
+struct EventTimeFixture {
+  static constexpr int64_t kWindowMs = 100, kDelayMs = 50, kGapMs = 30;
+  std::shared_ptr<SharedLog> log = std::make_shared<SharedLog>();
+  std::shared_ptr<CheckpointStore> store = memoryCheckpoint();
+  std::shared_ptr<WindowTable> table = std::make_shared<WindowTable>();
+  EventWindowKind kind;
+  Session session;
+  EventTimeFixture(int partitions, EventWindowKind k) : kind(k) { log->partitions.resize(static_cast<size_t>(partitions)); }
+
+  struct Instance {
+    std::shared_ptr<GroupMember> source;
+    StreamingQuery query;
+  };
+  Instance start(int instance, std::function<void(const BatchInfo&)> gate = {}) {
+    auto source = std::make_shared<GroupMember>(log, instance);
+    auto sink = std::make_shared<TransactionalWindowSink>(store, table);
+    sink->gate = std::move(gate);
+    auto keyed = session.readStream(source)
+                     .withWatermark([](int v) { return static_cast<int64_t>(v); }, std::chrono::milliseconds(kDelayMs))
+                     .groupByKey([](int v) { return v % 5; });
+    auto time = [](int v) { return static_cast<int64_t>(v); };
+    auto writer = kind == EventWindowKind::kTumbling
+                      ? keyed.window(tumbling(std::chrono::milliseconds(kWindowMs)), time).count().writeStream()
+                      : keyed.window(dataflow::session(std::chrono::milliseconds(kGapMs)), time).count().writeStream();
+    auto query = writer.queryName("scaled-windows")
+                     .outputMode(OutputMode::kAppend)
+                     .option("state.minDeltasForSnapshot", "2")
+                     .checkpoint(store)
+                     .sink(sink)
+                     .start();
+    return {source, std::move(query)};
+  }
+
+  // Appends `n` events to `partition` whose event times advance by about 7 ms each and arrive
+  // up to 40 ms out of order (less than the watermark delay: none is late).
+  void appendEvents(int32_t partition, int n, uint32_t seed) {
+    std::lock_guard lock(log->mu);
+    auto& events = log->partitions.at(static_cast<size_t>(partition));
+    int next = 1000 * (partition + 1);
+    for (int v : events) next = std::max(next, v + 47);  // past the late events appended by hand
+    for (int i = 0; i < n; ++i) {
+      seed = seed * 1103515245u + 12345u;
+      events.push_back(next + static_cast<int>((seed >> 16) % 41) - 40);
+      next += 7;
+    }
+  }
+  // Appends one event far ahead: every window before it closes.
+  void closeWindows(int32_t partition) { log->append(partition, 1'000'000, 1'000'001); }
+
+  // The windows each partition's events make, computed from the whole log, without the windows
+  // still open at the end; `excluded` are events (partition, position) the query must drop as late.
+  std::multiset<std::tuple<int32_t, int64_t, int64_t, int, int64_t>> expected(
+      const std::set<std::pair<int32_t, size_t>>& excluded) {
+    std::lock_guard lock(log->mu);
+    std::multiset<std::tuple<int32_t, int64_t, int64_t, int, int64_t>> out;
+    for (size_t p = 0; p < log->partitions.size(); ++p) {
+      std::map<int, std::vector<int64_t>> byKey;
+      for (size_t i = 0; i < log->partitions[p].size(); ++i) {
+        int v = log->partitions[p][i];
+        if (v < 1'000'000 && !excluded.contains({static_cast<int32_t>(p), i})) byKey[v % 5].push_back(v);
+      }
+      for (auto& [key, times] : byKey) {
+        std::sort(times.begin(), times.end());
+        if (kind == EventWindowKind::kTumbling) {
+          std::map<int64_t, int64_t> counts;
+          for (int64_t t : times) ++counts[t / kWindowMs * kWindowMs];
+          for (auto [start, c] : counts) out.emplace(static_cast<int32_t>(p), start, start + kWindowMs, key, c);
+        } else {
+          for (size_t i = 0; i < times.size();) {
+            size_t j = i + 1;
+            while (j < times.size() && times[j] < times[j - 1] + kGapMs) ++j;
+            out.emplace(static_cast<int32_t>(p), times[i], times[j - 1] + kGapMs, key, static_cast<int64_t>(j - i));
+            i = j;
+          }
+        }
+      }
+    }
+    return out;
+  }
+  std::multiset<std::tuple<int32_t, int64_t, int64_t, int, int64_t>> output() {
+    std::lock_guard lock(table->mu);
+    return {table->rows.begin(), table->rows.end()};
+  }
+};
+
+class ScaleOutEventTime : public ::testing::TestWithParam<EventWindowKind> {};
+
+// Partitions move between processes, one of them is fenced mid-batch, and late events arrive
+// after a move: every window is emitted exactly once, with what a single process would count,
+// because each partition's watermark travels with its state.
+TEST_P(ScaleOutEventTime, WindowsAndWatermarksMoveWithTheirPartitions) {
+  EventTimeFixture f(3, GetParam());
+  for (int32_t p = 0; p < 3; ++p) {
+    f.appendEvents(p, 120, 11 + p);
+    f.log->assign(p, 0);
+  }
+  auto a = f.start(0);
+  a.query.processAllAvailable();
+  // A second process joins and takes partitions 1 and 2, with their windows and watermarks.
+  auto b = f.start(1);
+  f.log->assign(1, 1);
+  f.log->assign(2, 1);
+  a.query.processAllAvailable();
+  // Late for the watermark partition 1 had when it moved: the new owner must drop it.
+  int late;
+  size_t latePosition;
+  {
+    std::lock_guard lock(f.log->mu);
+    late = f.log->partitions[1].front() + 1;
+    latePosition = f.log->partitions[1].size();
+  }
+  f.log->append(1, late, late + 1);
+  for (int32_t p = 0; p < 3; ++p) f.appendEvents(p, 120, 101 + p);
+  b.query.processAllAvailable();
+  a.query.processAllAvailable();
+  int64_t dropped = 0;
+  for (const auto& p : b.query.recentProgress()) dropped += p.stateOperators.at(0).numRowsDroppedByWatermark;
+  EXPECT_EQ(dropped, 1);
+
+  // Process A hangs in the middle of writing a batch; the group gives its partition to B, which
+  // restores it at A's last commit. A's batch, when it finally tries to commit, is refused.
+  a.query.stop();
+  f.appendEvents(0, 120, 201);
+  PauseFirstBatch pause;
+  auto zombie = f.start(0, pause.gate());
+  pause.awaitPaused();
+  f.log->assign(0, 1);
+  f.appendEvents(0, 60, 301);
+  b.query.processAllAvailable();
+  pause.resume();
+  for (int i = 0; i < 500 && zombie.source->fenced().empty(); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(zombie.source->fenced(), (std::vector<PartitionId>{{"log", 0}}));
+  zombie.query.stop();
+
+  for (int32_t p = 0; p < 3; ++p) f.closeWindows(p);
+  b.query.processAllAvailable();
+  b.query.stop();
+  auto got = f.output();
+  auto want = f.expected({{1, latePosition}});
+  std::vector<std::tuple<int32_t, int64_t, int64_t, int, int64_t>> missing, unexpected;
+  std::set_difference(want.begin(), want.end(), got.begin(), got.end(), std::back_inserter(missing));
+  std::set_difference(got.begin(), got.end(), want.begin(), want.end(), std::back_inserter(unexpected));
+  EXPECT_TRUE(missing.empty()) << ::testing::PrintToString(missing);
+  EXPECT_TRUE(unexpected.empty()) << ::testing::PrintToString(unexpected);
+  EXPECT_GT(got.size(), 100u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Windows, ScaleOutEventTime,
+                         ::testing::Values(EventWindowKind::kTumbling, EventWindowKind::kSession),
+                         [](const auto& info) { return info.param == EventWindowKind::kTumbling ? "Tumbling" : "Session"; });
 
 }  // namespace
 }  // namespace dataflow

@@ -224,6 +224,7 @@ class StateFileReader {
   StateFileReader(std::string_view bytes, std::string origin);
   StateFileWriter::Kind kind() const { return kind_; }
   size_t count() const { return count_; }
+  const std::string& origin() const { return origin_; }
   // Calls put(key, value) or remove(key) for each entry, in order.
   template <class Put, class Remove>
   void forEach(Put&& put, Remove&& remove) const {

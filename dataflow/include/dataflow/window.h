@@ -6,6 +6,8 @@
 // how late records may arrive: after batch N it is max(event time seen up to N) - delay, it never
 // goes back, and batch N + 1 runs with it (Spark's rule; the value is kept in the checkpoint's
 // offsets and commit logs, so a replayed batch runs with the watermark it first ran with).
+// Scaled out (sources assigned by a consumer group), each source partition has a watermark of
+// its own instead, kept with its state (detail/partition_watermarks.h).
 //
 // Windows group records by event time: tumbling (fixed, non-overlapping), sliding (fixed size,
 // every `slide`; a record belongs to size/slide windows). A window is [start, end) in

@@ -137,13 +137,13 @@ void MicroBatchExecution::initialize() {
                                ": sources assigned by a consumer group cannot be mixed with other sources");
     }
     for (const StatefulOperator* op : plan_.stateful) {
-      if (!op->stateFollowsPartitions() || !plan_.watermarkDelaysMs.empty()) {
+      if (!op->stateFollowsPartitions()) {
         throw ConfigurationError(
             "query " + options_.name + ": the stateful operator " + op->operatorName() +
-            " cannot run scaled out (sources assigned by a consumer group) yet: only keyed aggregations, "
-            "dropDuplicates without event time and asTable keep state that moves with its partition; windows, "
-            "watermarks, joins, transformWithState, and table aggregations and joins (which regroup rows across "
-            "partitions) need a single instance");
+            " cannot run scaled out (sources assigned by a consumer group) yet: only aggregations (windowed or "
+            "not), dropDuplicates (with or without a watermark) and asTable keep state that moves with its "
+            "partition; stream-stream joins, transformWithState, and table aggregations and joins (which regroup "
+            "rows across partitions) need a single instance");
       }
     }
     initializeScaleOut({id_, descriptions});
@@ -256,12 +256,19 @@ void MicroBatchExecution::initializeScaleOut(const QueryMetadata& metadata) {
   }
   store.join(metadata);
   scaleOut_ = true;
+  maxEventTime_.assign(plan_.watermarkDelaysMs.size(), kNoWatermark);
   if (!plan_.stateful.empty()) {
     if (!store.supportsState()) {
       throw ConfigurationError("query " + options_.name + ": checkpoint " + store.describe() + " does not keep operator state");
     }
-    // No state at start: each partition's state is restored when it is leased.
-    state_ = std::make_unique<StateManager>(plan_.stateful, options_.checkpoint, options_.state, options_.name, runId_);
+    // No state at start: each partition's state is restored when it is leased. With event time,
+    // that includes the partition's own clock (partition_watermarks.h).
+    std::vector<StatefulOperator*> operators = plan_.stateful;
+    if (!plan_.watermarkDelaysMs.empty()) {
+      partitionWatermarks_ = std::make_unique<PartitionWatermarks>(plan_.watermarkDelaysMs);
+      operators.push_back(partitionWatermarks_.get());
+    }
+    state_ = std::make_unique<StateManager>(std::move(operators), options_.checkpoint, options_.state, options_.name, runId_);
   }
   committedEnd_.assign(plan_.sources.size(), Offsets{});
   leaseEpochs_.assign(plan_.sources.size(), {});
@@ -369,7 +376,8 @@ std::optional<MicroBatchExecution::PlannedBatch> MicroBatchExecution::planNextBa
 
   batch.entry.batchId = nextBatchId_;
   batch.entry.batchTimestampMs = nowEpochMs();
-  batch.entry.batchWatermarkMs = watermarkMs_;
+  // Scaled out, each partition runs with its own watermark; the batch reports the lowest.
+  batch.entry.batchWatermarkMs = partitionWatermarks_ ? partitionWatermarks_->lowest() : watermarkMs_;
   if (speculation_) {
     if (speculation_->base == committedEnd_) {
       // The batch prepared during the previous write starts right here: its ranges are a valid
@@ -428,6 +436,7 @@ std::unique_ptr<ExecContext> MicroBatchExecution::makeContext(const std::vector<
     }
   }
   ctx->eventTime.assign(plan_.watermarkDelaysMs.size(), EventTimeStats{});  // a batch prepared ahead fills them too
+  ctx->partitionWatermarks = partitionWatermarks_.get();
   ctx->inputRows = std::make_unique<std::atomic<int64_t>[]>(plan_.sources.size());
   for (size_t i = 0; i < plan_.sources.size(); ++i) ctx->inputRows[i].store(0);
   return ctx;
@@ -572,11 +581,17 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
         if (!prepared) {
           for (size_t i = 0; i < plan_.sources.size(); ++i) ctx.inputRows[i].store(0);
           for (auto& e : ctx.eventTime) e = EventTimeStats{};
+          if (partitionWatermarks_) partitionWatermarks_->beginBatch();
           session_->arena.execute([&] { prepared = plan_.root->prepare(ctx); });
         }
         if (!stateCollected) {
           stateCollected = true;
-          ctx.info.nextBatchWatermarkMs = nextWatermark(ctx.eventTime);
+          if (partitionWatermarks_) {
+            partitionWatermarks_->advance();  // the partitions' clocks are state: collected below
+            ctx.info.nextBatchWatermarkMs = partitionWatermarks_->lowest();
+          } else {
+            ctx.info.nextBatchWatermarkMs = nextWatermark(ctx.eventTime);
+          }
           if (state_) {
             session_->arena.execute([&] { stateChanges = state_->collect(entry.batchId); });
             if (scaleOut_) versionByOffset(stateChanges, entry);
@@ -634,7 +649,8 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
     if (ctx.eventTime[i].count > 0) maxEventTime_[i] = std::max(maxEventTime_[i], ctx.eventTime[i].max);
   }
   watermarkMs_ = ctx.info.nextBatchWatermarkMs;
-  noDataBatchDue_ = state_ && watermarkMs_ > entry.batchWatermarkMs;
+  // Scaled out, a batch closes what its own event times passed (partition_watermarks.h).
+  noDataBatchDue_ = state_ && !scaleOut_ && watermarkMs_ > entry.batchWatermarkMs;
   if (state_) {
     if (scaleOut_) state_->noteWritten(stateChanges);
     state_->committed(entry.batchId);

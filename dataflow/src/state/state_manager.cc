@@ -255,6 +255,7 @@ bool StateManager::wantsBatch(int64_t nowMs, int64_t watermarkMs) const {
 std::vector<StateOperatorProgress> StateManager::progress() const {
   std::vector<StateOperatorProgress> out;
   for (size_t i = 0; i < collected_.size(); ++i) {
+    if (!operators_[i]->visibleInProgress()) continue;
     auto p = collected_[i];
     p.commitTimeMs = commitTimeMs_[i];
     out.push_back(std::move(p));

@@ -138,7 +138,9 @@ class MicroBatchExecution {
   // Driver-thread state.
   bool initialized_ = false;
   std::optional<OffsetLogEntry> pendingReplay_;  // uncommitted batch found at start
-  // Event time and state (only with withWatermark or stateful operators).
+  // Event time and state (only with withWatermark or stateful operators). Scaled out, event time
+  // is kept per partition, as part of the state (declared first: state_ refers to it).
+  std::unique_ptr<PartitionWatermarks> partitionWatermarks_;
   std::unique_ptr<StateManager> state_;
   int64_t watermarkMs_;                // the watermark the next new batch runs with
   std::vector<int64_t> maxEventTime_;  // by watermark operator: the newest event time seen

@@ -17,6 +17,7 @@
 #include "dataflow/sink.h"
 #include "dataflow/source.h"
 #include "dataflow/detail/fusion.h"
+#include "dataflow/detail/partition_watermarks.h"
 #include "dataflow/detail/stateful.h"
 #include "dataflow/window.h"
 
@@ -39,6 +40,20 @@ struct ExecContext {
   // The event times each watermark operator read (by its index). The batch's watermark is
   // info.batchWatermarkMs.
   std::vector<EventTimeStats> eventTime;
+  // Scale-out with event time: each partition's own watermark (partition_watermarks.h); null
+  // when the query runs as one instance.
+  PartitionWatermarks* partitionWatermarks = nullptr;
+
+  // The watermark records of `partition` are judged late by in this batch.
+  int64_t watermarkFor(const PartitionId& partition) const {
+    return partitionWatermarks ? partitionWatermarks->current(partition) : info.batchWatermarkMs;
+  }
+  // The watermark up to which `partition`'s windows close in this batch, once its records are
+  // in: the batch's own watermark for one instance (the no-data batch after it closes the rest),
+  // the partition's next watermark scaled out (which has no no-data batches).
+  int64_t closingWatermarkFor(const PartitionId& partition) const {
+    return partitionWatermarks ? partitionWatermarks->next(partition) : info.batchWatermarkMs;
+  }
 };
 
 template <class T>

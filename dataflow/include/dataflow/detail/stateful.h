@@ -73,6 +73,9 @@ class StatefulOperator {
 
   // The figures of the last batch.
   virtual StateOperatorProgress progress() const = 0;
+  // Whether progress reports list the operator (the engine's own state, such as the partitions'
+  // event-time clocks, is not one of the query's operators).
+  virtual bool visibleInProgress() const { return true; }
 
   // Whether the next batch may run through this operator while the current one is being written
   // (QueryOptions::overlapBatches): its output and state changes depend only on its state, its

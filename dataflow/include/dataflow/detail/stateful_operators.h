@@ -22,7 +22,8 @@
 namespace dataflow::detail {
 
 // Passes its input through and records the event times it saw in ctx.eventTime[index]; the
-// engine derives the next batch's watermark from them.
+// engine derives the next batch's watermark from them. Scaled out, it also tells each
+// partition's clock the newest event time read from that partition.
 template <class T, class TimeFn>
 class WatermarkOperator final : public BatchOperator<T> {
  public:
@@ -38,7 +39,10 @@ class WatermarkOperator final : public BatchOperator<T> {
       for (const T& row : parts[p].rows) s.add(toEventTimeMs(std::invoke(time_, row)));
       local[p] = s;
     });
-    for (const auto& s : local) ctx.eventTime[index_].merge(s);
+    for (size_t p = 0; p < parts.size(); ++p) {
+      ctx.eventTime[index_].merge(local[p]);
+      if (ctx.partitionWatermarks && local[p].count > 0) ctx.partitionWatermarks->observe(index_, parts[p].id, local[p].max);
+    }
   }
 
  private:
@@ -96,23 +100,24 @@ class KeyedStatefulOperator : public StatefulOperator {
   // The shape of a keyed aggregation's batch: the input batch (its dead letters passed on), then
   // update(slot, rows, watermark) for each input partition, then emit(slot, outRows, watermark)
   // for every partition with state (output partitions in partition order), partitions in
-  // parallel in both phases.
+  // parallel in both phases. update gets the watermark records are late by, emit the one windows
+  // close by (ExecContext::watermarkFor, closingWatermarkFor).
   template <class In, class Row, class Update, class Emit>
   void updateThenEmit(BatchOperator<In>& input, ExecContext& ctx, Batch<Row>& out, Update&& update, Emit&& emit) {
     Batch<In> in;
     input.produce(ctx, in);
     out.deadLetters() = std::move(in.deadLetters());
-    const int64_t watermark = ctx.info.batchWatermarkMs;
     auto slots = slotsFor(in);
     auto& inParts = in.partitions();
-    tbb::parallel_for(size_t{0}, inParts.size(), [&](size_t i) { update(*slots[i], inParts[i].rows, watermark); });
+    tbb::parallel_for(size_t{0}, inParts.size(),
+                      [&](size_t i) { update(*slots[i], inParts[i].rows, ctx.watermarkFor(slots[i]->id)); });
     takeLate(out);
     auto all = allSlots();
     auto& outParts = out.partitions();
     outParts.resize(all.size());
     tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
       outParts[i].id = all[i]->id;
-      emit(*all[i], outParts[i].rows, watermark);
+      emit(*all[i], outParts[i].rows, ctx.closingWatermarkFor(all[i]->id));
     });
   }
   // Moves the batch's late records (when routed to dead letters) into the output batch.
@@ -206,7 +211,7 @@ class AggregateOperator final
         windowing_(std::move(windowing)), mode_(mode) {}
 
   std::string operatorName() const override { return "stateStoreSave"; }
-  bool stateFollowsPartitions() const override { return !kWindowed; }
+  bool stateFollowsPartitions() const override { return true; }
 
   void produce(ExecContext& ctx, Batch<Row>& out) override {
     this->updateThenEmit(
@@ -349,6 +354,7 @@ class SessionAggregateOperator final
         mode_(mode) {}
 
   std::string operatorName() const override { return "sessionWindowStateStoreSave"; }
+  bool stateFollowsPartitions() const override { return true; }
 
   void produce(ExecContext& ctx, Batch<Row>& out) override {
     this->updateThenEmit(
@@ -463,22 +469,22 @@ class DedupOperator final
       : input_(std::move(input)), key_(std::move(key)), time_(std::move(time)), expireAfterMs_(expireAfterMs) {}
 
   std::string operatorName() const override { return kTimed ? "dedupeWithinWatermark" : "dedupe"; }
-  bool stateFollowsPartitions() const override { return !kTimed; }
+  bool stateFollowsPartitions() const override { return true; }
 
   void produce(ExecContext& ctx, Batch<T>& out) override {
     Batch<T> in;
     input_->produce(ctx, in);
     out.deadLetters() = std::move(in.deadLetters());
-    const int64_t watermark = ctx.info.batchWatermarkMs;
+    auto slots = this->slotsFor(in);
     // Forget the keys whose time is up before looking at the batch's records: a key the
-    // watermark has passed is not a duplicate any more.
+    // watermark has passed is not a duplicate any more. Scaled out, a partition's state changes
+    // only in batches that read from it (its state version is its offset): only those forget.
     if constexpr (kTimed) {
-      auto all = this->allSlots();
-      tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
-        Base::evictUpTo(*all[i], watermark, [](const Key&, int64_t) {});
+      auto expiring = ctx.partitionWatermarks ? slots : this->allSlots();
+      tbb::parallel_for(size_t{0}, expiring.size(), [&](size_t i) {
+        Base::evictUpTo(*expiring[i], ctx.watermarkFor(expiring[i]->id), [](const Key&, int64_t) {});
       });
     }
-    auto slots = this->slotsFor(in);
     auto& inParts = in.partitions();
     auto& outParts = out.partitions();
     outParts.resize(inParts.size());
@@ -486,6 +492,7 @@ class DedupOperator final
       auto& slot = *slots[i];
       auto& rows = outParts[i].rows;
       outParts[i].id = inParts[i].id;
+      const int64_t watermark = ctx.watermarkFor(slot.id);
       slot.state.load([&](auto&& need) {
         for (const T& row : inParts[i].rows) {
           if constexpr (kTimed) {
