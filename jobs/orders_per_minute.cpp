@@ -7,6 +7,9 @@
 // updates and deletes do not. An order whose window was already final is late: counted in the
 // progress (numRowsDroppedByWatermark, on /metrics) and, with LATE_EVENTS=deadLetter, written to
 // dlq_events with its bytes. Rows, dead letters, state and commit: one transaction per batch.
+// Windows are per source partition: a minute's row adds up the partitions' partial rows, so the
+// job is exact on any number of partitions and scales out with CONSUMER_GROUP (each partition
+// then on its own watermark).
 #include "lib/cdc_job.h"
 #include "lib/cdc_tables.h"
 

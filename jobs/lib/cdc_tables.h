@@ -90,7 +90,7 @@ struct OrderCreated {
 Result<OrderCreated> orderCreated(const KafkaRecord& record);
 
 // orders_per_minute (sql/008_orders_per_minute.sql): window_start, status, window_end,
-// order_count, revenue; versioned by batch.
+// order_count, revenue; partial rows (one per source partition) add up.
 UpsertTableOptions ordersPerMinute();
 
 // How a table job writes a row whose key left the table (TABLE_DELETES): "soft" (default) sets

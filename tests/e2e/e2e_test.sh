@@ -2,7 +2,7 @@
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
 #   backfill manual_checks malformed mixed_workload faults multi_table table_stats table_enriched table_windows metrics partitions
-#   schema_change toasted_values schema_on signals scale_out
+#   schema_change toasted_values schema_on signals scale_out windows_scale_out
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -572,5 +572,65 @@ case "${1:-}" in
     echo "scale_out: ok ($partitions partitions, 4 processes, highest lease epoch $leases, scaled back in)"
     ;;
 
-  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|metrics|partitions|schema_change|toasted_values|schema_on|signals|scale_out" >&2; exit 2 ;;
+  windows_scale_out)
+    # orders_per_minute scaled out: two processes in one consumer group share the partitions of
+    # the orders topic. Each partition closes its windows on its own watermark, kept and moved with
+    # its state; a minute's row is the sum of the partitions' partial rows, each written once in its
+    # batch's transaction. Orders created at chosen times in 2031 arrive while the processes run;
+    # one process is killed (-9) mid-stream and started again. Every minute ends with the source's
+    # count and revenue: nothing lost, nothing counted twice.
+    "$JOBS" stop > /dev/null
+    partitions=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t dbserver1.public.orders | grep -c 'partition [0-9]*,') || true
+    ((partitions >= 3)) || fail "dbserver1.public.orders has $partitions partitions, expected 3 (the partitions test)"
+    q "TRUNCATE orders_per_minute" > /dev/null
+    cust=$(q "INSERT INTO customers (email, country) VALUES ('scaled-windows-$$@example.com', 'NL') RETURNING id")
+    export CONSUMER_GROUP=windows-scaled KAFKA_OPTIONS=session.timeout.ms=6000,heartbeat.interval.ms=500
+    member() {  # member N: starts process N of the group; its pid in member_pid
+      QUERY_NAME=windows-scaled "$BUILD/jobs/orders_per_minute" >> "$DATA/windows_scale_out-$1.log" 2>&1 &
+      member_pid=$!
+    }
+    rm -f "$DATA"/windows_scale_out-*.log
+    member 1; first=$member_pid
+    member 2; second=$member_pid
+    for chunk in $(seq 0 19); do
+      q "INSERT INTO orders (customer_id, amount, status, created_at)
+         SELECT $cust, (i % 97) / 4.0 + 0.25, 'so' || (i % 3), '2031-01-01 00:00:00+00'::timestamptz + i * interval '173 ms'
+         FROM generate_series($((chunk * 100)), $((chunk * 100 + 99))) i" > /dev/null
+      sleep 0.3
+      if ((chunk == 8)); then
+        kill -9 "$second" 2>/dev/null || true
+        wait "$second" 2>/dev/null || true
+        member 2; second=$member_pid
+      fi
+    done
+    # Orders far ahead, in every partition: their watermarks pass every window above.
+    q "INSERT INTO orders (customer_id, amount, status, created_at)
+       SELECT $cust, 0.01, 'soflush', '2031-01-02 00:00:00+00' FROM generate_series(1, 40)" > /dev/null
+    source="SELECT string_agg(to_char(m AT TIME ZONE 'UTC', 'HH24:MI') || ' ' || status || ' ' || n || ' ' || r, ', ' ORDER BY m, status)
+              FROM (SELECT date_trunc('minute', created_at) m, status, count(*) n, sum(amount) r FROM orders
+                    WHERE customer_id = $cust AND status LIKE 'so_' GROUP BY 1, 2) x"
+    rows="SELECT string_agg(to_char(window_start AT TIME ZONE 'UTC', 'HH24:MI') || ' ' || status || ' ' || order_count || ' ' || revenue, ', '
+            ORDER BY window_start, status) FROM orders_per_minute WHERE window_start >= '2031-01-01' AND status LIKE 'so_'"
+    expected=$(q "$source")
+    [[ $(q "SELECT count(*) FROM orders WHERE customer_id = $cust AND status LIKE 'so_'") == 2000 ]] || fail "the orders were not written"
+    for _ in $(seq 1 600); do
+      [[ $(q "$rows") == "$expected" ]] && break
+      kill -0 "$first" "$second" 2>/dev/null || fail "a process of the group stopped: $(tail -n 3 "$DATA"/windows_scale_out-*.log)"
+      sleep 0.2
+    done
+    [[ $(q "$rows") == "$expected" ]] || fail "orders_per_minute scaled out: '$(q "$rows")', expected '$expected'"
+    # The order with a 12 kB status (toasted_values) cannot key a row: a dead letter, not a crash.
+    (($(q "SELECT count(*) FROM dlq_events WHERE query_name = 'windows-scaled' AND error_message LIKE '%too long to group by%'") >= 1)) ||
+      fail "the order whose status is too long to group by is not in dlq_events"
+    for i in 1 2; do
+      grep -q "partitions assigned" "$DATA/windows_scale_out-$i.log" || fail "process $i got no partition: $(tail -n 3 "$DATA/windows_scale_out-$i.log")"
+    done
+    kill -0 "$first" "$second" || fail "a process of the group stopped: $(tail -n 3 "$DATA"/windows_scale_out-*.log)"
+    kill "$first" "$second"
+    wait "$first" "$second" || fail "a process did not stop cleanly"
+    unset CONSUMER_GROUP
+    echo "windows_scale_out: ok ($partitions partitions, $(q "SELECT count(*) FROM orders_per_minute WHERE window_start >= '2031-01-01' AND status LIKE 'so_'") windows)"
+    ;;
+
+  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|metrics|partitions|schema_change|toasted_values|schema_on|signals|scale_out|windows_scale_out" >&2; exit 2 ;;
 esac

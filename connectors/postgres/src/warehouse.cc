@@ -1,6 +1,7 @@
 // Set-based upserts: COPY into a temporary staging table, then one INSERT ... SELECT ... ON
 // CONFLICT DO UPDATE ... WHERE target.version < EXCLUDED.version. Chosen over row-by-row,
 // pipelined and multi-row VALUES statements by measurement (bench/sink_bench.cc).
+#include <algorithm>
 #include "dataflow/postgres/warehouse.h"
 
 #include <spdlog/spdlog.h>
@@ -67,6 +68,21 @@ std::string stagingName(const std::string& table) {
   return out;
 }
 
+// The insert-only and touch columns of an upsert: now() on insert, touch columns also on update.
+void appendTimestampColumns(Connection& conn, const UpsertTableOptions& o, std::string& insertColumns,
+                            std::string& select, std::string& update) {
+  for (const auto& c : o.insertOnlyColumns) {
+    insertColumns += ", " + conn.quoteIdentifier(c);
+    select += ", now()";
+  }
+  for (const auto& c : o.touchColumns) {
+    std::string q = conn.quoteIdentifier(c);
+    insertColumns += ", " + q;
+    select += ", now()";
+    update += ", " + q + " = now()";
+  }
+}
+
 }  // namespace
 
 UpsertTable::UpsertTable(UpsertTableOptions options) : options_(std::move(options)) {
@@ -83,6 +99,16 @@ UpsertTable::UpsertTable(UpsertTableOptions options) : options_(std::move(option
   }
   add(options_.versionColumn);
   if (!options_.softDeleteColumn.empty()) add(options_.softDeleteColumn);
+  for (const auto& c : options_.accumulateColumns) {
+    if (std::find(options_.valueColumns.begin(), options_.valueColumns.end(), c) == options_.valueColumns.end()) {
+      throw ConfigurationError("UpsertTableOptions of " + options_.table + ": accumulate column '" + c +
+                               "' is not one of the value columns");
+    }
+  }
+  if (!options_.accumulateColumns.empty() && (options_.hardDelete || !options_.softDeleteColumn.empty())) {
+    throw ConfigurationError("UpsertTableOptions of " + options_.table +
+                             ": accumulateColumns add partial results up and cannot be deleted (hardDelete, softDeleteColumn)");
+  }
   if (options_.hardDelete && !options_.softDeleteColumn.empty()) {
     throw ConfigurationError("UpsertTableOptions of " + options_.table + ": hardDelete and softDeleteColumn ('" +
                              options_.softDeleteColumn + "') exclude each other");
@@ -101,12 +127,21 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   const uint64_t valueBits = (width >= 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1) & ~((uint64_t{1} << keys) - 1);
   std::unordered_map<size_t, UpsertRow> patched;  // newest changes completed from older ones
   bool anyKept = false;
+  size_t accumulated = 0;  // rows of a table that accumulates: all of them are staged
   std::string key;
   for (size_t i = 0; i < rows.size(); ++i) {
     const UpsertRow& r = rows[i];
     if (r.values.size() != width) {
       throw ConfigurationError("upsert into " + o.table + ": a row has " + std::to_string(r.values.size()) +
                                " values, the table is configured with " + std::to_string(width));
+    }
+    if (!o.accumulateColumns.empty()) {
+      if (r.deleted || r.keepStored != 0) {
+        throw ConfigurationError("upsert into " + o.table + ": a table that accumulates takes neither deletes nor kept columns");
+      }
+      keep[i] = 1;
+      ++accumulated;
+      continue;
     }
     if (r.deleted && o.softDeleteColumn.empty() && !o.hardDelete) continue;  // deletes are ignored for this table
     key.clear();
@@ -140,7 +175,7 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
       it->second = i;
     }
   }
-  if (newest.empty()) return 0;
+  if (newest.empty() && accumulated == 0) return 0;
 
   const std::string target = quoteTable(conn_, o.table);
   const std::string stage = conn_.quoteIdentifier(stagingName(o.table));
@@ -192,6 +227,8 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     conn_.exec("UPDATE " + stage + " s SET " + set + " FROM " + target + " t WHERE s.__dataflow_keep <> 0" + match);
   }
 
+  if (!o.accumulateColumns.empty()) return accumulateStaged(table, target, stage);
+
   std::string insertColumns = stageColumns;
   std::string select = stageColumns;
   std::string update = version + " = EXCLUDED." + version;
@@ -212,16 +249,7 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
       update += ", " + q + " = EXCLUDED." + q;
     }
   }
-  for (const auto& c : o.insertOnlyColumns) {
-    insertColumns += ", " + conn_.quoteIdentifier(c);
-    select += ", now()";
-  }
-  for (const auto& c : o.touchColumns) {
-    std::string q = conn_.quoteIdentifier(c);
-    insertColumns += ", " + q;
-    select += ", now()";
-    update += ", " + q + " = now()";
-  }
+  appendTimestampColumns(conn_, o, insertColumns, select, update);
   int64_t deleted = 0;
   std::string where;
   if (o.hardDelete) {
@@ -238,6 +266,33 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
                            where + " ON CONFLICT (" + keyList + ") DO UPDATE SET " + update + " WHERE t." + version +
                            " < EXCLUDED." + version);
   return result.affected() + deleted;
+}
+
+// The staged partial rows, summed per key, added to the stored ones.
+int64_t WarehouseTransaction::accumulateStaged(const UpsertTable& table, const std::string& target,
+                                               const std::string& stage) {
+  const UpsertTableOptions& o = table.options_;
+  const std::string keyList = joinQuoted(conn_, o.keyColumns);
+  const std::string version = conn_.quoteIdentifier(o.versionColumn);
+  std::string insertColumns = keyList, select = keyList, update;
+  for (const auto& v : o.valueColumns) {
+    std::string q = conn_.quoteIdentifier(v);
+    insertColumns += ", " + q;
+    if (std::find(o.accumulateColumns.begin(), o.accumulateColumns.end(), v) != o.accumulateColumns.end()) {
+      select += ", sum(" + q + ")";
+      update += q + " = t." + q + " + EXCLUDED." + q + ", ";
+    } else {
+      select += ", max(" + q + ")";
+      update += q + " = EXCLUDED." + q + ", ";
+    }
+  }
+  insertColumns += ", " + version;
+  select += ", max(" + version + ")";
+  update += version + " = GREATEST(t." + version + ", EXCLUDED." + version + ")";
+  appendTimestampColumns(conn_, o, insertColumns, select, update);
+  return conn_.exec("INSERT INTO " + target + " AS t (" + insertColumns + ") SELECT " + select + " FROM " + stage +
+                    " GROUP BY " + keyList + " ON CONFLICT (" + keyList + ") DO UPDATE SET " + update)
+      .affected();
 }
 
 int64_t WarehouseTransaction::deadLetters(std::span<const DeadLetter> letters, const BatchInfo& info) {

@@ -108,6 +108,34 @@ TEST_F(WarehouseTest, HardDeletesRemoveRowsUnderTheVersionGuard) {
   EXPECT_THROW(UpsertTable{options}, ConfigurationError) << "hard and soft deletes exclude each other";
 }
 
+// Partial aggregates from several partitions or processes add up; each is written once, in its
+// batch's transaction, so no version guard applies.
+TEST_F(WarehouseTest, AccumulatingTablesAddPartialResultsUp) {
+  check_->exec("CREATE TABLE partial_counts (day TEXT, status TEXT, n BIGINT NOT NULL, revenue NUMERIC(16,2) NOT NULL, "
+               "batch_version BIGINT NOT NULL, updated_at TIMESTAMPTZ, PRIMARY KEY (day, status))");
+  Warehouse w({.connection = configFor(url_)});
+  UpsertTable table({.table = "partial_counts", .keyColumns = {"day", "status"}, .valueColumns = {"n", "revenue"},
+                     .versionColumn = "batch_version", .touchColumns = {"updated_at"}, .accumulateColumns = {"n", "revenue"}});
+  auto put = [&](int64_t batch, std::vector<UpsertRow> rows) {
+    w.writeBatch(info(batch), [&](WarehouseTransaction& tx) { tx.upsert(table, rows); });
+  };
+  put(0, {{{"d1", "new", "2", "10.50"}, 7}, {{"d1", "new", "3", "0.25"}, 5}, {{"d1", "paid", "1", "1.00"}, 7}});
+  put(1, {{{"d1", "new", "1", "1.25"}, 2}});  // a process further behind: smaller version, still added
+  auto r = check_->exec("SELECT day, status, n, revenue, batch_version FROM partial_counts ORDER BY 1, 2");
+  ASSERT_EQ(r.rows(), 2);
+  EXPECT_EQ(r.value(0, 2), "6");
+  EXPECT_EQ(r.value(0, 3), "12.00");
+  EXPECT_EQ(r.value(0, 4), "7") << "the greatest version stays";
+  EXPECT_EQ(r.value(1, 2), "1");
+  EXPECT_THROW(put(2, {{{"d1", "new", std::nullopt, std::nullopt}, 9, true}}), ConfigurationError) << "no deletes";
+  EXPECT_THROW(UpsertTable({.table = "partial_counts", .keyColumns = {"day"}, .valueColumns = {"n"},
+                            .hardDelete = true, .accumulateColumns = {"n"}}),
+               ConfigurationError);
+  EXPECT_THROW(UpsertTable({.table = "partial_counts", .keyColumns = {"day"}, .valueColumns = {"n"},
+                            .accumulateColumns = {"revenue"}}),
+               ConfigurationError) << "only value columns accumulate";
+}
+
 TEST_F(WarehouseTest, SeveralChangesToOneKeyInABatchKeepTheNewest) {
   Warehouse w({.connection = configFor(url_)});
   write(w, 0, {row(1, "a@x", "US", 100), row(1, "a@x", "FR", 300), row(1, "a@x", "DE", 200)});

@@ -50,6 +50,15 @@ struct UpsertTableOptions {
   std::vector<std::string> insertOnlyColumns;
   // Set to now() by every applied change (e.g. last_seen_at).
   std::vector<std::string> touchColumns;
+  // Value columns that hold numeric partial results which add up: the table then takes partial
+  // rows, and a row's values in these columns are added to the stored ones (rows of one key in one
+  // call are summed first); the other value columns take the greatest incoming value (they are the
+  // same in every partial row, e.g. a window's end), the version column keeps the greatest
+  // version, and no version guard applies. For aggregates whose partial results come from several
+  // source partitions or processes (windows closed per partition, scaled out), each partial row
+  // written exactly once, in its batch's transaction. Excludes deletes, soft or hard, and
+  // UpsertRow::keepStored. Default: empty (rows replace rows, under the version guard).
+  std::vector<std::string> accumulateColumns;
 };
 
 // One change for an UpsertTable, in text form (as COPY takes it). `values` holds the key columns
@@ -81,8 +90,8 @@ class UpsertTable {
 class WarehouseTransaction {
  public:
   // Keeps the newest change per key (greatest version; the later one on a tie), copies them into a
-  // temporary staging table and merges it into the target under the version guard. Returns the
-  // number of rows inserted or updated.
+  // temporary staging table and merges it into the target under the version guard (or, for a
+  // table that accumulates, adds every row up). Returns the number of rows inserted or updated.
   int64_t upsert(const UpsertTable& table, std::span<const UpsertRow> rows);
   // Every partition of a batch, without copying its rows (one statement per partition: a key
   // lives in one partition, and statements apply in order).
@@ -99,6 +108,7 @@ class WarehouseTransaction {
  private:
   friend class Warehouse;
   explicit WarehouseTransaction(Connection& conn) : conn_(conn) {}
+  int64_t accumulateStaged(const UpsertTable& table, const std::string& target, const std::string& stage);
   Connection& conn_;
   std::string table_;  // the quoted dead-letter table
 };
