@@ -9,7 +9,10 @@
 //   dataflow logs NAME [-f]                  the job's log
 //
 // A job that exits non-zero (or dies by a signal) is restarted with exponential backoff (1 s up to
-// 60 s, reset after a minute of uptime); one that exits 0 is done. On SIGTERM/SIGINT the supervisor
+// 60 s, reset after a minute of uptime); one that exits 0 is done. The jobs that should be running
+// are remembered in the home folder (submitted.json): a supervisor that starts again (`docker
+// start` of the container, whose home is a volume) starts them again, and each continues from its
+// checkpoint; a job stopped with `dataflow stop` or finished stays stopped. On SIGTERM/SIGINT the supervisor
 // sends SIGTERM to every job, waits for them (their running batch commits), then exits 0. As PID 1
 // it also reaps orphaned processes. With DATAFLOW_UI_PORT it serves a status page (see
 // status_page.h); with DATAFLOW_METRICS_BASE_PORT each job gets METRICS_PORT = base, base+1, ...
@@ -180,7 +183,8 @@ class Supervisor {
     int lfd = listenSocket();
     startStatusPage();
     std::cerr << "dataflow supervise: listening on " << socketPath(home_) << ", jobs from " << jobs_ << "\n";
-    bool shuttingDown = false;
+    resumeRemembered();
+    bool& shuttingDown = shuttingDown_;
     Clock::time_point shutdownDeadline{};
     while (true) {
       int timeout = 1000;
@@ -226,6 +230,59 @@ class Supervisor {
   }
 
  private:
+  fs::path rememberedPath() const { return home_ / "submitted.json"; }
+
+  // Writes the jobs that should be running (running, or waiting to restart) to submitted.json,
+  // atomically (a new file renamed over the old one).
+  void remember() {
+    json::array list;
+    for (const auto& [name, job] : jobs) {
+      if (job.state != "running" && job.state != "restarting") continue;
+      json::array argv;
+      for (const auto& a : job.argv) argv.emplace_back(a);
+      list.push_back(json::object{{"name", name}, {"argv", argv}, {"metricsPort", job.metricsPort}});
+    }
+    fs::path tmp = rememberedPath();
+    tmp += ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << json::serialize(list) << "\n";
+      if (!out) {
+        std::cerr << "dataflow supervise: cannot write " << tmp << "; submitted jobs will not restart with the supervisor\n";
+        return;
+      }
+    }
+    fs::rename(tmp, rememberedPath());
+  }
+
+  // At start: the jobs that were running when the supervisor last stopped.
+  void resumeRemembered() {
+    std::lock_guard lock(mu_);
+    std::ifstream in(rememberedPath());
+    if (!in) return;
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    try {
+      const json::value remembered = json::parse(text);
+      for (const auto& v : remembered.as_array()) {
+        const auto& o = v.as_object();
+        Job& job = jobs[std::string(o.at("name").as_string())];
+        job.name = std::string(o.at("name").as_string());
+        for (const auto& a : o.at("argv").as_array()) job.argv.emplace_back(a.as_string());
+        job.metricsPort = static_cast<int>(o.at("metricsPort").as_int64());
+        if (job.argv.empty() || !fs::exists(job.argv[0])) {
+          std::cerr << "dataflow supervise: not resuming " << job.name << ": its program is gone\n";
+          jobs.erase(job.name);
+          continue;
+        }
+        std::cerr << "dataflow supervise: resuming " << job.name << " (submitted before the supervisor stopped)\n";
+        spawn(job);
+      }
+    } catch (const std::exception& e) {
+      std::cerr << "dataflow supervise: ignoring " << rememberedPath() << ": " << e.what() << "\n";
+    }
+    remember();
+  }
+
   static int gracePeriod() {
     const char* g = std::getenv("DATAFLOW_STOP_GRACE_SECONDS");
     return g ? std::max(1, std::atoi(g)) : 60;
@@ -295,6 +352,7 @@ class Supervisor {
       job.argv = argv;
       job.metricsPort = keepPort ? keepPort : nextMetricsPort();
       spawn(job);
+      remember();
       return {{"message", "submitted " + name + " (pid " + std::to_string(job.pid) + ", log " +
                               (home_ / "logs" / (name + ".log")).string() + ")"}};
     }
@@ -307,6 +365,7 @@ class Supervisor {
       } else {
         it->second.state = "stopped";
       }
+      remember();
       return {{"message", "stopping " + name}};
     }
     return {{"error", "unknown command '" + cmd + "'"}};
@@ -372,6 +431,7 @@ class Supervisor {
           job.backoff = std::min(job.backoff * 2, std::chrono::seconds(60));
         } else {
           job.state = "finished";
+          if (!shuttingDown_) remember();
         }
         std::cerr << "dataflow supervise: " << name << " exited (" << job.lastExit << "), " << job.state << "\n";
       }
@@ -440,6 +500,7 @@ class Supervisor {
   fs::path home_, jobs_;
   std::map<std::string, Job> jobs;
   std::mutex mu_;  // jobs, between the main loop and the status page's thread
+  bool shuttingDown_ = false;  // SIGTERM/SIGINT: every job is stopping; what runs stays remembered
   struct {
     httplib::Server server;
     std::thread thread;

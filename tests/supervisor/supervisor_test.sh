@@ -39,4 +39,17 @@ rc=0; wait "$sup" || rc=$?
 ((rc == 0)) || fail "supervisor exit code $rc after SIGTERM"
 "$DATAFLOW" logs second | tail -n 1 | grep -q "committed batch" || fail "SIGTERM did not stop the jobs gracefully"
 [[ ! -S "$DATAFLOW_HOME/supervisor.sock" ]] || fail "socket left behind"
+
+# Started again (docker start): the jobs that were running come back, the stopped one does not.
+"$DATAFLOW" supervise >> "$DATAFLOW_HOME/supervisor.log" 2>&1 &
+sup=$!
+for _ in $(seq 1 50); do [[ -S "$DATAFLOW_HOME/supervisor.sock" ]] && break; sleep 0.1; done
+sleep 0.3
+"$DATAFLOW" list | grep -Eq "^second +running" || fail "a job running at SIGTERM was not resumed"
+"$DATAFLOW" list | grep -Eq "^crasher +(running|restarting)" || fail "a restarting job was not resumed"
+"$DATAFLOW" list | grep -q "^fake_job.sh " && fail "a job stopped with 'dataflow stop' was started again"
+grep -q "resuming second" "$DATAFLOW_HOME/supervisor.log" || fail "no resume message"
+"$DATAFLOW" stop crasher > /dev/null
+kill -TERM "$sup"
+wait "$sup" || fail "supervisor exit code after the second SIGTERM"
 echo "supervisor: ok"
