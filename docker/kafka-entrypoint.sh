@@ -1,6 +1,6 @@
 #!/bin/sh
 # One combined KRaft broker/controller, formatted on first start (same settings as scripts/stack).
-set -eu
+set -euf  # -f: the classpath wildcard is for java, not for the shell
 cfg=/var/lib/kafka/server.properties
 cat > "$cfg" <<PROPS
 process.roles=broker,controller

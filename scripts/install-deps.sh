@@ -6,6 +6,8 @@
 #   scripts/install-deps.sh            build + test dependencies
 #   scripts/install-deps.sh --stack    also what scripts/stack needs (JRE, Maven, kcat, jq, curl)
 #   scripts/install-deps.sh --runtime  only the shared libraries the binaries need at run time
+#   scripts/install-deps.sh --sdk      only what building the framework and jobs needs (no tests,
+#                                      benchmarks or services: the Docker images' build stage)
 set -euo pipefail
 
 build_packages=(
@@ -20,6 +22,12 @@ build_packages=(
 stack_packages=(
   postgresql-15 postgresql-client-15 openjdk-17-jre-headless maven kcat jq curl procps iproute2
 )
+sdk_packages=(
+  build-essential cmake ninja-build pkg-config ccache
+  libtbb-dev libabsl-dev libboost-json1.81-dev libboost1.81-dev
+  librdkafka-dev libpq-dev librocksdb-dev libspdlog-dev libfmt-dev libcli11-dev
+  prometheus-cpp-dev libcpp-httplib-dev
+)
 runtime_packages=(
   libtbb12 libtbbmalloc2 libprometheus-cpp-core1.0 libcpp-httplib0.11 libboost-json1.81.0 librdkafka1 libpq5 librocksdb7.8 libspdlog1.10 libfmt9 ca-certificates
 )
@@ -28,9 +36,10 @@ packages=("${build_packages[@]}")
 case "${1:-}" in
   "") ;;
   --runtime) packages=("${runtime_packages[@]}") ;;
+  --sdk) packages=("${sdk_packages[@]}") ;;
   --stack) packages=("${stack_packages[@]}") ;;
   --all) packages+=("${stack_packages[@]}") ;;
-  *) echo "install-deps: unknown argument '$1' (use --stack, --runtime or --all)" >&2; exit 2 ;;
+  *) echo "install-deps: unknown argument '$1' (use --stack, --runtime, --sdk or --all)" >&2; exit 2 ;;
 esac
 
 missing=()

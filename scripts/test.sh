@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing (Debian packages), builds, and runs every ctest suite
-# (labels: unit, kafka, postgres, stack, e2e, firstrun). On a fresh Debian bookworm machine this is
+# (labels: unit, kafka, postgres, stack, e2e, firstrun, docker). On a fresh Debian bookworm machine this is
 # all it takes.
 #
 #   scripts/test.sh                  release build, all tests
