@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
   auto* seedOpt = app.add_option("--seed", o.seed, "Random seed: the same seed and starting rows give the same operations");
   app.add_option("--rate", o.rate, "Target operations per second (overrides --sleep-ms)")->default_val(0)->check(CLI::NonNegativeNumber);
   app.add_option("--batch", o.batch, "Operations per transaction")->default_val(1)->check(CLI::PositiveNumber);
-  app.add_option("--url", o.url, "libpq connection string or URL (default: the PG* environment)");
+  app.add_option("--url", o.url, "libpq connection string or URL (default: PG_URL, else the PG* environment)")->envname("PG_URL");
   app.add_flag("-v,--verbose", o.verbose, "Print each operation");
   CLI11_PARSE(app, argc, argv);
 

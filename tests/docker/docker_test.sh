@@ -22,9 +22,8 @@ fail() {
 }
 q() { psql "$PG_URL" -X -q -tA -v ON_ERROR_STOP=1 -c "$1"; }
 verify() { "$ROOT/scripts/verify-warehouse" --wait "${1:-90}" || fail "the warehouse does not match the source"; }
-simulate() {  # simulate OPS SEED: the simulator in a container of its own, against the source
-  "${compose[@]}" run --rm --no-deps --entrypoint simulate_writes runner \
-    --url "postgresql://postgres:postgres@postgres:5432/appdb" --ops "$1" --rate 300 --batch 2 --seed "$2"
+simulate() {  # simulate OPS SEED: the simulator in a container of its own (the runner image's PG_URL)
+  "${compose[@]}" run --rm --no-deps --entrypoint simulate_writes runner --ops "$1" --rate 300 --batch 2 --seed "$2"
 }
 runner_state() { docker inspect -f '{{.State.Status}} {{.State.ExitCode}}' etl_runner; }
 wait_jobs_running() {
