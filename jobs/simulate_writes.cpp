@@ -4,6 +4,13 @@
 //
 // Connects with libpq's PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD (or --url).
 // Deleting a customer deletes its orders (ON DELETE CASCADE, see sql/001_source_schema.sql).
+//
+// Other clients may write the same tables at the same time (a user deleting customers, another
+// simulator), and the database may restart. A transaction that loses such a race — an order for a
+// customer deleted a moment before (foreign-key violation), a serialization failure or deadlock,
+// a key taken meanwhile — is rolled back and skipped: the simulator reloads the ids it picks from
+// and goes on. A lost connection is re-opened with backoff. What was skipped, and why, is in the
+// final report; only other errors (a missing table, missing rights) end the run.
 #include <CLI/CLI.hpp>
 #include <dataflow/postgres/connection.h>
 
@@ -57,6 +64,7 @@ class Simulator {
     int64_t done = 0;
     while (!stopRequested && (opts_.ops == 0 || done < opts_.ops)) {
       int64_t inBatch = std::min<int64_t>(opts_.batch, opts_.ops == 0 ? opts_.batch : opts_.ops - done);
+      pending_.clear();
       try {
         conn_->exec("BEGIN");
         std::vector<std::string> log;
@@ -65,23 +73,66 @@ class Simulator {
         for (auto& line : log) {
           if (opts_.verbose) std::cout << line << "\n";
         }
+        for (const auto& kind : pending_) ++counts_[kind];
         done += inBatch;
-      } catch (const dataflow::ConnectorError& e) {
-        if (!e.retriable()) throw;
-        std::cerr << "simulate_writes: " << e.what() << "; reconnecting\n";
-        reconnect();
+      } catch (const dataflow::postgres::PostgresError& e) {
+        std::string why = raceKind(e);
+        if (why.empty()) throw;  // not a race: a real problem
+        ++skipped_[why];
+        ++done;  // a skipped transaction still counts towards --ops, so a run always ends
+        if (e.connectionLost()) {
+          std::cerr << "simulate_writes: " << e.what() << "; reconnecting\n";
+          reconnect();
+        } else {
+          rollbackAndReload();
+        }
         continue;
       }
       pace(start, done);
     }
     double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    int64_t committed = counts_["insert"] + counts_["update"] + counts_["delete"];
     std::printf("simulate_writes: %lld ops (inserts=%lld updates=%lld deletes=%lld) in %.2f s, %.1f ops/s\n",
-                static_cast<long long>(done), static_cast<long long>(counts_["insert"]),
+                static_cast<long long>(committed), static_cast<long long>(counts_["insert"]),
                 static_cast<long long>(counts_["update"]), static_cast<long long>(counts_["delete"]), seconds,
-                seconds > 0 ? done / seconds : 0.0);
+                seconds > 0 ? committed / seconds : 0.0);
+    if (!skipped_.empty()) {
+      std::string detail;
+      int64_t total = 0;
+      for (const auto& [why, n] : skipped_) {
+        detail += (detail.empty() ? "" : ", ") + why + "=" + std::to_string(n);
+        total += n;
+      }
+      std::printf("simulate_writes: skipped %lld transaction(s) that lost a race with another client (%s)\n",
+                  static_cast<long long>(total), detail.c_str());
+    }
   }
 
  private:
+  // Why a failed transaction is one to skip ("foreign_key", "serialization", ...), or empty when
+  // the error is not a race with another client or a restart.
+  static std::string raceKind(const dataflow::postgres::PostgresError& e) {
+    const std::string& s = e.sqlState();
+    if (e.connectionLost() || s.starts_with("08") || s.starts_with("57P")) return "connection_lost";
+    if (s == "23503") return "foreign_key";
+    if (s == "23505") return "unique_key";
+    if (s == "40001") return "serialization";
+    if (s == "40P01") return "deadlock";
+    return "";
+  }
+
+  // After a failed transaction: back to no transaction, and the ids as the database has them now
+  // (the failed one may have changed the local lists, and the other client changed the tables).
+  void rollbackAndReload() {
+    try {
+      conn_->exec("ROLLBACK");
+      loadIds();
+    } catch (const dataflow::ConnectorError& e) {
+      std::cerr << "simulate_writes: " << e.what() << "; reconnecting\n";
+      reconnect();
+    }
+  }
+
   double uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
   size_t pick(size_t n) { return static_cast<size_t>(rng_() % n); }
 
@@ -94,7 +145,7 @@ class Simulator {
   }
 
   std::string insert(double coin) {
-    ++counts_["insert"];
+    pending_.push_back("insert");
     if (customers_.empty() || coin < 0.35) {
       std::string country = kCountries[pick(std::size(kCountries))];
       auto res = conn_->execParams(
@@ -119,7 +170,7 @@ class Simulator {
   }
 
   std::string update(double coin) {
-    ++counts_["update"];
+    pending_.push_back("update");
     if (!orders_.empty() && coin < 0.6) {
       auto it = std::next(orders_.begin(), static_cast<long>(pick(orders_.size())));
       std::string status = kStatuses[pick(std::size(kStatuses))];
@@ -133,7 +184,7 @@ class Simulator {
   }
 
   std::string remove(double coin) {
-    ++counts_["delete"];
+    pending_.push_back("delete");
     if (!orders_.empty() && coin < 0.85) {
       auto it = std::next(orders_.begin(), static_cast<long>(pick(orders_.size())));
       int64_t id = it->first;
@@ -186,7 +237,9 @@ class Simulator {
   std::unique_ptr<Connection> conn_;
   std::vector<int64_t> customers_;
   std::map<int64_t, int64_t> orders_;  // order id -> customer id
-  std::map<std::string, int64_t> counts_;
+  std::map<std::string, int64_t> counts_;   // committed operations by kind
+  std::vector<std::string> pending_;        // the kinds of the open transaction's operations
+  std::map<std::string, int64_t> skipped_;  // transactions skipped, by the race that lost them
 };
 
 }  // namespace
@@ -203,7 +256,7 @@ int main(int argc, char** argv) {
   auto* seedOpt = app.add_option("--seed", o.seed, "Random seed: the same seed and starting rows give the same operations");
   app.add_option("--rate", o.rate, "Target operations per second (overrides --sleep-ms)")->default_val(0)->check(CLI::NonNegativeNumber);
   app.add_option("--batch", o.batch, "Operations per transaction")->default_val(1)->check(CLI::PositiveNumber);
-  app.add_option("--url", o.url, "libpq connection string or URL (default: PG_URL, else the PG* environment)")->envname("PG_URL");
+  app.add_option("--url", o.url, "libpq connection string or URL (default: the PG* environment)");
   app.add_flag("-v,--verbose", o.verbose, "Print each operation");
   CLI11_PARSE(app, argc, argv);
 

@@ -164,9 +164,9 @@ void Connection::fail(std::string_view what, pg_result* result) {
   while (!message.empty() && message.back() == '\n') message.pop_back();
   bool lost = PQstatus(conn_) != CONNECTION_OK;
   bool retriable = lost || isRetriableSqlState(sqlstate);
-  throw ConnectorError("PostgreSQL (" + target_ + "): " + std::string(what) + " failed" +
-                           (sqlstate.empty() ? "" : " [" + sqlstate + "]") + ": " + message,
-                       retriable);
+  std::string text = "PostgreSQL (" + target_ + "): " + std::string(what) + " failed" +
+                     (sqlstate.empty() ? "" : " [" + sqlstate + "]") + ": " + message;
+  throw PostgresError(text, retriable, std::move(sqlstate), lost);
 }
 
 Result Connection::exec(std::string_view sql) {

@@ -97,4 +97,19 @@ class Connection {
 // server shutdown, serialization failure, deadlock).
 bool isRetriableSqlState(std::string_view sqlstate);
 
+// A statement PostgreSQL refused (or a connection it lost): the SQLSTATE tells callers that handle
+// some conditions themselves (a foreign-key race, a unique violation) from the others.
+class PostgresError : public ConnectorError {
+ public:
+  PostgresError(const std::string& what, bool retriable, std::string sqlState, bool connectionLost)
+      : ConnectorError(what, retriable), sqlState_(std::move(sqlState)), connectionLost_(connectionLost) {}
+  // Five characters ("23503"), or empty when the server sent none (the connection was lost).
+  const std::string& sqlState() const noexcept { return sqlState_; }
+  bool connectionLost() const noexcept { return connectionLost_; }
+
+ private:
+  std::string sqlState_;
+  bool connectionLost_;
+};
+
 }  // namespace dataflow::postgres
