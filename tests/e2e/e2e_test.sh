@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
-#   backfill manual_checks malformed mixed_workload faults multi_table table_stats table_enriched table_windows metrics partitions
+#   backfill manual_checks malformed mixed_workload faults warehouse_faults multi_table table_stats table_enriched table_windows metrics partitions
 #   schema_change toasted_values schema_on signals scale_out windows_scale_out
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
@@ -175,6 +175,42 @@ case "${1:-}" in
     [[ $(q "SELECT count(*) - count(DISTINCT (source_topic, source_partition, source_offset)) FROM dlq_events") == 0 ]] || fail "duplicate dead letters"
     "$JOBS" status
     echo "faults: ok"
+    ;;
+
+  warehouse_faults)
+    # The warehouse misbehaves under load: the jobs' warehouse connections are terminated
+    # mid-transaction (pg_terminate_backend) three times, then fact_orders and dim_customers are
+    # locked by another session for 6 s, longer than many batches, and released. The jobs ride it
+    # out by themselves (the same processes, no restart), and the warehouse ends equal to the
+    # source with no dead letter added.
+    start_dlq=$(dlq_count)
+    pids() { "$JOBS" status | grep -o 'pid [0-9]*' | tr '\n' ' '; }
+    before=$(pids)
+    jobs_sql="application_name IN ('customers-cdc-warehouse', 'orders-cdc-warehouse')"
+    "$SIM" --ops 3000 --rate 400 --batch 2 --seed 71 > "$DATA/warehouse_faults-sim.log" 2>&1 &
+    sim=$!
+    terminated=0
+    for round in 1 2 3; do
+      sleep 0.7
+      n=$(q "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE $jobs_sql) t")
+      terminated=$((terminated + n))
+    done
+    ((terminated >= 2)) || fail "found only $terminated warehouse connections of the jobs to terminate"
+    psql -X -q -v ON_ERROR_STOP=1 -c "BEGIN; LOCK TABLE fact_orders, dim_customers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;" \
+      > /dev/null 2>&1 &
+    locker=$!
+    waited=0
+    for _ in $(seq 1 25); do
+      sleep 0.2
+      n=$(q "SELECT count(*) FROM pg_stat_activity WHERE $jobs_sql AND wait_event_type = 'Lock'")
+      ((n > waited)) && waited=$n
+    done
+    wait "$locker" || fail "the locking session failed"
+    wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/warehouse_faults-sim.log")"
+    verify 120
+    [[ $(pids) == "$before" ]] || fail "a job died under the warehouse faults (pids before: $before, after: $(pids))"
+    [[ $(dlq_count) == "$start_dlq" ]] || fail "the warehouse faults added dead letters"
+    echo "warehouse_faults: ok ($terminated connections terminated, $waited job(s) seen waiting on the lock)"
     ;;
 
   multi_table)
@@ -632,5 +668,5 @@ case "${1:-}" in
     echo "windows_scale_out: ok ($partitions partitions, $(q "SELECT count(*) FROM orders_per_minute WHERE window_start >= '2031-01-01' AND status LIKE 'so_'") windows)"
     ;;
 
-  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|multi_table|metrics|partitions|schema_change|toasted_values|schema_on|signals|scale_out|windows_scale_out" >&2; exit 2 ;;
+  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|warehouse_faults|multi_table|metrics|partitions|schema_change|toasted_values|schema_on|signals|scale_out|windows_scale_out" >&2; exit 2 ;;
 esac
