@@ -98,8 +98,8 @@ docker start etl_runner > /dev/null
 wait_jobs_running
 wait "$sim" || fail "the simulator failed during the kill"
 verify 120
-dups=$(q "SELECT count(*) FROM dlq_events")
-[[ "$dups" == 0 ]] || fail "$dups dead letters from well-formed changes"
+dead=$(q "SELECT count(*) FROM dlq_events")
+[[ "$dead" == 0 ]] || fail "$dead dead letters from well-formed changes"
 
 # Scale-out profile: three orders workers in one consumer group share the topic's 3 partitions
 # (continuing from the runner's checkpoint, whose stream_orders is stopped first).

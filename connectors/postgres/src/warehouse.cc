@@ -1,11 +1,11 @@
 // Set-based upserts: COPY into a temporary staging table, then one INSERT ... SELECT ... ON
 // CONFLICT DO UPDATE ... WHERE target.version < EXCLUDED.version. Chosen over row-by-row,
 // pipelined and multi-row VALUES statements by measurement (bench/sink_bench.cc).
-#include <algorithm>
 #include "dataflow/postgres/warehouse.h"
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <set>
 #include <unordered_map>
 
@@ -138,6 +138,9 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     if (!o.accumulateColumns.empty()) {
       if (r.deleted || r.keepStored != 0) {
         throw ConfigurationError("upsert into " + o.table + ": a table that accumulates takes neither deletes nor kept columns");
+      }
+      for (size_t k = 0; k < keys; ++k) {
+        if (!r.values[k]) throw ConfigurationError("upsert into " + o.table + ": key column '" + o.keyColumns[k] + "' is NULL");
       }
       keep[i] = 1;
       ++accumulated;
