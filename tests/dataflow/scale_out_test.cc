@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <mutex>
@@ -72,29 +73,33 @@ class GroupMember final : public TypedSource<int> {
   std::vector<PartitionId> fenced_;
 };
 
-// Like the warehouse sink: rows become visible only when the batch's partition offsets commit,
-// in the same step. `gate`, when set, holds a batch before its commit.
-struct TransactionalOutput {
-  std::mutex mu;
-  std::vector<int> rows;
-};
-
-class TransactionalSink final : public Sink<int> {
+// Like the warehouse sink: a batch's rows become visible only when its partition offsets (and
+// state changes) commit, in the same step; `publish` puts them into `Table` under its mutex.
+// `gate`, when set, holds a batch before its commit.
+template <class Row, class Table>
+class TransactionalSink final : public Sink<Row> {
  public:
-  TransactionalSink(std::shared_ptr<CheckpointStore> store, std::shared_ptr<TransactionalOutput> out)
-      : store_(std::move(store)), out_(std::move(out)) {}
+  using Publish = std::function<void(const Batch<Row>&, Table&)>;
+  TransactionalSink(std::shared_ptr<CheckpointStore> store, std::shared_ptr<Table> table, Publish publish)
+      : store_(std::move(store)), table_(std::move(table)), publish_(std::move(publish)) {}
   std::string description() const override { return "TransactionalSink"; }
-  void addBatch(const Batch<int>& batch, const BatchInfo& info) override {
+  void addBatch(const Batch<Row>& batch, const BatchInfo& info) override {
     if (gate) gate(info);
-    std::lock_guard lock(out_->mu);
+    std::lock_guard lock(table_->mu);
     store_->commitPartitions(info);  // throws PartitionsFencedError: nothing becomes visible
-    for (int v : batch.rows()) out_->rows.push_back(v);
+    publish_(batch, *table_);
   }
   std::function<void(const BatchInfo&)> gate;
 
  private:
   std::shared_ptr<CheckpointStore> store_;
-  std::shared_ptr<TransactionalOutput> out_;
+  std::shared_ptr<Table> table_;
+  Publish publish_;
+};
+
+struct TransactionalOutput {
+  std::mutex mu;
+  std::vector<int> rows;
 };
 
 std::vector<int> sorted(std::vector<int> v) {
@@ -145,12 +150,15 @@ struct Fixture {
 
   struct Instance {
     std::shared_ptr<GroupMember> source;
-    std::shared_ptr<TransactionalSink> sink;
+    std::shared_ptr<TransactionalSink<int, TransactionalOutput>> sink;
     StreamingQuery query;
   };
   Instance start(int instance, std::function<void(const BatchInfo&)> gate = {}) {
     auto source = std::make_shared<GroupMember>(log, instance);
-    auto sink = std::make_shared<TransactionalSink>(store, out);
+    auto sink = std::make_shared<TransactionalSink<int, TransactionalOutput>>(
+        store, out, [](const Batch<int>& batch, TransactionalOutput& o) {
+          for (int v : batch.rows()) o.rows.push_back(v);
+        });
     sink->gate = std::move(gate);
     auto query = session.readStream(source).writeStream().queryName("scaled").checkpoint(store).sink(sink).start();
     return {source, sink, std::move(query)};
@@ -240,26 +248,6 @@ struct CountTable {
   std::map<std::pair<int32_t, int>, int64_t> counts;  // (partition, key) -> latest count
 };
 
-class TransactionalCountSink final : public Sink<KeyValue<int, int64_t>> {
- public:
-  TransactionalCountSink(std::shared_ptr<CheckpointStore> store, std::shared_ptr<CountTable> table)
-      : store_(std::move(store)), table_(std::move(table)) {}
-  std::string description() const override { return "TransactionalCountSink"; }
-  void addBatch(const Batch<KeyValue<int, int64_t>>& batch, const BatchInfo& info) override {
-    if (gate) gate(info);
-    std::lock_guard lock(table_->mu);
-    store_->commitPartitions(info);  // offsets and state, or PartitionsFencedError and nothing
-    for (const auto& part : batch.partitions()) {
-      for (const auto& kv : part.rows) table_->counts[{part.id.partition, kv.key}] = kv.value;
-    }
-  }
-  std::function<void(const BatchInfo&)> gate;
-
- private:
-  std::shared_ptr<CheckpointStore> store_;
-  std::shared_ptr<CountTable> table_;
-};
-
 struct StatefulFixture {
   std::shared_ptr<SharedLog> log = std::make_shared<SharedLog>();
   std::shared_ptr<CheckpointStore> store = memoryCheckpoint();
@@ -272,7 +260,12 @@ struct StatefulFixture {
   };
   Instance start(int instance, std::function<void(const BatchInfo&)> gate = {}) {
     auto source = std::make_shared<GroupMember>(log, instance);
-    auto sink = std::make_shared<TransactionalCountSink>(store, table);
+    auto sink = std::make_shared<TransactionalSink<KeyValue<int, int64_t>, CountTable>>(
+        store, table, [](const Batch<KeyValue<int, int64_t>>& batch, CountTable& t) {
+          for (const auto& part : batch.partitions()) {
+            for (const auto& kv : part.rows) t.counts[{part.id.partition, kv.key}] = kv.value;
+          }
+        });
     sink->gate = std::move(gate);
     auto query = session.readStream(source)
                      .groupByKey([](int v) { return v % 7; })
@@ -423,28 +416,6 @@ struct WindowTable {
   std::vector<std::tuple<int32_t, int64_t, int64_t, int, int64_t>> rows;  // partition, start, end, key, count
 };
 
-class TransactionalWindowSink final : public Sink<WindowRow> {
- public:
-  TransactionalWindowSink(std::shared_ptr<CheckpointStore> store, std::shared_ptr<WindowTable> table)
-      : store_(std::move(store)), table_(std::move(table)) {}
-  std::string description() const override { return "TransactionalWindowSink"; }
-  void addBatch(const Batch<WindowRow>& batch, const BatchInfo& info) override {
-    if (gate) gate(info);
-    std::lock_guard lock(table_->mu);
-    store_->commitPartitions(info);
-    for (const auto& part : batch.partitions()) {
-      for (const auto& kv : part.rows) {
-        table_->rows.emplace_back(part.id.partition, kv.key.window.startMs, kv.key.window.endMs, kv.key.key, kv.value);
-      }
-    }
-  }
-  std::function<void(const BatchInfo&)> gate;
-
- private:
-  std::shared_ptr<CheckpointStore> store_;
-  std::shared_ptr<WindowTable> table_;
-};
-
 enum class EventWindowKind { kTumbling, kSession };
 
 struct EventTimeFixture {
@@ -462,7 +433,14 @@ struct EventTimeFixture {
   };
   Instance start(int instance, std::function<void(const BatchInfo&)> gate = {}) {
     auto source = std::make_shared<GroupMember>(log, instance);
-    auto sink = std::make_shared<TransactionalWindowSink>(store, table);
+    auto sink = std::make_shared<TransactionalSink<WindowRow, WindowTable>>(
+        store, table, [](const Batch<WindowRow>& batch, WindowTable& t) {
+          for (const auto& part : batch.partitions()) {
+            for (const auto& kv : part.rows) {
+              t.rows.emplace_back(part.id.partition, kv.key.window.startMs, kv.key.window.endMs, kv.key.key, kv.value);
+            }
+          }
+        });
     sink->gate = std::move(gate);
     auto keyed = session.readStream(source)
                      .withWatermark([](int v) { return static_cast<int64_t>(v); }, std::chrono::milliseconds(kDelayMs))
