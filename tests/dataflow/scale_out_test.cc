@@ -442,10 +442,10 @@ struct EventTimeFixture {
           }
         });
     sink->gate = std::move(gate);
-    auto keyed = session.readStream(source)
-                     .withWatermark([](int v) { return static_cast<int64_t>(v); }, std::chrono::milliseconds(kDelayMs))
-                     .groupByKey([](int v) { return v % 5; });
     auto time = [](int v) { return static_cast<int64_t>(v); };
+    auto keyed = session.readStream(source)
+                     .withWatermark(time, std::chrono::milliseconds(kDelayMs))
+                     .groupByKey([](int v) { return v % 5; });
     auto writer = kind == EventWindowKind::kTumbling
                       ? keyed.window(tumbling(std::chrono::milliseconds(kWindowMs)), time).count().writeStream()
                       : keyed.window(dataflow::session(std::chrono::milliseconds(kGapMs)), time).count().writeStream();
