@@ -22,4 +22,4 @@ if [ ! -s "$data/PG_VERSION" ]; then
   echo "postgres: initialized $POSTGRES_DB with $(ls /opt/sql/[0-9]*.sql | wc -l) migrations"
 fi
 exec "$bin/postgres" -D "$data" -c listen_addresses='*' -c unix_socket_directories=/tmp -c wal_level=logical \
-  -c max_replication_slots=8 -c max_wal_senders=8 "$@"
+  -c max_replication_slots=16 -c max_wal_senders=16 "$@"

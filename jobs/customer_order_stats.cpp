@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   }, [](cdc::Job& job) {
     using cdc::OrderFact;
     using cdc::OrderRow;
-    auto stats = job.session.readStream(cdc::kafkaSource(job.config))
+    auto stats = job.session.readStream(cdc::changeSource(job.config))
                      .filter(cdc::notTombstone)
                      .parse(cdc::orderFact)
                      .deadLettersHandledBySink()

@@ -53,17 +53,13 @@ int main(int argc, char** argv) {
                  {"--orders-topic", "ORDERS_TOPIC", "dbserver1.public.orders"}},
   }, [](cdc::Job& job) {
     if (job.config.topics.size() != 2) throw dataflow::ConfigurationError("orders_enriched reads two topics: customers and orders");
-    auto topic = [&](const std::string& name) {
-      auto options = cdc::kafkaSourceOptions(job.config);
-      options.subscribe = {name};
-      return std::make_shared<dataflow::kafka::KafkaSource>(options);
-    };
-    auto customers = job.session.readStream(topic(job.config.topics[0]))
+    // One source per table (with --source=postgres, one replication slot each).
+    auto customers = job.session.readStream(cdc::changeSource(job.config, {job.config.topics[0]}, "customers"))
                          .filter(cdc::notTombstone)
                          .parse(cdc::customerFact)
                          .deadLettersHandledBySink()
                          .asTable(&cdc::CustomerFact::id, &cdc::CustomerFact::lsn, customerRow);
-    auto enriched = job.session.readStream(topic(job.config.topics[1]))
+    auto enriched = job.session.readStream(cdc::changeSource(job.config, {job.config.topics[1]}, "orders"))
                         .filter(cdc::notTombstone)
                         .parse(cdc::orderDetail)
                         .deadLettersHandledBySink()

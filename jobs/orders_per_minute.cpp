@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
       throw dataflow::ConfigurationError("LATE_EVENTS: expected drop or deadLetter, got '" + lateMode + "'");
     }
     using cdc::OrderCreated;
-    auto perMinute = job.session.readStream(cdc::kafkaSource(job.config))
+    auto perMinute = job.session.readStream(cdc::changeSource(job.config))
                          .filter(cdc::notTombstone)
                          .parse(cdc::orderCreated)
                          .deadLettersHandledBySink()

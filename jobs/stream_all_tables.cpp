@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   }, [](cdc::Job& job) {
     std::vector<dataflow::postgres::UpsertTable> targets;
     for (const auto& t : kTables) targets.emplace_back(t.target);
-    return job.writer(job.session.readStream(cdc::kafkaSource(job.config))
+    return job.writer(job.session.readStream(cdc::changeSource(job.config))
                           .filter(cdc::notTombstone)
                           .parse(route)
                           .deadLettersHandledBySink())

@@ -13,7 +13,7 @@ int main(int argc, char** argv) {
       .queryName = "customers-cdc-warehouse",
       .topics = {{"--topic", "CUSTOMERS_TOPIC", "dbserver1.public.customers"}},
   }, [](cdc::Job& job) {
-    return job.writer(job.session.readStream(cdc::kafkaSource(job.config))
+    return job.writer(job.session.readStream(cdc::changeSource(job.config))
                           .filter(cdc::notTombstone)
                           .parse(cdc::customerChange)
                           .deadLettersHandledBySink())

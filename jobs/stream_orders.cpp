@@ -13,7 +13,7 @@ int main(int argc, char** argv) {
       .queryName = "orders-cdc-warehouse",
       .topics = {{"--topic", "ORDERS_TOPIC", "dbserver1.public.orders"}},
   }, [](cdc::Job& job) {
-    return job.writer(job.session.readStream(cdc::kafkaSource(job.config))
+    return job.writer(job.session.readStream(cdc::changeSource(job.config))
                           .filter(cdc::notTombstone)
                           .parse(cdc::orderChange)
                           .deadLettersHandledBySink())

@@ -23,6 +23,39 @@ int64_t Offsets::distanceTo(const Offsets& other) const {
   return total;
 }
 
+Offsets limitRecords(const Offsets& start, const Offsets& target, std::optional<int64_t> limit) {
+  Offsets end;
+  int64_t total = 0;
+  for (const auto& [p, t] : target.partitions()) {
+    int64_t s = start.get(p, t);
+    if (t > s) total += t - s;
+  }
+  for (const auto& [p, s] : start.partitions()) end.set(p, s);
+  if (!limit || total <= *limit) {
+    for (const auto& [p, t] : target.partitions()) end.set(p, std::max(t, start.get(p, t)));
+    return end;
+  }
+  int64_t budget = *limit;
+  int64_t assigned = 0;
+  for (const auto& [p, t] : target.partitions()) {
+    int64_t s = start.get(p, t);
+    if (t <= s) continue;
+    int64_t share = static_cast<int64_t>(static_cast<long double>(budget) * (t - s) / total);
+    end.set(p, s + share);
+    assigned += share;
+  }
+  // Hand out the rounding remainder one record at a time so every batch makes progress.
+  for (const auto& [p, t] : target.partitions()) {
+    if (assigned >= budget) break;
+    int64_t e = end.get(p, t);
+    if (e < t) {
+      end.set(p, e + 1);
+      ++assigned;
+    }
+  }
+  return end;
+}
+
 std::string Offsets::toJson() const {
   boost::json::object root;
   for (const auto& [partition, offset] : offsets_) {

@@ -4,8 +4,11 @@
 #include <dataflow/postgres/checkpoint_store.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 #include <pthread.h>
 #include <thread>
@@ -28,6 +31,20 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
                "Every flag can also be set by the environment variable named in brackets; flags win."};
   app.get_formatter()->column_width(44);
   app.add_option("--query-name", c.queryName, "Query name (checkpoint and logs)")->envname("QUERY_NAME")->default_val(defaults.queryName);
+  app.add_option("--source", c.source,
+                 "Where change events come from: kafka (Debezium's topics) or postgres (the database's replication "
+                 "stream, no Kafka or JVM)")
+      ->envname("CDC_SOURCE")->default_val("kafka")->check(CLI::IsMember({"kafka", "postgres"}));
+  app.add_option("--source-pg-url", c.sourcePgUrl, "--source=postgres: the source database (default: the warehouse's)")
+      ->envname("SOURCE_PG_URL");
+  app.add_option("--replication-slot", c.replicationSlot, "--source=postgres: the slot (default dataflow_<query name>)")
+      ->envname("REPLICATION_SLOT");
+  app.add_option("--publication", c.publication, "--source=postgres: the publication (default: the slot's name)")
+      ->envname("PUBLICATION");
+  app.add_option("--tables", c.tables, "--source=postgres: schema.table to capture (default: from the topics)")
+      ->envname("CDC_TABLES")->delimiter(',');
+  app.add_option("--topic-prefix", c.topicPrefix, "Debezium's topic.prefix: topics are <prefix>.<schema>.<table>")
+      ->envname("TOPIC_PREFIX")->default_val("dbserver1");
   app.add_option("--kafka-bootstrap", c.kafkaBootstrap, "Kafka bootstrap servers")->envname("KAFKA_BOOTSTRAP")->default_val("kafka:9092");
   c.topics.resize(defaults.topics.size());
   for (size_t i = 0; i < defaults.topics.size(); ++i) {
@@ -102,9 +119,32 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
     refuse("--available-now cannot be combined with --consumer-group (CONSUMER_GROUP): what is available depends on "
            "the group's assignment");
   }
-  // Fail fast on settings the Kafka source rejects, naming them.
+  if (c.source == "postgres") {
+    if (!c.consumerGroup.empty()) {
+      refuse("--consumer-group (CONSUMER_GROUP) needs --source=kafka: a replication slot has a single reader");
+    }
+    if (c.startingOffsets != "earliest" && c.startingOffsets != "latest") {
+      refuse("--starting-offsets (STARTING_OFFSETS) with --source=postgres is earliest (snapshot, then changes) or "
+             "latest (changes only), not '" + c.startingOffsets + "'");
+    }
+    if (c.replicationSlot.empty()) {
+      c.replicationSlot = "dataflow_";
+      for (char ch : c.queryName) {
+        ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        c.replicationSlot += (std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_');
+      }
+      c.replicationSlot.resize(std::min<size_t>(c.replicationSlot.size(), 56));  // room for a suffix
+    }
+    // Unless set, the health watcher watches the job's own slot.
+    if (std::getenv("CDC_SLOT") == nullptr && c.slotName == "dataflow_cdc") c.slotName = c.replicationSlot;
+  }
+  // Fail fast on settings the sources reject, naming them.
   try {
-    kafkaSourceOptions(c).validate();
+    if (c.source == "postgres") {
+      replicationSourceOptions(c).validate();
+    } else {
+      kafkaSourceOptions(c).validate();
+    }
   } catch (const dataflow::Error& e) {
     refuse(e.what());
   }
@@ -134,6 +174,47 @@ dataflow::kafka::KafkaSourceOptions kafkaSourceOptions(const JobConfig& c) {
 
 std::shared_ptr<dataflow::kafka::KafkaSource> kafkaSource(const JobConfig& c) {
   return std::make_shared<dataflow::kafka::KafkaSource>(kafkaSourceOptions(c));
+}
+
+dataflow::postgres::ReplicationSourceOptions replicationSourceOptions(const JobConfig& c,
+                                                                      const std::vector<std::string>& topics,
+                                                                      const std::string& slotSuffix) {
+  dataflow::postgres::ReplicationSourceOptions o;
+  o.connection = dataflow::postgres::ConnectionConfig::fromEnvironment();
+  if (!c.pgUrl.empty()) o.connection.conninfo = c.pgUrl;
+  if (!c.sourcePgUrl.empty()) o.connection.conninfo = c.sourcePgUrl;
+  o.connection.applicationName = c.queryName + "-source";
+  o.topicPrefix = c.topicPrefix;
+  if (topics.empty()) o.tables = c.tables;
+  if (o.tables.empty()) {
+    const std::string prefix = c.topicPrefix + ".";
+    for (const auto& topic : topics.empty() ? c.topics : topics) {
+      if (!topic.starts_with(prefix) || topic.find('.', prefix.size()) == std::string::npos) {
+        throw dataflow::ConfigurationError("--source=postgres: topic '" + topic + "' is not <prefix>.<schema>.<table> with prefix '" +
+                                           c.topicPrefix + "' (set TOPIC_PREFIX, or the tables with CDC_TABLES)");
+      }
+      o.tables.push_back(topic.substr(prefix.size()));
+    }
+    if (o.tables.empty() && !c.topicPattern.empty()) o.tables = {"public.customers", "public.orders"};
+  }
+  o.slotName = c.replicationSlot + (slotSuffix.empty() ? "" : "_" + slotSuffix);
+  o.publicationName = c.publication.empty() ? std::string() : c.publication + (slotSuffix.empty() ? "" : "_" + slotSuffix);
+  o.snapshot = c.startingOffsets != "latest";
+  o.maxRecordsPerBatch = c.maxOffsetsPerTrigger;
+  return o;
+}
+
+std::shared_ptr<ChangeSource> changeSource(const JobConfig& c, const std::vector<std::string>& topics,
+                                           const std::string& slotSuffix) {
+  if (c.source == "postgres") {
+    return std::make_shared<dataflow::postgres::ReplicationSource>(replicationSourceOptions(c, topics, slotSuffix));
+  }
+  auto options = kafkaSourceOptions(c);
+  if (!topics.empty()) {
+    options.subscribe = topics;
+    options.subscribePattern.clear();
+  }
+  return std::make_shared<dataflow::kafka::KafkaSource>(options);
 }
 
 dataflow::Trigger trigger(const JobConfig& c) {
@@ -166,7 +247,8 @@ void Monitoring::serve(const JobConfig& config, const dataflow::StreamingQuery& 
     if (!config.pgUrl.empty()) o.source.conninfo = config.pgUrl;
     o.source.applicationName = config.queryName + "-source-health";
     o.slot = config.slotName;
-    o.connectUrl = config.connectUrl;
+    // The direct source has no connector to watch, only its slot.
+    if (config.source == "kafka") o.connectUrl = config.connectUrl;
     o.connector = config.connectorName;
     o.interval = std::chrono::milliseconds(config.sourceHealthIntervalMs);
     o.lagAlertBytes = config.slotLagAlertBytes;

@@ -6,6 +6,7 @@
 #include <dataflow/dataflow.h>
 #include <dataflow/kafka/kafka_source.h>
 #include <dataflow/monitoring/query_metrics.h>
+#include <dataflow/postgres/replication_source.h>
 
 #include "lib/source_health.h"
 #include <dataflow/postgres/warehouse.h>
@@ -36,6 +37,12 @@ struct JobDefaults {
 
 struct JobConfig {
   std::string queryName;
+  std::string source;                     // CDC_SOURCE: kafka (Debezium's topics, default) or postgres (the replication stream)
+  std::string sourcePgUrl;                // SOURCE_PG_URL: the source database for --source=postgres; default: the warehouse's
+  std::string replicationSlot;            // REPLICATION_SLOT, default dataflow_<query name>
+  std::string publication;                // PUBLICATION, default: the slot's name
+  std::vector<std::string> tables;        // CDC_TABLES: schema.table to capture; default: from the topics
+  std::string topicPrefix;                // TOPIC_PREFIX, default dbserver1 (Debezium's topic.prefix)
   std::string kafkaBootstrap;             // KAFKA_BOOTSTRAP, default kafka:9092
   std::vector<std::string> topics;
   std::string topicPattern;
@@ -69,6 +76,19 @@ void blockTerminationSignals();
 // The Kafka source the settings describe (also validated by JobConfig::fromArgs).
 dataflow::kafka::KafkaSourceOptions kafkaSourceOptions(const JobConfig& config);
 std::shared_ptr<dataflow::kafka::KafkaSource> kafkaSource(const JobConfig& config);
+
+// The direct PostgreSQL source the settings describe, for `topics` (default: the job's): the
+// tables are the topics' "<schema>.<table>" after the prefix, or CDC_TABLES. A job with several
+// sources gives each a `slotSuffix`: a replication slot has one reader.
+dataflow::postgres::ReplicationSourceOptions replicationSourceOptions(const JobConfig& config,
+                                                                      const std::vector<std::string>& topics = {},
+                                                                      const std::string& slotSuffix = "");
+
+// The job's change events from the configured source (CDC_SOURCE): Debezium's topics in Kafka, or
+// PostgreSQL's replication stream read directly; the records are alike (dataflow/record.h).
+using ChangeSource = dataflow::TypedSource<dataflow::LogRecord>;
+std::shared_ptr<ChangeSource> changeSource(const JobConfig& config, const std::vector<std::string>& topics = {},
+                                           const std::string& slotSuffix = "");
 dataflow::Trigger trigger(const JobConfig& config);
 
 struct Warehouse {

@@ -110,6 +110,9 @@ int64_t Result::int64(int row, int column) const {
   }
   return out;
 }
+std::string_view Result::columnName(int column) const { return PQfname(result_, column); }
+uint32_t Result::columnType(int column) const { return PQftype(result_, column); }
+int32_t Result::columnTypeModifier(int column) const { return PQfmod(result_, column); }
 int64_t Result::affected() const {
   const char* n = PQcmdTuples(result_);
   return (n && *n) ? std::strtoll(n, nullptr, 10) : 0;
@@ -118,9 +121,19 @@ int64_t Result::affected() const {
 Connection Connection::open(const ConnectionConfig& config) {
   std::string conninfo = config.conninfo;
   // Append our settings; conninfo URLs take them as query parameters, key=value strings as pairs.
-  std::vector<const char*> keys{"dbname", "connect_timeout", "application_name", nullptr};
+  std::vector<const char*> keys{"dbname", "connect_timeout", "application_name"};
   std::string timeout = std::to_string(config.connectTimeoutSeconds);
-  std::vector<const char*> values{conninfo.c_str(), timeout.c_str(), config.applicationName.c_str(), nullptr};
+  std::vector<const char*> values{conninfo.c_str(), timeout.c_str(), config.applicationName.c_str()};
+  if (config.replication) {
+    keys.push_back("replication");
+    values.push_back("database");
+  }
+  if (!config.serverOptions.empty()) {
+    keys.push_back("options");
+    values.push_back(config.serverOptions.c_str());
+  }
+  keys.push_back(nullptr);
+  values.push_back(nullptr);
   // expand_dbname=1: the dbname value may itself be a full conninfo or URL.
   pg_conn* conn = PQconnectdbParams(keys.data(), values.data(), 1);
   std::string target = config.describe();

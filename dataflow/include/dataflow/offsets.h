@@ -6,6 +6,7 @@
 #include <compare>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -49,5 +50,10 @@ class Offsets {
  private:
   Map offsets_;
 };
+
+// The end of a batch from `start` towards `target` with at most `limit` records (nullopt: no
+// limit), reading offsets as record counts (Kafka's): the limit is shared among partitions in
+// proportion to their backlog, and every batch makes progress.
+Offsets limitRecords(const Offsets& start, const Offsets& target, std::optional<int64_t> limit);
 
 }  // namespace dataflow

@@ -46,6 +46,21 @@ class Source {
   // The maximum number of records per batch over all partitions; nullopt means unlimited.
   virtual std::optional<int64_t> maxRecordsPerBatch() const { return std::nullopt; }
 
+  // Where a batch that starts at `start` ends, given the end of what is available (`available`,
+  // from latestOffsets) and a cap on its records (`limit`: maxRecordsPerBatch(), nullopt under
+  // Trigger.Once or when unlimited). The default reads offsets as record counts, as Kafka's are
+  // (limitRecords). A source whose offsets are positions in a log rather than counts (a
+  // database's LSNs) overrides it to cut at boundaries it knows. Called on the driver thread
+  // when a batch is planned; the plan is logged before it is read, so the answer may depend on
+  // what the source has buffered.
+  virtual Offsets batchEnd(const Offsets& start, const Offsets& available, std::optional<int64_t> limit) {
+    return limitRecords(start, available, limit);
+  }
+
+  // True when a range [from, until) holds until - from records (Kafka): the engine sizes its
+  // buffers by it. False for offsets that are positions (LSNs).
+  virtual bool offsetsCountRecords() const { return true; }
+
   // Called after a batch ending at `end` is committed: a source may acknowledge upstream (e.g.
   // commit a Kafka consumer group for lag monitoring). Must not throw for a harmless failure.
   virtual void onBatchCommitted(const Offsets& /*end*/) {}

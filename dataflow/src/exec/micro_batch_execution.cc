@@ -52,40 +52,6 @@ std::string joined(const std::vector<std::string>& items) {
   return out + "]";
 }
 
-// Ends at `target`, but reads at most `limit` records over all partitions, shared in proportion
-// to what each partition has available (Spark's maxOffsetsPerTrigger rule).
-Offsets limitRange(const Offsets& start, const Offsets& target, std::optional<int64_t> limit) {
-  Offsets end;
-  int64_t total = 0;
-  for (const auto& [p, t] : target.partitions()) {
-    int64_t s = start.get(p, t);
-    if (t > s) total += t - s;
-  }
-  for (const auto& [p, s] : start.partitions()) end.set(p, s);
-  if (!limit || total <= *limit) {
-    for (const auto& [p, t] : target.partitions()) end.set(p, std::max(t, start.get(p, t)));
-    return end;
-  }
-  int64_t budget = *limit;
-  int64_t assigned = 0;
-  for (const auto& [p, t] : target.partitions()) {
-    int64_t s = start.get(p, t);
-    if (t <= s) continue;
-    int64_t share = static_cast<int64_t>(static_cast<long double>(budget) * (t - s) / total);
-    end.set(p, s + share);
-    assigned += share;
-  }
-  // Hand out the rounding remainder one record at a time so every batch makes progress.
-  for (const auto& [p, t] : target.partitions()) {
-    if (assigned >= budget) break;
-    int64_t e = end.get(p, t);
-    if (e < t) {
-      end.set(p, e + 1);
-      ++assigned;
-    }
-  }
-  return end;
-}
 
 // Thrown inside the driver when stop() interrupts a retry backoff: the batch is abandoned
 // uncommitted (it will be replayed) and the query ends without error.
@@ -418,7 +384,7 @@ std::vector<SourceRange> MicroBatchExecution::planRanges(const std::vector<Offse
     }
     std::optional<int64_t> limit =
         options_.trigger.kind() == Trigger::Kind::kOnce ? std::nullopt : source.maxRecordsPerBatch();
-    Offsets end = limitRange(start, target, limit);
+    Offsets end = source.batchEnd(start, target, limit);
     if (start.distanceTo(end) > 0) hasData = true;
     ranges.push_back({source.description(), std::move(start), std::move(end)});
   }

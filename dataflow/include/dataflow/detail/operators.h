@@ -102,7 +102,7 @@ class ScanOperator final : public BatchOperator<T> {
       const PartitionRange& r = ranges[i];
       auto& part = parts[first + i];
       part.id = r.partition;
-      part.rows.reserve(static_cast<size_t>(r.until - r.from));
+      if (source_->offsetsCountRecords()) part.rows.reserve(static_cast<size_t>(r.until - r.from));
       source_->read(r.partition, r.from, r.until, part.rows);
     });
     int64_t n = 0;

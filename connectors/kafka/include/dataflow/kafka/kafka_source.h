@@ -22,39 +22,15 @@
 #include <vector>
 
 #include "dataflow/batch.h"
+#include "dataflow/record.h"
 #include "dataflow/sink.h"
 #include "dataflow/source.h"
 
 namespace dataflow::kafka {
 
-enum class TimestampType : int8_t { kNone, kCreateTime, kLogAppendTime };
-
-// One Kafka record. The batch owns it: payloads are copied once out of librdkafka's buffers,
-// which lets librdkafka reuse its fetch memory at once. `topic` points at a name interned by the
-// source and stays valid while the source lives.
-struct KafkaRecord {
-  std::string_view topic;
-  int32_t partition = 0;
-  int64_t offset = 0;
-  int64_t timestamp = -1;  // ms since the epoch
-  TimestampType timestampType = TimestampType::kNone;
-  std::string key;
-  bool hasKey = false;
-  std::string value;
-  bool hasValue = false;  // false: a null value (a tombstone)
-  std::vector<std::pair<std::string, std::optional<std::string>>> headers;  // with includeHeaders
-
-  // Position and raw bytes for a dead letter.
-  void fillDeadLetter(DeadLetter& out) const {
-    out.topic = std::string(topic);
-    out.partition = partition;
-    out.offset = offset;
-    out.key = key;
-    out.hasKey = hasKey;
-    out.payload = value;
-    out.hasPayload = hasValue;
-  }
-};
+// One Kafka record (dataflow/record.h).
+using KafkaRecord = dataflow::LogRecord;
+using TimestampType = dataflow::TimestampType;
 
 struct KafkaSourceOptions {
   // Required: "host:port,...". Option "kafka.bootstrap.servers".

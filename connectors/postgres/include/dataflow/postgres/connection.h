@@ -26,6 +26,12 @@ struct ConnectionConfig {
   int connectTimeoutSeconds = 10;
   // Reported to the server (pg_stat_activity.application_name). Default: "dataflow".
   std::string applicationName = "dataflow";
+  // Opens a replication connection (replication=database): for the streaming replication
+  // protocol's commands (CREATE_REPLICATION_SLOT, START_REPLICATION). Default: false.
+  bool replication = false;
+  // Server settings for the session ("-c DateStyle=ISO -c TimeZone=UTC"), libpq's `options`.
+  // Default: none.
+  std::string serverOptions;
 
   // From the environment, first match wins: PG_URL; else PG_HOST, PG_PORT, PG_DB, PG_USER,
   // PG_PASSWORD or PG_PASSWORD_FILE (any subset; the rest from libpq's PG* variables); else
@@ -49,6 +55,10 @@ class Result {
   std::string_view value(int row, int column) const;  // text format
   std::optional<std::string> optionalValue(int row, int column) const;
   int64_t int64(int row, int column) const;
+  // The result's columns: name, type OID and type modifier.
+  std::string_view columnName(int column) const;
+  uint32_t columnType(int column) const;
+  int32_t columnTypeModifier(int column) const;
   // Rows affected by INSERT/UPDATE/DELETE.
   int64_t affected() const;
 

@@ -1,0 +1,229 @@
+// The pgoutput decoder and the Debezium-shaped events made from it, without a server (label:
+// unit): hand-built messages as the protocol documentation lays them out, corrupt ones, and the
+// events read back by the Debezium parser the jobs use.
+#include <dataflow/debezium/change_event.h>
+#include <dataflow/postgres/pgoutput.h>
+#include <dataflow/postgres/replication_source.h>
+#include <gtest/gtest.h>
+
+#include <boost/json.hpp>
+
+#include "debezium_json.h"
+
+namespace dataflow::postgres {
+namespace {
+
+using pgoutput::Message;
+using pgoutput::ProtocolError;
+using pgoutput::Value;
+
+// Big-endian message builder.
+struct Bytes {
+  std::string s;
+  Bytes& u8(uint8_t v) { s += static_cast<char>(v); return *this; }
+  Bytes& u16(uint16_t v) { return u8(v >> 8).u8(v & 0xff); }
+  Bytes& u32(uint32_t v) { return u16(v >> 16).u16(v & 0xffff); }
+  Bytes& u64(uint64_t v) { return u32(static_cast<uint32_t>(v >> 32)).u32(static_cast<uint32_t>(v)); }
+  Bytes& str(std::string_view v) { s += v; s += '\0'; return *this; }
+  Bytes& text(std::string_view v) { u8('t').u32(static_cast<uint32_t>(v.size())); s += v; return *this; }
+};
+
+Bytes relationMessage() {
+  Bytes b;
+  b.u8('R').u32(16384).str("public").str("orders").u8('d').u16(3);
+  b.u8(1).str("id").u32(20).u32(0xffffffff);
+  b.u8(0).str("amount").u32(1700).u32((12 << 16 | 2) + 4);
+  b.u8(0).str("note").u32(25).u32(0xffffffff);
+  return b;
+}
+
+TEST(Pgoutput, DecodesTheMessagesOfATransaction) {
+  Message m;
+  pgoutput::decodeMessage(Bytes().u8('B').u64(0x1A2B3C4D).u64(1000000).u32(742).s, m);
+  EXPECT_EQ(m.type, Message::Type::kBegin);
+  EXPECT_EQ(m.finalLsn, 0x1A2B3C4Du);
+  EXPECT_EQ(m.xid, 742u);
+  EXPECT_EQ(m.commitTimeMicros, pgoutput::kPostgresEpochOffsetMicros + 1000000);
+
+  pgoutput::decodeMessage(relationMessage().s, m);
+  ASSERT_EQ(m.type, Message::Type::kRelation);
+  EXPECT_EQ(m.relation.oid, 16384u);
+  EXPECT_EQ(m.relation.schema, "public");
+  ASSERT_EQ(m.relation.columns.size(), 3u);
+  EXPECT_TRUE(m.relation.columns[0].key);
+  EXPECT_FALSE(m.relation.columns[1].key);
+  EXPECT_EQ(m.relation.columns[1].typeOid, 1700u);
+  EXPECT_EQ(m.relation.columns[2].typeModifier, -1);
+
+  // The message keeps views into its bytes: they must outlive it.
+  const std::string insert = Bytes().u8('I').u32(16384).u8('N').u16(3).text("7").text("30.50").u8('n').s;
+  pgoutput::decodeMessage(insert, m);
+  ASSERT_EQ(m.type, Message::Type::kInsert);
+  ASSERT_EQ(m.newTuple.size(), 3u);
+  EXPECT_EQ(m.newTuple[0].bytes, "7");
+  EXPECT_EQ(m.newTuple[2].kind, Value::Kind::kNull);
+  EXPECT_EQ(m.oldKind, 0);
+
+  // An update that changed the key: the old key first ('K'), and an unchanged TOASTed column ('u').
+  const std::string update = Bytes().u8('U').u32(16384).u8('K').u16(3).text("7").u8('n').u8('n')
+                                 .u8('N').u16(3).text("8").text("1.00").u8('u').s;
+  pgoutput::decodeMessage(update, m);
+  ASSERT_EQ(m.type, Message::Type::kUpdate);
+  EXPECT_EQ(m.oldKind, 'K');
+  EXPECT_EQ(m.oldTuple[0].bytes, "7");
+  EXPECT_EQ(m.newTuple[0].bytes, "8");
+  EXPECT_EQ(m.newTuple[2].kind, Value::Kind::kUnchangedToast);
+
+  const std::string del = Bytes().u8('D').u32(16384).u8('K').u16(3).text("8").u8('n').u8('n').s;
+  pgoutput::decodeMessage(del, m);
+  ASSERT_EQ(m.type, Message::Type::kDelete);
+  EXPECT_TRUE(m.newTuple.empty());
+  EXPECT_EQ(m.oldTuple[0].bytes, "8");
+
+  pgoutput::decodeMessage(Bytes().u8('T').u32(2).u8(1).u32(16384).u32(16390).s, m);
+  ASSERT_EQ(m.type, Message::Type::kTruncate);
+  EXPECT_EQ(m.truncatedRelations, (std::vector<uint32_t>{16384, 16390}));
+  EXPECT_EQ(m.truncateOptions, 1);
+
+  pgoutput::decodeMessage(Bytes().u8('C').u8(0).u64(0x1A2B3C4D).u64(0x1A2B3C7F).u64(1000000).s, m);
+  ASSERT_EQ(m.type, Message::Type::kCommit);
+  EXPECT_EQ(m.commitLsn, 0x1A2B3C4Du);
+  EXPECT_EQ(m.endLsn, 0x1A2B3C7Fu);
+}
+
+TEST(Pgoutput, FramesAndStatusUpdates) {
+  auto frame = pgoutput::decodeFrame(Bytes().u8('k').u64(0x10).u64(5).u8(1).s);
+  EXPECT_EQ(frame.kind, pgoutput::ServerFrame::Kind::kKeepalive);
+  EXPECT_EQ(frame.walEnd, 0x10u);
+  EXPECT_TRUE(frame.replyRequested);
+  const std::string bytes = Bytes().u8('w').u64(0x20).u64(0x30).u64(0).str("x").s;
+  auto data = pgoutput::decodeFrame(bytes);
+  EXPECT_EQ(data.walStart, 0x20u);
+  EXPECT_EQ(data.data, std::string_view("x\0", 2));
+
+  std::string update = pgoutput::encodeStatusUpdate(0x0102030405060708, 2, 3, pgoutput::kPostgresEpochOffsetMicros, true);
+  ASSERT_EQ(update.size(), 34u);
+  EXPECT_EQ(update[0], 'r');
+  EXPECT_EQ(update.substr(1, 8), std::string("\x01\x02\x03\x04\x05\x06\x07\x08", 8));
+  EXPECT_EQ(update.substr(25, 8), std::string(8, '\0'));  // the PostgreSQL epoch
+  EXPECT_EQ(update[33], 1);
+}
+
+TEST(Pgoutput, CorruptMessagesThrowAndSayWhere) {
+  Message m;
+  auto error = [&](const std::string& bytes) {
+    try {
+      pgoutput::decodeMessage(bytes, m);
+    } catch (const ProtocolError& e) {
+      EXPECT_FALSE(e.retriable());
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error(""), "pgoutput: empty message");
+  EXPECT_NE(error("Z").find("unknown message type 'Z'"), std::string::npos);
+  EXPECT_NE(error(Bytes().u8('B').u64(1).s).find("Begin message: commit time is truncated"), std::string::npos);
+  EXPECT_NE(error(Bytes().u8('R').u32(1).s).find("namespace has no terminating NUL"), std::string::npos);
+  EXPECT_NE(error(Bytes().u8('I').u32(1).u8('N').u16(1).u8('t').u32(100).s).find("tuple column value is truncated"),
+            std::string::npos);
+  EXPECT_NE(error(Bytes().u8('I').u32(1).u8('N').u16(1).u8('x').s).find("not n, u, t or b"), std::string::npos);
+  EXPECT_NE(error(Bytes().u8('I').u32(1).u8('N').u16(60000).s).find("exceeds the message"), std::string::npos);
+  EXPECT_NE(error(Bytes().u8('T').u32(0x40000000).u8(0).s).find("exceeds the message"), std::string::npos);
+  EXPECT_NE(error(Bytes().u8('C').u8(0).u64(1).u64(2).u64(3).u8(9).s).find("trailing bytes"), std::string::npos);
+  EXPECT_THROW(pgoutput::decodeFrame("q"), ProtocolError);
+  EXPECT_THROW(pgoutput::decodeFrame(Bytes().u8('k').u64(1).s), ProtocolError);
+}
+
+std::string columnJson(uint32_t type, int32_t typmod, std::string_view text) {
+  pgoutput::Column c{false, "c", type, typmod};
+  std::string out;
+  detail::appendColumnJson(c, {Value::Kind::kText, text}, out);
+  return out;
+}
+
+TEST(DebeziumJson, MapsTypesAsDebeziumDoes) {
+  EXPECT_EQ(columnJson(16, -1, "t"), "true");
+  EXPECT_EQ(columnJson(20, -1, "9007199254740993"), "9007199254740993");
+  EXPECT_EQ(columnJson(701, -1, "0.25"), "0.25");
+  EXPECT_EQ(columnJson(701, -1, "NaN"), "\"NaN\"");
+  EXPECT_EQ(columnJson(701, -1, "-Infinity"), "\"-Infinity\"");
+  EXPECT_EQ(columnJson(1700, -1, "30.50"), "\"30.50\"");  // decimal.handling.mode=string
+  EXPECT_EQ(columnJson(1082, -1, "2024-02-29"), "19782");
+  EXPECT_EQ(columnJson(1082, -1, "infinity"), "\"infinity\"");
+  EXPECT_EQ(columnJson(1083, -1, "13:45:30.123456"), "49530123456");
+  EXPECT_EQ(columnJson(1114, -1, "2024-02-29 13:45:30.123456"), "1709214330123456");
+  EXPECT_EQ(columnJson(1114, 3, "2024-02-29 13:45:30.123"), "1709214330123");
+  EXPECT_EQ(columnJson(1184, -1, "2024-02-29 11:45:30.123456+00"), "\"2024-02-29T11:45:30.123456Z\"");
+  EXPECT_EQ(columnJson(1184, -1, "2024-02-29 11:45:30+00"), "\"2024-02-29T11:45:30Z\"");
+  EXPECT_EQ(columnJson(1184, -1, "infinity"), "\"infinity\"");
+  EXPECT_EQ(columnJson(17, -1, "\\xdeadbeef"), "\"3q2+7w==\"");
+  EXPECT_EQ(columnJson(17, -1, "\\x"), "\"\"");
+  EXPECT_EQ(columnJson(25, -1, "a\"b\\c\n\x01 ü"), "\"a\\\"b\\\\c\\n\\u0001 ü\"");
+  EXPECT_EQ(columnJson(1007, -1, "{1,2}"), "\"{1,2}\"");  // arrays as text
+  EXPECT_EQ(columnJson(99999, -1, "whatever"), "\"whatever\"");  // unknown types as text
+  std::string out;
+  detail::appendColumnJson({false, "c", 25, -1}, {Value::Kind::kUnchangedToast, {}}, out);
+  EXPECT_EQ(out, "\"__debezium_unavailable_value\"");
+}
+
+struct Order {
+  int64_t id = 0;
+  debezium::Decimal amount;
+  std::optional<std::string> note;
+};
+const auto kOrders = debezium::TableMapping<Order>()
+                         .key("id", &Order::id)
+                         .column("amount", &Order::amount)
+                         .column("note", &Order::note);
+
+TEST(DebeziumJson, EventsReadBackThroughTheJobsParser) {
+  detail::TableShape shape{"public", "orders", "dbserver1.public.orders", {}};
+  shape.columns = {{true, "id", 20, -1}, {false, "amount", 1700, -1}, {false, "note", 25, -1}};
+  detail::EventSource source{"dbserver1", "appdb", 1700000000000, 742, 0x1A2B3C4D, 0x1A2B3C7F, "false", 1700000000100};
+  detail::Tuple after{{Value::Kind::kText, "8"}, {Value::Kind::kText, "1.00"}, {Value::Kind::kUnchangedToast, {}}};
+  std::string key, value;
+  detail::appendKeyJson(shape, after, key);
+  EXPECT_EQ(key, "{\"id\":8}");
+  detail::appendValueJson('u', shape, nullptr, &after, source, value);
+  ASSERT_TRUE(boost::json::parse(value).is_object()) << value;
+  auto event = kOrders.decode(value);
+  ASSERT_TRUE(event.ok()) << event.error().message;
+  EXPECT_EQ(event.value().op, debezium::Operation::kUpdate);
+  EXPECT_EQ(event.value().row.id, 8);
+  EXPECT_EQ(event.value().row.amount.text, "1.00");
+  EXPECT_EQ(event.value().unavailable, uint64_t{1} << 2);  // the TOASTed note was not sent
+  EXPECT_EQ(event.value().source.lsn, 0x1A2B3C4D);
+  EXPECT_EQ(event.value().source.txId, 742);
+  EXPECT_EQ(event.value().source.tsMs, 1700000000000);
+  EXPECT_EQ(event.value().source.table, "orders");
+
+  detail::Tuple keyOnly{{Value::Kind::kText, "8"}, {Value::Kind::kNull, {}}, {Value::Kind::kNull, {}}};
+  value.clear();
+  detail::appendValueJson('d', shape, &keyOnly, nullptr, source, value);
+  auto deleted = kOrders.decode(value);
+  ASSERT_TRUE(deleted.ok()) << deleted.error().message;
+  EXPECT_TRUE(deleted.value().isDelete());
+  EXPECT_EQ(deleted.value().row.id, 8);
+}
+
+TEST(ReplicationSourceOptions, BadSettingsAreNamed) {
+  ReplicationSourceOptions o;
+  o.slotName = "ok_slot";
+  EXPECT_THROW(o.validate(), ConfigurationError);  // no tables
+  o.tables = {"public.orders"};
+  o.validate();
+  o.slotName = "Bad-Slot";
+  try {
+    o.validate();
+    FAIL();
+  } catch (const ConfigurationError& e) {
+    EXPECT_NE(std::string(e.what()).find("slot name 'Bad-Slot'"), std::string::npos);
+  }
+  EXPECT_EQ(parseLsn("16/B374D848"), 0x16B374D848u);
+  EXPECT_EQ(formatLsn(0x16B374D848u), "16/B374D848");
+  EXPECT_THROW(parseLsn("16B374D848"), ConfigurationError);
+  EXPECT_THROW(parseLsn("/1"), ConfigurationError);
+}
+
+}  // namespace
+}  // namespace dataflow::postgres
