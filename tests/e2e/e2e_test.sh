@@ -2,7 +2,7 @@
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
 #   backfill manual_checks malformed mixed_workload faults warehouse_faults multi_table table_stats table_enriched table_windows metrics partitions
-#   schema_change toasted_values schema_on signals scale_out windows_scale_out
+#   schema_change toasted_values schema_on signals scale_out windows_scale_out direct_source
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -668,5 +668,88 @@ case "${1:-}" in
     echo "windows_scale_out: ok ($partitions partitions, $(q "SELECT count(*) FROM orders_per_minute WHERE window_start >= '2031-01-01' AND status LIKE 'so_'") windows)"
     ;;
 
-  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|warehouse_faults|multi_table|metrics|partitions|schema_change|toasted_values|schema_on|signals|scale_out|windows_scale_out" >&2; exit 2 ;;
+  direct_source)
+    # The same pipeline without Kafka or Debezium: stream_customers and stream_orders read the
+    # source's replication stream directly (--source=postgres) into a second warehouse database,
+    # while the Kafka path keeps running into the first. Edge cases and the simulator's load go
+    # through both; the direct jobs are killed (-9) twice, their walsender is terminated, and
+    # PostgreSQL is restarted mid-stream. Afterwards both warehouses equal the source, and no slot
+    # has confirmed more than its warehouse committed.
+    "$JOBS" start > /dev/null
+    direct_db=appdb_direct
+    q "DROP DATABASE IF EXISTS $direct_db WITH (FORCE)" > /dev/null
+    for slot in $(q "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'dataflow_direct_%'"); do
+      q "SELECT pg_drop_replication_slot('$slot')" > /dev/null
+    done
+    q "DROP PUBLICATION IF EXISTS dataflow_direct_customers" > /dev/null
+    q "DROP PUBLICATION IF EXISTS dataflow_direct_orders" > /dev/null
+    q "CREATE DATABASE $direct_db" > /dev/null
+    direct_url="postgresql://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$direct_db"
+    PG_URL=$direct_url "$ROOT/scripts/migrate.sh" > /dev/null
+    dq() { psql "$direct_url" -X -q -tA -v ON_ERROR_STOP=1 -c "$1"; }
+    direct() {  # direct JOB QUERY: starts a direct job; its pid in direct_pid
+      CDC_SOURCE=postgres SOURCE_PG_URL=$PG_URL PG_URL=$direct_url QUERY_NAME=$2 SOURCE_HEALTH_INTERVAL_MS=0 \
+        "$BUILD/jobs/$1" >> "$DATA/direct-$2.log" 2>&1 &
+      direct_pid=$!
+    }
+    rm -f "$DATA"/direct-*.log
+    direct stream_customers direct-customers; customers_pid=$direct_pid
+    direct stream_orders direct-orders; orders_pid=$direct_pid
+    "$SIM" --ops 3000 --rate 600 --batch 3 --seed 41 > "$DATA/direct-sim.log" 2>&1 &
+    sim=$!
+    # Edge cases, through both paths.
+    c=$(q "INSERT INTO customers (email, country) VALUES ('direct-ünïcødé-😀-$$@example.com', NULL) RETURNING id")
+    q "UPDATE customers SET id = id + 5000000 WHERE id = $c" > /dev/null  # a primary-key change
+    big="(SELECT string_agg(md5(i::text || random()::text), '') FROM generate_series(1, 400) i)"
+    t=$(q "INSERT INTO customers (email, country) VALUES ('direct-toast-$$@example.com', $big) RETURNING id")
+    q "UPDATE customers SET email = 'direct-toast-updated-$$@example.com' WHERE id = $t" > /dev/null  # TOASTed country unchanged
+    o=$(q "INSERT INTO orders (customer_id, amount, status) VALUES ($t, 1.00, 'direct') RETURNING id")
+    q "DO \$\$ BEGIN FOR i IN 1..50 LOOP UPDATE orders SET amount = amount + 1 WHERE id = $o; END LOOP; END \$\$" > /dev/null
+    sleep 1
+    kill -9 "$orders_pid"; wait "$orders_pid" 2>/dev/null || true
+    direct stream_orders direct-orders; orders_pid=$direct_pid
+    bulk=$(q "INSERT INTO customers (email, country) VALUES ('direct-bulk-$$@example.com', 'SE') RETURNING id")
+    q "INSERT INTO orders (customer_id, amount, status) SELECT $bulk, (i % 1000) / 10.0, 'bulk' FROM generate_series(1, 100000) i" > /dev/null
+    sleep 1
+    q "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'dataflow_direct_orders' AND active" > /dev/null
+    kill -9 "$customers_pid"; wait "$customers_pid" 2>/dev/null || true
+    direct stream_customers direct-customers; customers_pid=$direct_pid
+    q "DELETE FROM customers WHERE id = $bulk" > /dev/null  # cascades to its 100 000 orders
+    sleep 1
+    "$ROOT/scripts/stack" restart postgres
+    echo "PostgreSQL restarted"
+    wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/direct-sim.log")"
+    verify 240
+    customers="SELECT id, email, country, created_at, updated_at FROM customers ORDER BY 1"
+    orders="SELECT id, customer_id, amount, status, created_at, updated_at FROM orders ORDER BY 1"
+    direct_customers="SELECT customer_id, email, country, created_at, updated_at FROM dim_customers WHERE NOT is_deleted ORDER BY 1"
+    direct_orders="SELECT order_id, customer_id, amount, status, created_at, updated_at FROM fact_orders WHERE NOT is_deleted ORDER BY 1"
+    for _ in $(seq 1 600); do
+      [[ $(q "$customers" | md5sum) == $(dq "$direct_customers" | md5sum) && $(q "$orders" | md5sum) == $(dq "$direct_orders" | md5sum) ]] && break
+      kill -0 "$customers_pid" "$orders_pid" 2>/dev/null || fail "a direct job stopped: $(tail -n 5 "$DATA"/direct-*.log)"
+      sleep 0.5
+    done
+    diff <(q "$customers") <(dq "$direct_customers") > "$DATA/direct-customers.diff" ||
+      fail "dim_customers of the direct path differs from the source: $(head -n 5 "$DATA/direct-customers.diff")"
+    diff <(q "$orders") <(dq "$direct_orders") > "$DATA/direct-orders.diff" ||
+      fail "fact_orders of the direct path differs from the source: $(head -n 5 "$DATA/direct-orders.diff")"
+    [[ $(dq "SELECT length(country) FROM dim_customers WHERE customer_id = $t") == 12800 ]] || fail "the TOASTed country was not kept"
+    [[ $(dq "SELECT count(*) FROM fact_orders WHERE customer_id = $bulk AND is_deleted") == 100000 ]] || fail "the cascaded deletes did not arrive"
+    [[ $(dq "SELECT count(*) FROM dlq_events") == 0 ]] || fail "the direct path wrote dead letters: $(dq "SELECT error_message FROM dlq_events LIMIT 3")"
+    # Exactly once: a slot never confirms more than its warehouse committed.
+    for query in direct-customers direct-orders; do
+      slot=dataflow_${query//-/_}
+      committed=$(dq "SELECT entry FROM dataflow_offsets o JOIN dataflow_commits c USING (checkpoint_name, batch_id)
+                      WHERE checkpoint_name = '$query' ORDER BY batch_id DESC LIMIT 1" |
+                  python3 -c "import re,sys; print(re.findall(r'\"$slot\":\{\"0\":(\d+)', sys.stdin.read())[-1])")  # the batch's end
+      confirmed=$(q "SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = '$slot'")
+      ((confirmed <= committed - 1)) || fail "slot $slot confirmed $confirmed, its warehouse committed only $((committed - 1))"
+    done
+    kill "$customers_pid" "$orders_pid"
+    wait "$customers_pid" "$orders_pid" || fail "a direct job did not stop cleanly"
+    for slot in dataflow_direct_customers dataflow_direct_orders; do q "SELECT pg_drop_replication_slot('$slot')" > /dev/null; done
+    echo "direct_source: ok ($(dq "SELECT count(*) FROM fact_orders") orders, $(grep -c 'rows in' "$DATA"/direct-direct-orders.log) batches of direct-orders)"
+    ;;
+
+  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|warehouse_faults|multi_table|metrics|partitions|schema_change|toasted_values|schema_on|signals|scale_out|windows_scale_out|direct_source" >&2; exit 2 ;;
 esac

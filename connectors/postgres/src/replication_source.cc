@@ -461,11 +461,23 @@ struct ReplicationSource::Impl {
 
   // Rows of the snapshot from `from` on, at least `want` of them unless the snapshot ends first.
   int64_t snapshotRowsFrom(int64_t from, int64_t want) {
-    openSnapshotIfNeeded();
     if (from < snapshotBase) {
       throw InternalError("postgres source: snapshot rows before " + std::to_string(snapshotBase) + " were already dropped");
     }
-    while (snapshotBase + static_cast<int64_t>(snapshotRows.size()) - from < want && !snapshotExhausted) fetchSnapshot();
+    try {
+      openSnapshotIfNeeded();
+      while (snapshotBase + static_cast<int64_t>(snapshotRows.size()) - from < want && !snapshotExhausted) fetchSnapshot();
+    } catch (const ConnectorError& e) {
+      // The snapshot's transaction is gone with its connection (a restarted server): the rows not
+      // committed yet are read again, in a new snapshot, when the batch is retried.
+      snapshotConn.reset();
+      snapshotOpen = false;
+      cursorOpen = false;
+      snapshotRows.clear();
+      throw ConnectorError(std::string("postgres source: the snapshot was interrupted (") + e.what() +
+                               "); it continues in a new transaction from row " + std::to_string(snapshotBase),
+                           true);
+    }
     return std::max<int64_t>(0, snapshotBase + static_cast<int64_t>(snapshotRows.size()) - from);
   }
 
@@ -533,14 +545,20 @@ struct ReplicationSource::Impl {
     spdlog::info("postgres source: streaming slot {} from {}", options.slotName, formatLsn(from));
   }
 
+  // Reports what was received (written) and, when a batch committed since the last report, the
+  // committed position (flushed: the slot confirms it). Otherwise flushed is left invalid (0),
+  // which the server takes as "no new confirmation": it then judges the client by `written`, so a
+  // fast shutdown, which waits until every walsender's client has everything the server sent,
+  // completes although nothing more can be committed (the warehouse may be that very server).
   void sendStatus(Connection& repl, bool replyRequested = false) {
-    uint64_t position;
+    uint64_t written, flushed = 0;
     {
       std::lock_guard lock(mu);
-      position = confirmed;
+      written = std::max({dataFrontier, keepaliveFrontier, confirmed});
+      if (confirmPending) flushed = confirmed;
       confirmPending = false;
     }
-    std::string update = pgoutput::encodeStatusUpdate(position, position, position, nowUnixMicros(), replyRequested);
+    std::string update = pgoutput::encodeStatusUpdate(written, flushed, flushed, nowUnixMicros(), replyRequested);
     if (PQputCopyData(repl.raw(), update.data(), static_cast<int>(update.size())) != 1 || PQflush(repl.raw()) != 0) {
       throw ConnectorError(std::string("postgres source: cannot send the standby status: ") + PQerrorMessage(repl.raw()), true);
     }

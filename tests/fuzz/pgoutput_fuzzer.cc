@@ -1,0 +1,64 @@
+// libFuzzer target for the pgoutput decoder and the events made from it: any bytes must decode
+// or throw ProtocolError, never crash, leak or trip a sanitizer; what decodes as a change must
+// encode as valid JSON. The first input byte picks the column types of the relation the change
+// is encoded against, so that every text-form parser (dates, times, timestamps, bytea, numbers)
+// sees arbitrary text. Seeds: tests/fuzz/pgoutput_seeds.py.
+#include <dataflow/postgres/pgoutput.h>
+
+#include <boost/json.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+
+#include "debezium_json.h"
+
+namespace {
+
+namespace pg = dataflow::postgres;
+
+// bool, int8, float8, numeric, date, time, timestamp, timestamp(3), timestamptz, bytea, text, jsonb
+constexpr uint32_t kTypes[] = {16, 20, 701, 1700, 1082, 1083, 1114, 1114, 1184, 17, 25, 3802};
+constexpr int32_t kModifiers[] = {-1, -1, -1, -1, -1, -1, -1, 3, -1, -1, -1, -1};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  const std::string_view input(reinterpret_cast<const char*>(data) + 1, size - 1);
+  try {
+    pg::pgoutput::decodeFrame(input);
+  } catch (const pg::pgoutput::ProtocolError&) {
+  }
+  static pg::pgoutput::Message message;
+  try {
+    pg::pgoutput::decodeMessage(input, message);
+  } catch (const pg::pgoutput::ProtocolError&) {
+    return 0;
+  }
+  using Type = pg::pgoutput::Message::Type;
+  if (message.type != Type::kInsert && message.type != Type::kUpdate && message.type != Type::kDelete) return 0;
+  pg::detail::TableShape shape{"public", "fuzz", "f.public.fuzz", {}};
+  const size_t columns = std::max(message.newTuple.size(), message.oldTuple.size());
+  for (size_t i = 0; i < columns; ++i) {
+    size_t t = (data[0] + i * 7) % std::size(kTypes);
+    shape.columns.push_back({i == 0, "c" + std::to_string(i), kTypes[t], kModifiers[t]});
+  }
+  pg::detail::EventSource source{"f", "db", 1, 2, 3, 4, "false", 5};
+  std::string key, value;
+  const auto* before = message.oldTuple.empty() ? nullptr : &message.oldTuple;
+  const auto* after = message.newTuple.empty() ? nullptr : &message.newTuple;
+  pg::detail::appendValueJson('u', shape, before, after, source, value);
+  if (after || before) pg::detail::appendKeyJson(shape, after ? *after : *before, key);
+  boost::json::parse_options options;
+  options.allow_invalid_utf8 = true;  // text of a SQL_ASCII database passes through; the parser dead-letters it
+  boost::system::error_code ec;
+  boost::json::parse(value, ec, {}, options);
+  if (ec) std::abort();
+  if (!key.empty()) {
+    boost::json::parse(key, ec, {}, options);
+    if (ec) std::abort();
+  }
+  return 0;
+}
