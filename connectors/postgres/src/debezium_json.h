@@ -19,6 +19,7 @@ struct TableShape {
   std::string schema;
   std::string table;
   std::string topic;  // "<prefix>.<schema>.<table>"
+  std::string_view internedTopic;  // the source's copy of `topic`, which records point at
   std::vector<pgoutput::Column> columns;
 };
 

@@ -53,11 +53,18 @@ std::pair<std::string, std::string> splitTable(const std::string& qualified) {
 }
 
 // A transaction received whole, waiting for its batch.
+// A transaction received whole, waiting for its batch. Its records move into the batch that reads
+// them (no copy); reading the same range again (a retried batch) receives it again from the server.
 struct Transaction {
   uint64_t endLsn = 0;
   std::vector<LogRecord> records;
+  size_t recordCount = 0;  // records.size() before they moved out
   int64_t bytes = 0;
+  bool handedOut = false;
 };
+
+// Thrown on the streaming thread to start again from the committed position.
+struct Rewind {};
 
 }  // namespace
 
@@ -144,6 +151,7 @@ struct ReplicationSource::Impl {
   // "available now" (so that an available-now run reads everything committed before it started).
   uint64_t catchUpLsn = 0;
   bool confirmPending = false;
+  bool rewindRequested = false;  // a batch needs records that were handed out already
   bool stopping = false;
   std::string lastStreamError;
   std::exception_ptr fatal;  // the stream cannot continue (slot gone, protocol error)
@@ -171,6 +179,7 @@ struct ReplicationSource::Impl {
   uint64_t snapshotVersion = 0;
   int64_t snapshotStartedMs = 0;
   int64_t snapshotBase = 0;          // ordinal of snapshotRows.front()
+  int64_t snapshotHandedOut = 0;     // rows before this ordinal moved into a batch
   std::deque<LogRecord> snapshotRows;
   bool snapshotExhausted = false;
 
@@ -459,6 +468,16 @@ struct ReplicationSource::Impl {
     return false;
   }
 
+  // Drops the snapshot's transaction and the rows not committed: they are read again, in a new
+  // snapshot, from the first uncommitted row.
+  void resetSnapshot() {
+    snapshotConn.reset();
+    snapshotOpen = false;
+    cursorOpen = false;
+    snapshotRows.clear();
+    snapshotHandedOut = snapshotBase;
+  }
+
   // Rows of the snapshot from `from` on, at least `want` of them unless the snapshot ends first.
   int64_t snapshotRowsFrom(int64_t from, int64_t want) {
     if (from < snapshotBase) {
@@ -470,10 +489,7 @@ struct ReplicationSource::Impl {
     } catch (const ConnectorError& e) {
       // The snapshot's transaction is gone with its connection (a restarted server): the rows not
       // committed yet are read again, in a new snapshot, when the batch is retried.
-      snapshotConn.reset();
-      snapshotOpen = false;
-      cursorOpen = false;
-      snapshotRows.clear();
+      resetSnapshot();
       throw ConnectorError(std::string("postgres source: the snapshot was interrupted (") + e.what() +
                                "); it continues in a new transaction from row " + std::to_string(snapshotBase),
                            true);
@@ -497,6 +513,10 @@ struct ReplicationSource::Impl {
         attempt = 0;
         pump(*repl);
         return;  // stopping
+      } catch (const Rewind&) {
+        open.reset();
+        spdlog::info("postgres source: slot {}: a batch is read again; streaming again from {}", options.slotName,
+                     formatLsn(dataFrontier));
       } catch (const Error& e) {
         open.reset();
         bool retriable = false;
@@ -586,6 +606,15 @@ struct ReplicationSource::Impl {
           finish(repl);
           return;
         }
+        if (rewindRequested) {
+          // Everything after the committed position is received again, handed-out records too.
+          rewindRequested = false;
+          transactions.clear();
+          bufferedBytes = 0;
+          dataFrontier = keepaliveFrontier = confirmed;
+          skipBefore = confirmed + 1;
+          throw Rewind{};
+        }
         sendNow = confirmPending;
       }
       if (sendNow || Clock::now() >= nextStatus) {
@@ -667,6 +696,7 @@ struct ReplicationSource::Impl {
         shape.table = message.relation.name;
         shape.topic = options.topicPrefix + "." + shape.schema + "." + shape.table;
         shape.columns = message.relation.columns;
+        shape.internedTopic = intern(shape.topic);
         relations[message.relation.oid] = std::move(shape);
         break;
       }
@@ -689,6 +719,7 @@ struct ReplicationSource::Impl {
         Transaction tx = std::move(*open);
         open.reset();
         tx.endLsn = message.endLsn;
+        tx.recordCount = tx.records.size();
         std::lock_guard lock(mu);
         if (tx.endLsn >= skipBefore && !tx.records.empty()) {
           bufferedBytes += tx.bytes;
@@ -724,7 +755,7 @@ struct ReplicationSource::Impl {
     sameLsnIndex = lsn == lastChangeLsn ? sameLsnIndex + 1 : 0;
     lastChangeLsn = lsn;
     LogRecord& rec = open->records.emplace_back();
-    rec.topic = intern(shape.topic);
+    rec.topic = shape.internedTopic;
     rec.partition = sameLsnIndex;
     rec.offset = static_cast<int64_t>(lsn);
     rec.timestamp = openCommitMs;
@@ -874,7 +905,7 @@ Offsets ReplicationSource::batchEnd(const Offsets& start, const Offsets& availab
       auto txOffset = static_cast<int64_t>(tx.endLsn);
       if (txOffset < from) continue;
       if (txOffset >= target) break;
-      auto n = static_cast<int64_t>(tx.records.size());
+      auto n = static_cast<int64_t>(tx.recordCount);
       if (taken > 0 && taken + n > cap) {
         stopped = true;
         break;
@@ -918,7 +949,13 @@ void ReplicationSource::read(const PartitionId& partition, int64_t from, int64_t
                                std::to_string(from + rows) + " rows, the batch needs " + std::to_string(last),
                            true);
     }
-    for (int64_t i = from; i < last; ++i) out.push_back(m.snapshotRows[static_cast<size_t>(i - m.snapshotBase)]);
+    if (from < m.snapshotHandedOut) {
+      // A retried batch: its rows moved into the failed attempt. Read them again, in a new snapshot.
+      m.resetSnapshot();
+      throw ConnectorError("postgres source: snapshot rows from " + std::to_string(from) + " are read again", true);
+    }
+    for (int64_t i = from; i < last; ++i) out.push_back(std::move(m.snapshotRows[static_cast<size_t>(i - m.snapshotBase)]));
+    m.snapshotHandedOut = last;
     return;
   }
   if (partition != m.stream) throw InternalError("postgres source: unknown partition " + partition.toString());
@@ -939,7 +976,24 @@ void ReplicationSource::read(const PartitionId& partition, int64_t from, int64_t
     auto offset = static_cast<int64_t>(tx.endLsn);
     if (offset < from) continue;
     if (offset >= until) break;
-    out.insert(out.end(), tx.records.begin(), tx.records.end());
+    if (tx.handedOut) {
+      // A retried batch: its records moved into the failed attempt. Receive them again.
+      m.rewindRequested = true;
+      m.changed.notify_all();
+      throw ConnectorError("postgres source: slot " + m.options.slotName + ": changes up to " +
+                               formatLsn(static_cast<uint64_t>(until - 1)) + " are received again for a retried batch",
+                           true);
+    }
+  }
+  for (Transaction& tx : m.transactions) {
+    auto offset = static_cast<int64_t>(tx.endLsn);
+    if (offset < from) continue;
+    if (offset >= until) break;
+    out.insert(out.end(), std::make_move_iterator(tx.records.begin()), std::make_move_iterator(tx.records.end()));
+    tx.records = {};
+    tx.handedOut = true;
+    m.bufferedBytes -= tx.bytes;
+    tx.bytes = 0;
   }
 }
 

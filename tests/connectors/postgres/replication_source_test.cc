@@ -251,50 +251,203 @@ TEST_F(ReplicationSourceTest, RestartsFromTheCommittedPositionAndConfirmsNothing
   EXPECT_EQ(payloadOf(last[0].value)["op"], "d");
 }
 
-TEST_F(ReplicationSourceTest, ATerminatedWalsenderIsReconnectedWithoutLossOrDuplicates) {
-  db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
-  auto o = options({"public.items"});
-  o.snapshot = false;
+// Runs the source live until `done` says so (or 30 s pass); returns what it read.
+template <class Done>
+std::vector<Event> runLive(const ReplicationSourceOptions& o, const std::filesystem::path& dir, Done done) {
   Session session({.workerThreads = 2});
   std::mutex mu;
   std::vector<Event> events;
   auto q = session.readStream(std::make_shared<ReplicationSource>(o))
                .writeStream()
                .queryName("replication-test")
-               .checkpoint(directoryCheckpoint(dir_))
+               .checkpoint(directoryCheckpoint(dir))
                .foreachBatch([&](const Batch<LogRecord>& batch, const BatchInfo&) {
                  std::lock_guard lock(mu);
                  for (const auto& r : batch.rows()) events.push_back({std::string(r.topic), r.key, r.value, r.partition, r.offset});
                })
                .start();
-  for (int i = 0; i < 40; ++i) {
-    db_->exec("INSERT INTO public.items SELECT g, g FROM generate_series(" + std::to_string(i * 50 + 1) + ", " +
-              std::to_string(i * 50 + 50) + ") g");
-    if (i % 10 == 5) {
-      db_->execParams("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                      {o.slotName});
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
   for (int i = 0; i < 300; ++i) {
     {
       std::lock_guard lock(mu);
-      if (events.size() >= 2000) break;
+      if (done(events)) break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   q.stop();
   q.awaitTermination();
+  return events;
+}
+
+TEST_F(ReplicationSourceTest, ATerminatedWalsenderIsReconnectedWithoutLossOrDuplicates) {
+  db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
+  auto o = options({"public.items"});
+  o.snapshot = false;
+  drain(o);  // the slot, before the first change
+  std::thread writer([&] {
+    auto c = Connection::open(configFor(url_));
+    for (int i = 0; i < 40; ++i) {
+      c.exec("INSERT INTO public.items SELECT g, g FROM generate_series(" + std::to_string(i * 50 + 1) + ", " +
+             std::to_string(i * 50 + 50) + ") g");
+      if (i % 10 == 5) {
+        c.execParams("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                     {o.slotName});
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  auto events = runLive(o, dir_, [](const std::vector<Event>& e) { return e.size() >= 2000; });
+  writer.join();
   std::set<std::string> keys;
   for (const auto& e : events) keys.insert(e.key);
   EXPECT_EQ(events.size(), 2000u);
   EXPECT_EQ(keys.size(), 2000u);
 }
 
+TEST_F(ReplicationSourceTest, AnIdleSourceStillAdvancesItsSlot) {
+  db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
+  db_->exec("CREATE TABLE public.elsewhere (id bigint)");
+  auto o = options({"public.items"});
+  o.snapshot = false;
+  o.idleAdvanceInterval = std::chrono::milliseconds(200);
+  drain(o);
+  uint64_t before = confirmedFlush();
+  // WAL the slot has no interest in: without a confirmation, the server would keep it.
+  for (int i = 0; i < 20; ++i) db_->exec("INSERT INTO public.elsewhere SELECT g FROM generate_series(1, 1000) g");
+  uint64_t written = parseLsn(db_->exec("SELECT pg_current_wal_lsn()::text").value(0, 0));
+  auto events = runLive(o, dir_, [&](const std::vector<Event>&) { return confirmedFlush() >= written; });
+  EXPECT_TRUE(events.empty());
+  EXPECT_GE(confirmedFlush(), written) << "confirmed " << formatLsn(confirmedFlush()) << ", was " << formatLsn(before);
+}
+
+TEST_F(ReplicationSourceTest, AColumnAddedMidStreamAppearsInTheEvents) {
+  db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
+  auto o = options({"public.items"});
+  o.snapshot = false;
+  drain(o);
+  db_->exec("INSERT INTO public.items VALUES (1, 1)");
+  db_->exec("ALTER TABLE public.items ADD COLUMN note text");
+  db_->exec("INSERT INTO public.items VALUES (2, 2, 'new column')");
+  db_->exec("ALTER TABLE public.items DROP COLUMN val");
+  db_->exec("INSERT INTO public.items VALUES (3, 'val dropped')");
+  auto events = drain(o);
+  ASSERT_EQ(events.size(), 3u);
+  auto after = [&](size_t i) { return payloadOf(events[i].value)["after"].as_object(); };
+  EXPECT_FALSE(after(0).contains("note"));
+  EXPECT_EQ(after(1)["note"], "new column");
+  EXPECT_EQ(after(1)["val"], 2);
+  EXPECT_FALSE(after(2).contains("val"));
+  EXPECT_EQ(after(2)["note"], "val dropped");
+}
+
+// Records move into the batch that reads them; a batch that fails and is retried reads its
+// snapshot rows and changes again (a new snapshot, the stream from the committed position).
+TEST_F(ReplicationSourceTest, ARetriedBatchReadsItsRecordsAgain) {
+  db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
+  db_->exec("INSERT INTO public.items SELECT g, g FROM generate_series(1, 500) g");
+  auto o = options({"public.items"});
+  o.snapshotFetchRows = 200;
+  o.maxRecordsPerBatch = 200;
+  Session session({.workerThreads = 2});
+  std::vector<Event> events;
+  int failures = 0;
+  bool failNext = true;
+  auto run = [&] {
+    auto q = session.readStream(std::make_shared<ReplicationSource>(o))
+                 .writeStream()
+                 .queryName("replication-test")
+                 .checkpoint(directoryCheckpoint(dir_))
+                 .option("retry.initialBackoffMs", "1")
+                 .trigger(Trigger::availableNow())
+                 .foreachBatch([&](const Batch<LogRecord>& batch, const BatchInfo&) {
+                   if (batch.numRows() > 0 && failNext) {
+                     failNext = false;  // every other batch with rows fails once
+                     ++failures;
+                     throw ConnectorError("the warehouse is away", true);
+                   }
+                   if (batch.numRows() > 0) failNext = true;
+                   for (const auto& r : batch.rows()) events.push_back({std::string(r.topic), r.key, r.value, r.partition, r.offset});
+                 })
+                 .start();
+    q.awaitTermination();
+  };
+  run();
+  db_->exec("INSERT INTO public.items SELECT g, g FROM generate_series(501, 1000) g");
+  for (int i = 0; i < 5; ++i) db_->exec("UPDATE public.items SET val = -val WHERE id % 5 = " + std::to_string(i));
+  run();
+  EXPECT_GE(failures, 4);
+  auto folded = fold(events);
+  ASSERT_EQ(folded.size(), 1000u);
+  for (const auto& [id, val] : folded) EXPECT_EQ(val, -id) << id;
+  std::set<std::string> reads;
+  int64_t readEvents = 0;
+  for (const auto& e : events) {
+    if (payloadOf(e.value)["op"] != "r") continue;
+    ++readEvents;
+    reads.insert(e.key);
+  }
+  EXPECT_EQ(readEvents, 500);
+  EXPECT_EQ(reads.size(), 500u);
+  EXPECT_EQ(events.size(), 500u + 500u + 1000u);  // each record in one successful batch
+}
+
+// The same at the source's own interface: a range of the stream read twice gives the same
+// records, the second time after receiving them again from the server; a range of the snapshot
+// gives as many rows again, from a new snapshot (which the LSN guard reconciles with the stream).
+TEST_F(ReplicationSourceTest, ARangeReadTwiceGivesTheSameRecords) {
+  db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
+  db_->exec("INSERT INTO public.items SELECT g, g FROM generate_series(1, 300) g");
+  auto o = options({"public.items"});
+  ReplicationSource source(o);
+  source.open();
+  Offsets start = source.initialOffsets();
+  db_->exec("INSERT INTO public.items SELECT g, g FROM generate_series(301, 400) g");
+  db_->exec("UPDATE public.items SET val = 0 WHERE id <= 10");
+  Offsets end;
+  for (int i = 0; i < 100; ++i) {  // until both inserts have arrived
+    end = source.batchEnd(start, source.latestOffsets(), std::nullopt);
+    std::vector<LogRecord> probe;
+    if (end.get(source.streamPartition(), 0) > start.get(source.streamPartition(), 0)) {
+      if (end.get(source.streamPartition(), 0) - 1 >= static_cast<int64_t>(parseLsn(db_->exec("SELECT pg_current_wal_lsn()::text").value(0, 0))) - 4096)
+        break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto readPartition = [&](const PartitionId& p) {
+    std::vector<std::string> values;
+    std::vector<LogRecord> out;
+    source.read(p, start.get(p, 0), end.get(p, 0), out);
+    for (auto& r : out) values.push_back(r.key + std::string(payloadOf(r.value)["op"].as_string()) + r.value.substr(0, r.value.find("\"source\"")));
+    return values;
+  };
+  auto readAgain = [&](const PartitionId& p) {
+    EXPECT_THROW(readPartition(p), ConnectorError);  // handed out: read again
+    for (int i = 0; i < 100; ++i) {
+      try {
+        return readPartition(p);
+      } catch (const ConnectorError&) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+    return std::vector<std::string>{};
+  };
+  auto changes = readPartition(source.streamPartition());
+  EXPECT_EQ(changes.size(), 100u + 10u);
+  EXPECT_EQ(readAgain(source.streamPartition()), changes);
+  auto rows = readPartition(source.snapshotPartition());
+  EXPECT_EQ(rows.size(), 300u);
+  EXPECT_EQ(readAgain(source.snapshotPartition()).size(), 300u);
+  source.close();
+}
+
 TEST_F(ReplicationSourceTest, ADroppedSlotIsReportedClearly) {
   db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
   auto o = options({"public.items"});
   drain(o);
+  // The walsender of the run above may take a moment to exit.
+  for (int i = 0; i < 100; ++i) {
+    if (db_->execParams("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active", {slot_}).rows() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   db_->execParams("SELECT pg_drop_replication_slot($1)", {slot_});
   try {
     drain(o);

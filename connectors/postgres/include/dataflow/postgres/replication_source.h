@@ -18,6 +18,11 @@
 // Snapshot rows are versioned (source.lsn) just below the slot's restart_lsn, so that every
 // streamed change of the same row, which the slot can still send, is newer: the per-key LSN guard
 // of the warehouse then makes snapshot and stream converge in any order.
+//
+// Records move into the batch that reads them (no copy). A range read again (a batch retried
+// after its records were handed out) is received again from the server for the stream, the same
+// records; for the snapshot, as many rows from a new snapshot, which the LSN guard reconciles
+// with the stream as above.
 #pragma once
 
 #include <chrono>
@@ -53,9 +58,10 @@ struct ReplicationSourceOptions {
   // Records per batch; whole transactions, so a larger transaction makes a larger batch. 0: no
   // limit. Default: 0.
   int64_t maxRecordsPerBatch = 0;
-  // Memory for changes received but not yet committed: beyond it the source stops reading from
-  // the server until batches commit (PostgreSQL keeps the WAL meanwhile). Default: 256 MiB.
-  int64_t maxBufferedBytes = int64_t{256} << 20;
+  // Memory for changes received but not yet read by a batch: beyond it the source stops reading
+  // from the server (PostgreSQL keeps the WAL meanwhile). A transaction is held whole, however
+  // large. Default: 16 MiB (some 25 000 order changes).
+  int64_t maxBufferedBytes = int64_t{16} << 20;
   // How often the source reports its position to the server (standby status update). The server
   // disconnects a client silent for wal_sender_timeout (60 s by default). Default: 1 s.
   std::chrono::milliseconds statusInterval{1000};
