@@ -44,7 +44,7 @@ if ! "$ROOT/scripts/docker-engine" up > "$LOG/engine.log" 2>&1; then
   exit 77
 fi
 teardown() {
-  "${compose[@]}" --profile sdk --profile scale-out down -v --remove-orphans > /dev/null 2>&1 || true
+  "${compose[@]}" --profile sdk --profile scale-out --profile direct down -v --remove-orphans > /dev/null 2>&1 || true
   $engine_was_running || "$ROOT/scripts/docker-engine" down > /dev/null 2>&1 || true
 }
 trap 'teardown; rm -rf "$LOG"' EXIT
@@ -122,9 +122,30 @@ done
 simulate 600 14 > "$LOG/sim4.log" 2>&1 || fail "the simulator failed while scaled out"
 verify 120
 
+# Direct profile: a runner whose jobs read PostgreSQL's replication stream themselves (no Kafka),
+# here into a warehouse database of its own, so that its rows are its own.
+q "CREATE DATABASE direct" > /dev/null
+direct_url=${PG_URL%/*}/direct
+PG_URL=$direct_url "$ROOT/scripts/migrate.sh" > /dev/null || fail "migrations of the direct warehouse failed"
+"${compose[@]}" --profile direct up -d --no-deps --wait runner-direct > "$LOG/direct.log" 2>&1 ||
+  { cat "$LOG/direct.log" >&2; fail "the direct profile did not start"; }
+docker exec etl_runner_direct dataflow submit --name direct-orders stream_orders --query-name direct-orders \
+  --pg-url postgresql://postgres:postgres@postgres:5432/direct --source-pg-url postgresql://postgres:postgres@postgres:5432/appdb \
+  > /dev/null || fail "submitting the direct job failed"
+simulate 300 15 > "$LOG/sim5.log" 2>&1 || fail "the simulator failed beside the direct job"
+source_orders="SELECT string_agg(id::text || ':' || status || ':' || amount, ',' ORDER BY id) FROM orders"
+direct_orders="SELECT string_agg(order_id::text || ':' || status || ':' || amount, ',' ORDER BY order_id) FROM fact_orders WHERE NOT is_deleted"
+for _ in $(seq 1 300); do
+  [[ $(q "$source_orders") == $(psql "$direct_url" -X -q -tA -c "$direct_orders") ]] && break
+  sleep 0.3
+done
+[[ $(q "$source_orders") == $(psql "$direct_url" -X -q -tA -c "$direct_orders") ]] ||
+  fail "the direct job's fact_orders differs from the source: $(docker exec etl_runner_direct dataflow logs direct-orders 2>&1 | tail -n 5)"
+[[ $(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'dataflow_direct_orders'") == 1 ]] || fail "no slot for the direct job"
+
 # Torn down: containers, networks, volumes, and the engine with the host settings it changed.
 trap 'rm -rf "$LOG"' EXIT
-"${compose[@]}" --profile sdk --profile scale-out down -v --remove-orphans > /dev/null 2>&1 || fail "compose down failed"
+"${compose[@]}" --profile sdk --profile scale-out --profile direct down -v --remove-orphans > /dev/null 2>&1 || fail "compose down failed"
 [[ -z $(docker ps -aq --filter label=com.docker.compose.project=cdc-pipeline) ]] || fail "containers left behind"
 [[ -z $(docker volume ls -q --filter label=com.docker.compose.project=cdc-pipeline) ]] || fail "volumes left behind"
 if ! $engine_was_running; then
@@ -133,4 +154,4 @@ if ! $engine_was_running; then
   ip link show docker0 > /dev/null 2>&1 && fail "the docker0 bridge is left behind"
   [[ $(sysctl -n net.ipv4.ip_forward) == "$forward_before" ]] || fail "net.ipv4.ip_forward was not restored"
 fi
-echo "docker: ok (compose up, jobs via docker exec, user's job from the SDK, stop/start, kill/start, scale-out, teardown)"
+echo "docker: ok (compose up, jobs via docker exec, user's job from the SDK, stop/start, kill/start, scale-out, the direct profile, teardown)"

@@ -65,6 +65,9 @@ struct Transaction {
 
 // Thrown on the streaming thread to start again from the committed position.
 struct Rewind {};
+// Thrown on the streaming thread to let go of the server while batches do not take what was
+// received (the warehouse is away): a walsender that cannot send holds up the server's shutdown.
+struct Stalled {};
 
 }  // namespace
 
@@ -166,7 +169,7 @@ struct ReplicationSource::Impl {
   uint64_t openFinalLsn = 0;
   uint64_t lastChangeLsn = 0;
   int32_t sameLsnIndex = 0;
-  std::string scratch;
+  std::optional<Clock::time_point> pausedSince;  // reading paused: the buffer is full
 
   // The snapshot (driver and reading threads, under snapshotMu).
   std::mutex snapshotMu;
@@ -517,6 +520,13 @@ struct ReplicationSource::Impl {
         open.reset();
         spdlog::info("postgres source: slot {}: a batch is read again; streaming again from {}", options.slotName,
                      formatLsn(dataFrontier));
+      } catch (const Stalled&) {
+        open.reset();
+        repl.reset();
+        std::unique_lock lock(mu);
+        spdlog::info("postgres source: slot {}: nothing read for {} ms with {} bytes waiting; disconnected until batches "
+                     "read again", options.slotName, options.readTimeout.count() / 12, bufferedBytes);
+        changed.wait(lock, [&] { return stopping || rewindRequested || bufferedBytes <= options.maxBufferedBytes / 2; });
       } catch (const Error& e) {
         open.reset();
         bool retriable = false;
@@ -599,8 +609,16 @@ struct ReplicationSource::Impl {
         // Only between transactions: a transaction is held whole, however large.
         while (!stopping && !open && bufferedBytes > options.maxBufferedBytes && !confirmPending &&
                Clock::now() < nextStatus) {
-          changed.wait_until(lock, nextStatus);
+          if (!pausedSince) pausedSince = Clock::now();
+          // A pause longer than a tenth of the read timeout (12 s by default) means the batches are
+          // stuck, not slow: let go of the server (a fast shutdown waits for this walsender).
+          if (Clock::now() - *pausedSince > options.readTimeout / 12) {
+            pausedSince.reset();
+            throw Stalled{};
+          }
+          changed.wait_until(lock, std::min(nextStatus, Clock::now() + std::chrono::milliseconds(500)));
         }
+        if (bufferedBytes <= options.maxBufferedBytes) pausedSince.reset();
         if (stopping) {
           lock.unlock();
           finish(repl);

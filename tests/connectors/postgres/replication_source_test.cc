@@ -303,6 +303,52 @@ TEST_F(ReplicationSourceTest, ATerminatedWalsenderIsReconnectedWithoutLossOrDupl
   EXPECT_EQ(keys.size(), 2000u);
 }
 
+// Batches that stop reading (a warehouse away) make the source let go of the server once its
+// buffer is full, and take up again where it was when they read again: nothing lost or doubled.
+TEST_F(ReplicationSourceTest, AStuckConsumerLetsGoOfTheServerAndResumes) {
+  db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
+  auto o = options({"public.items"});
+  o.snapshot = false;
+  o.maxBufferedBytes = 20000;                         // a few dozen changes
+  o.readTimeout = std::chrono::milliseconds(2400);  // disconnect after 200 ms stuck
+  drain(o);
+  Session session({.workerThreads = 2});
+  std::mutex mu;
+  std::vector<Event> events;
+  std::atomic<bool> stuck{true};
+  auto q = session.readStream(std::make_shared<ReplicationSource>(o))
+               .writeStream()
+               .queryName("replication-test")
+               .checkpoint(directoryCheckpoint(dir_))
+               .foreachBatch([&](const Batch<LogRecord>& batch, const BatchInfo&) {
+                 while (stuck && batch.numRows() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+                 std::lock_guard lock(mu);
+                 for (const auto& r : batch.rows()) events.push_back({std::string(r.topic), r.key, r.value, r.partition, r.offset});
+               })
+               .start();
+  for (int i = 0; i < 200; ++i) db_->exec("INSERT INTO public.items VALUES (" + std::to_string(i + 1) + ", 0)");
+  bool released = false;
+  for (int i = 0; i < 100 && !released; ++i) {  // the walsender is gone while the batch is stuck
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    released = db_->execParams("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active", {slot_}).rows() == 0;
+  }
+  stuck = false;
+  for (int i = 0; i < 300; ++i) {
+    {
+      std::lock_guard lock(mu);
+      if (events.size() >= 200) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  q.stop();
+  q.awaitTermination();
+  EXPECT_TRUE(released);
+  std::set<std::string> keys;
+  for (const auto& e : events) keys.insert(e.key);
+  EXPECT_EQ(events.size(), 200u);
+  EXPECT_EQ(keys.size(), 200u);
+}
+
 TEST_F(ReplicationSourceTest, AnIdleSourceStillAdvancesItsSlot) {
   db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
   db_->exec("CREATE TABLE public.elsewhere (id bigint)");
@@ -465,6 +511,19 @@ TEST_F(ReplicationSourceTest, BadSetupFailsFastNamingTheFix) {
     FAIL() << "expected an error";
   } catch (const ConfigurationError& e) {
     EXPECT_NE(std::string(e.what()).find("public.nowhere does not exist"), std::string::npos) << e.what();
+  }
+  // A role without REPLICATION: the fix is named.
+  db_->exec("DO $$ BEGIN CREATE ROLE dataflow_norepl LOGIN PASSWORD 'norepl'; EXCEPTION WHEN duplicate_object THEN NULL; END $$");
+  db_->exec("GRANT SELECT ON ALL TABLES IN SCHEMA public TO dataflow_norepl");
+  auto norepl = options({"public.customers"});
+  const auto scheme = url_.find("://") + 3;
+  norepl.connection.conninfo = url_.substr(0, scheme) + "dataflow_norepl:norepl@" + url_.substr(url_.find('@') + 1);
+  std::filesystem::remove_all(dir_);
+  try {
+    drain(norepl);
+    FAIL() << "expected an error";
+  } catch (const ConfigurationError& e) {
+    EXPECT_NE(std::string(e.what()).find("ALTER ROLE dataflow_norepl REPLICATION"), std::string::npos) << e.what();
   }
   std::filesystem::remove_all(dir_);
   db_->exec("CREATE TABLE public.a (id int PRIMARY KEY)");
