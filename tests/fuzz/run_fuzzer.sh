@@ -29,6 +29,7 @@ case "$TARGET" in
       "$ROOT/tests/fuzz/pgoutput_fuzzer.cc" "$ROOT/connectors/postgres/src/pgoutput.cc" \
       "$ROOT/connectors/postgres/src/debezium_json.cc" -lboost_json -o "$OUT/pgoutput_fuzzer"
     /usr/bin/python3 "$ROOT/tests/fuzz/pgoutput_seeds.py" "$CORPUS"
+    cp "$ROOT"/tests/fuzz/pgoutput-regressions/* "$CORPUS"/  # inputs that once crashed it
     ;;
   *) echo "run_fuzzer.sh: unknown target '$TARGET' (change_event or pgoutput)" >&2; exit 2 ;;
 esac

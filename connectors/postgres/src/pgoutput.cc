@@ -3,6 +3,7 @@
 #include "dataflow/postgres/pgoutput.h"
 
 #include <cstring>
+#include <limits>
 
 namespace dataflow::postgres::pgoutput {
 namespace {
@@ -89,7 +90,12 @@ void readTuple(Reader& r, std::vector<Value>& out) {
   }
 }
 
-int64_t unixMicros(int64_t postgresMicros) { return postgresMicros + kPostgresEpochOffsetMicros; }
+// Saturates: PostgreSQL's infinite timestamps are INT64_MIN/MAX, and a corrupt one must not overflow.
+int64_t unixMicros(int64_t postgresMicros) {
+  int64_t out;
+  if (__builtin_add_overflow(postgresMicros, kPostgresEpochOffsetMicros, &out)) return std::numeric_limits<int64_t>::max();
+  return out;
+}
 
 }  // namespace
 

@@ -130,6 +130,9 @@ TEST(Pgoutput, CorruptMessagesThrowAndSayWhere) {
   EXPECT_NE(error(Bytes().u8('I').u32(1).u8('N').u16(60000).s).find("exceeds the message"), std::string::npos);
   EXPECT_NE(error(Bytes().u8('T').u32(0x40000000).u8(0).s).find("exceeds the message"), std::string::npos);
   EXPECT_NE(error(Bytes().u8('C').u8(0).u64(1).u64(2).u64(3).u8(9).s).find("trailing bytes"), std::string::npos);
+  // Found by fuzz.pgoutput: a commit time near INT64_MAX must not overflow into undefined behaviour.
+  pgoutput::decodeMessage(Bytes().u8('B').u64(0x1A2B3C4D).u64(0x7fffffffffffffd3).u32(759).s, m);
+  EXPECT_EQ(m.commitTimeMicros, std::numeric_limits<int64_t>::max());
   EXPECT_THROW(pgoutput::decodeFrame("q"), ProtocolError);
   EXPECT_THROW(pgoutput::decodeFrame(Bytes().u8('k').u64(1).s), ProtocolError);
 }
