@@ -128,6 +128,7 @@ Machine: $machine. Command: \`bench/e2e/direct.sh $N $RATE $DURATION\`. Both pat
 | process start -> first committed batch | $k_first ms | $d_first ms | |
 | peak RSS of the job while draining | $k_rss MB | $d_rss MB | |
 | latency at $RATE inserts/s, source commit -> warehouse, p50 / p95 / p99 | $k50 / $k95 / $k99 ms | $d50 / $d95 / $d99 ms | p99 $(ratio "$d99" "$k99")x |
+| drain: where the batches' time went (sum over batches) | $(phase_breakdown "$WORK/kafka-drain.log") | $(phase_breakdown "$WORK/direct-drain.log") | |
 | memory of the pipeline (source database aside) | $((${java_rss%.*} + ${kafka_rss%.*})) MB (Kafka + Connect $java_rss MB, job $kafka_rss MB) | $direct_rss MB | |
 
 Latencies use the warehouse row's \`last_seen_at\` (\`now()\`: the start of the batch's

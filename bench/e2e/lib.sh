@@ -67,3 +67,11 @@ generate_events() {
 produce_events() {
   kcat -b "$KAFKA_BOOTSTRAP" -P -t "$1" -K $'\t' -X linger.ms=50 -X batch.num.messages=10000 -l "$2"
 }
+
+# phase_breakdown LOG: where the batches' time went, summed over a job's batch log lines
+# ("... 38 ms (read=0 process=3 stage=6 merge=8 commit=3)"): "read 120 / process 300 / ... ms".
+phase_breakdown() {
+  grep -o '([a-zA-Z]*=[0-9].*)$' "$1" | tr -d '()' | awk '
+    { for (i = 1; i <= NF; i++) { split($i, kv, "="); if (!(kv[1] in sum)) order[n++] = kv[1]; sum[kv[1]] += kv[2] } }
+    END { for (i = 0; i < n; i++) printf "%s%s %d", (i ? " / " : ""), order[i], sum[order[i]]; if (n) printf " ms"; print "" }'
+}

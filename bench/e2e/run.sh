@@ -116,6 +116,7 @@ Machine: $machine. Command: \`bench/e2e/run.sh $N $RATE $DURATION\`.
 | drain, sustained (first to last committed batch) | $sustained_eps events/s | >= 50k/s (stretch 100k) |
 | same rows, plain COPY into an empty copy of the table | $copy_rps rows/s | (for scale) |
 | process start -> first committed batch | $first_batch_ms ms | < 1 s |
+| drain: where the batches' time went (sum over batches) | $(phase_breakdown "$WORK/drain.log") | |
 | peak RSS while draining (batches of ${BENCH_BATCH:-30000}) | $rss MB | < 100 MB |
 | latency at $RATE inserts/s, source commit -> warehouse, p50 / p95 / p99 | $s50 / $s95 / $s99 ms | |
 | latency at $RATE inserts/s, Kafka append -> warehouse, p50 / p95 / p99 | $k50 / $k95 / $k99 ms | p99 < 100 ms |

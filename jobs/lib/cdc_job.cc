@@ -295,9 +295,16 @@ class BatchLogger final : public dataflow::QueryListener {
       }
     }
     int64_t skipped = tombstones.exchange(0);
-    spdlog::info("{} batch {}: {} rows in, {} written, {} dead letters, {} tombstones skipped, lag {}, {} ms",
+    // Where the time went: the phases of the batch, in the order they run.
+    std::string phases;
+    for (const char* phase : {"read", "process", "stage", "merge", "deadLetters", "commit"}) {
+      if (auto it = p.durationMs.find(phase); it != p.durationMs.end()) {
+        phases += std::string(phases.empty() ? "" : " ") + phase + "=" + std::to_string(it->second);
+      }
+    }
+    spdlog::info("{} batch {}: {} rows in, {} written, {} dead letters, {} tombstones skipped, lag {}, {} ms ({})",
                  p.name, p.batchId, p.numInputRows, p.sink.numOutputRows, p.sink.numDeadLetters, skipped, lag,
-                 p.durationMs.count("triggerExecution") ? p.durationMs.at("triggerExecution") : 0);
+                 p.durationMs.count("triggerExecution") ? p.durationMs.at("triggerExecution") : 0, phases);
   }
 };
 

@@ -385,6 +385,31 @@ TEST(MicroBatchExecution, UnknownOptionFailsFastNamingIt) {
   EXPECT_THROW(session.readStream(in).writeStream().option("retry.maxAttempts", "zero"), ConfigurationError);
 }
 
+// A sink's own phases (BatchInfo::sinkPhasesMicros) join the progress record's durationMs, and
+// only the attempt that succeeded counts.
+TEST(MicroBatchExecution, ProgressBreaksTheBatchIntoPhasesIncludingTheSinks) {
+  Session session;
+  auto in = std::make_shared<MemoryStream<int>>("in");
+  in->addData(range(0, 100));
+  int attempts = 0;
+  auto q = session.readStream(in).writeStream().option("retry.initialBackoffMs", "1")
+               .trigger(Trigger::availableNow())
+               .foreachBatch([&](const Batch<int>&, const BatchInfo& info) {
+                 ASSERT_NE(info.sinkPhasesMicros, nullptr);
+                 (*info.sinkPhasesMicros)["merge"] += 7000;
+                 if (++attempts == 1) throw ConnectorError("away", true);
+                 (*info.sinkPhasesMicros)["stage"] += 3000;
+               })
+               .start();
+  q.awaitTermination();
+  auto p = q.lastProgress();
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->durationMs.at("merge"), 7);
+  EXPECT_EQ(p->durationMs.at("stage"), 3);
+  EXPECT_TRUE(p->durationMs.contains("read"));
+  EXPECT_TRUE(p->durationMs.contains("process"));
+}
+
 TEST(MicroBatchExecution, ProgressHasSparkFields) {
   Session session;
   auto in = std::make_shared<MemoryStream<int>>("in", MemoryStreamOptions{.partitions = 2});
@@ -401,7 +426,7 @@ TEST(MicroBatchExecution, ProgressHasSparkFields) {
   EXPECT_EQ(p->batchId, 0);
   EXPECT_EQ(p->numInputRows, 5);
   EXPECT_EQ(p->sink.numOutputRows, 3);
-  for (const char* k : {"latestOffset", "walCommit", "addBatch", "commitOffsets", "triggerExecution"}) {
+  for (const char* k : {"latestOffset", "walCommit", "read", "process", "addBatch", "commitOffsets", "triggerExecution"}) {
     EXPECT_TRUE(p->durationMs.contains(k)) << k;
   }
   ASSERT_EQ(p->sources.size(), 1u);

@@ -57,6 +57,11 @@ struct QueryMetrics::Impl {
       .Name("dataflow_batch_duration_seconds").Help("Trigger execution time per batch").Register(*registry);
   prometheus::Family<prometheus::Histogram>& commitSeconds = prometheus::BuildHistogram()
       .Name("dataflow_checkpoint_commit_seconds").Help("Time to write the commit log per batch").Register(*registry);
+  prometheus::Family<prometheus::Histogram>& phaseSeconds = prometheus::BuildHistogram()
+      .Name("dataflow_batch_phase_seconds")
+      .Help("Where a batch's time goes, by phase: the progress record's durationMs (latestOffset, walCommit, read, "
+            "process, addBatch and the sink's own phases such as stage, merge, commit; commitOffsets, triggerExecution)")
+      .Register(*registry);
   prometheus::Family<prometheus::Gauge>& behind = prometheus::BuildGauge()
       .Name("dataflow_offsets_behind_latest").Help("Records not yet processed (min, max, avg over partitions)").Register(*registry);
   prometheus::Family<prometheus::Gauge>& partitionBehind = prometheus::BuildGauge()
@@ -133,6 +138,9 @@ void QueryMetrics::onQueryProgress(const QueryProgress& p) {
   impl_->lastBatch.Add(query).Set(static_cast<double>(p.batchId));
   if (auto it = p.durationMs.find("triggerExecution"); it != p.durationMs.end()) {
     impl_->batchSeconds.Add(query, Impl::buckets()).Observe(it->second / 1000.0);
+  }
+  for (const auto& [phase, ms] : p.durationMs) {
+    impl_->phaseSeconds.Add({{"query", impl_->name}, {"phase", phase}}, Impl::buckets()).Observe(ms / 1000.0);
   }
   if (auto it = p.durationMs.find("commitOffsets"); it != p.durationMs.end()) {
     impl_->commitSeconds.Add(query, Impl::buckets()).Observe(it->second / 1000.0);

@@ -180,6 +180,7 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   }
   if (newest.empty() && accumulated == 0) return 0;
 
+  const auto staging = std::chrono::steady_clock::now();
   const std::string target = quoteTable(conn_, o.table);
   const std::string stage = conn_.quoteIdentifier(stagingName(o.table));
   const std::string keyList = joinQuoted(conn_, o.keyColumns);
@@ -230,7 +231,13 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     conn_.exec("UPDATE " + stage + " s SET " + set + " FROM " + target + " t WHERE s.__dataflow_keep <> 0" + match);
   }
 
-  if (!o.accumulateColumns.empty()) return accumulateStaged(table, target, stage);
+  addPhase("stage", staging);
+  const auto merging = std::chrono::steady_clock::now();
+  if (!o.accumulateColumns.empty()) {
+    int64_t n = accumulateStaged(table, target, stage);
+    addPhase("merge", merging);
+    return n;
+  }
 
   std::string insertColumns = stageColumns;
   std::string select = stageColumns;
@@ -268,7 +275,14 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   auto result = conn_.exec("INSERT INTO " + target + " AS t (" + insertColumns + ") SELECT " + select + " FROM " + stage +
                            where + " ON CONFLICT (" + keyList + ") DO UPDATE SET " + update + " WHERE t." + version +
                            " < EXCLUDED." + version);
+  addPhase("merge", merging);
   return result.affected() + deleted;
+}
+
+void WarehouseTransaction::addPhase(const char* name, std::chrono::steady_clock::time_point since) {
+  if (!phasesMicros_) return;
+  (*phasesMicros_)[name] +=
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since).count();
 }
 
 // The staged partial rows, summed per key, added to the stored ones.
@@ -305,6 +319,7 @@ int64_t WarehouseTransaction::deadLetters(std::span<const DeadLetter> letters, c
                           "error_message, query_name, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
                           "ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING";
   const std::vector<bool> binary{false, false, false, true, true, false, false, false, false};
+  const auto started = std::chrono::steady_clock::now();
   int64_t inserted = 0;
   for (const DeadLetter& d : letters) {
     auto r = conn_.execParamsBinary(
@@ -316,6 +331,7 @@ int64_t WarehouseTransaction::deadLetters(std::span<const DeadLetter> letters, c
         binary);
     inserted += r.affected();
   }
+  addPhase("deadLetters", started);
   return inserted;
 }
 
@@ -332,11 +348,13 @@ void Warehouse::writeBatch(const BatchInfo& info, const std::function<void(Wareh
   }
   try {
     conn_->exec("BEGIN");
-    WarehouseTransaction tx(*conn_);
+    WarehouseTransaction tx(*conn_, info.sinkPhasesMicros);
     tx.table_ = quoteTable(*conn_, options_.deadLetterTable);
     body(tx);
+    auto committing = std::chrono::steady_clock::now();
     if (store_) store_->commitWithin(*conn_, info);
     conn_->exec("COMMIT");
+    tx.addPhase("commit", committing);
   } catch (...) {
     if (conn_->isOpen()) {
       try {

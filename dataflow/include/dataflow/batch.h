@@ -101,6 +101,10 @@ struct BatchInfo {
   // The state changes of stateful operators in this batch (null without any), for a store that
   // writes them in the sink's own transaction. Valid during the sink's addBatch.
   const StateChanges* stateChanges = nullptr;
+  // Where the time of a batch goes inside the sink: a sink may add the microseconds of its own
+  // phases here (e.g. "stage", "merge", "commit"); they join the progress record's durationMs, in
+  // ms. Null outside addBatch.
+  std::map<std::string, int64_t>* sinkPhasesMicros = nullptr;
 };
 
 }  // namespace dataflow

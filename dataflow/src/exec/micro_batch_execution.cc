@@ -441,7 +441,9 @@ void MicroBatchExecution::startSpeculation(const OffsetLogEntry& current, int64_
   ExecContext* ctx = spec.ctx.get();
   spec.prepared = std::async(std::launch::async, [this, ctx] {
     std::unique_ptr<RootOperator::Prepared> out;
+    auto started = Clock::now();
     session_->arena.execute([&] { out = plan_.root->prepare(*ctx); });
+    ctx->prepareMicros = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count();
     return out;
   });
   speculation_ = std::move(spec);
@@ -539,6 +541,7 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
 
   auto t = Clock::now();
   RootOperator::Result result;
+  std::map<std::string, int64_t> sinkPhases;
   try {  // scale-out: a commit refused for lost partitions abandons the batch
     auto backoff = options_.initialBackoff;
     bool overlapped = false;
@@ -548,7 +551,10 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
           for (size_t i = 0; i < plan_.sources.size(); ++i) ctx.inputRows[i].store(0);
           for (auto& e : ctx.eventTime) e = EventTimeStats{};
           if (partitionWatermarks_) partitionWatermarks_->beginBatch();
+          ctx.readMicros.store(0);
+          auto started = Clock::now();
           session_->arena.execute([&] { prepared = plan_.root->prepare(ctx); });
+          ctx.prepareMicros = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started).count();
         }
         if (!stateCollected) {
           stateCollected = true;
@@ -570,7 +576,10 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
           startSpeculation(entry, ctx.info.nextBatchWatermarkMs);
         }
         // A retriable failure of the sink hands it the same prepared batch again.
+        sinkPhases.clear();
+        ctx.info.sinkPhasesMicros = &sinkPhases;
         result = plan_.root->deliver(*prepared, ctx);
+        ctx.info.sinkPhasesMicros = nullptr;
         break;
       } catch (const ConnectorError& e) {
         if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
@@ -582,6 +591,10 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
       }
     }
     durations["addBatch"] = elapsedMs(t);
+    // Where the time went (a batch prepared ahead did its reading during the previous write).
+    durations["read"] = ctx.readMicros.load() / 1000;
+    durations["process"] = std::max<int64_t>(0, ctx.prepareMicros - ctx.readMicros.load()) / 1000;
+    for (const auto& [phase, micros] : sinkPhases) durations[phase] += micros / 1000;
 
     t = Clock::now();
     for (int attempt = 1;; ++attempt) {

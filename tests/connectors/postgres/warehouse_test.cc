@@ -85,6 +85,22 @@ TEST_F(WarehouseTest, InsertUpdateAndSoftDelete) {
   EXPECT_EQ(seen.value(0, 0), "t") << "first_seen_at is kept, last_seen_at refreshed";
 }
 
+TEST_F(WarehouseTest, TheBatchReportsWhereItsTimeWent) {
+  Warehouse w({.connection = configFor(url_)});
+  UpsertTable table(kCustomers);
+  std::map<std::string, int64_t> phases;
+  BatchInfo i = info(0);
+  i.sinkPhasesMicros = &phases;
+  w.writeBatch(i, [&](WarehouseTransaction& tx) {
+    tx.upsert(table, std::vector<UpsertRow>{row(1, "a@x", "US", 100)});
+    tx.deadLetters(std::vector<DeadLetter>{{.topic = "t", .offset = 1, .key = "", .payload = "x", .errorKind = "k", .errorMessage = "m"}}, i);
+  });
+  for (const char* phase : {"stage", "merge", "deadLetters", "commit"}) {
+    ASSERT_TRUE(phases.contains(phase)) << phase;
+    EXPECT_GT(phases[phase], 0) << phase;
+  }
+}
+
 TEST_F(WarehouseTest, HardDeletesRemoveRowsUnderTheVersionGuard) {
   Warehouse w({.connection = configFor(url_)});
   UpsertTableOptions options = kCustomers;

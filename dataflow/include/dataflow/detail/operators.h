@@ -9,6 +9,7 @@
 #include <oneapi/tbb/parallel_invoke.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -35,6 +36,10 @@ struct PartitionRange {
 struct ExecContext {
   std::vector<std::vector<PartitionRange>> ranges;  // by source index
   std::unique_ptr<std::atomic<int64_t>[]> inputRows;  // by source index
+  // Where the time of preparing the batch went: reading the sources (wall time of the scans) and
+  // preparing it as a whole (read, parse and every operator up to the sink).
+  std::atomic<int64_t> readMicros{0};
+  int64_t prepareMicros = 0;
   size_t chunkSize = 16384;
   BatchInfo info;
   // The event times each watermark operator read (by its index). The batch's watermark is
@@ -95,6 +100,7 @@ class ScanOperator final : public BatchOperator<T> {
 
   void produce(ExecContext& ctx, Batch<T>& out) override {
     const auto& ranges = ctx.ranges[index_];
+    const auto started = std::chrono::steady_clock::now();
     auto& parts = out.partitions();
     size_t first = parts.size();
     parts.resize(first + ranges.size());
@@ -105,6 +111,9 @@ class ScanOperator final : public BatchOperator<T> {
       if (source_->offsetsCountRecords()) part.rows.reserve(static_cast<size_t>(r.until - r.from));
       source_->read(r.partition, r.from, r.until, part.rows);
     });
+    ctx.readMicros.fetch_add(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count(),
+        std::memory_order_relaxed);
     int64_t n = 0;
     for (size_t i = first; i < parts.size(); ++i) n += static_cast<int64_t>(parts[i].rows.size());
     ctx.inputRows[index_].fetch_add(n, std::memory_order_relaxed);

@@ -13,8 +13,10 @@
 //   })
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -107,9 +109,13 @@ class WarehouseTransaction {
 
  private:
   friend class Warehouse;
-  explicit WarehouseTransaction(Connection& conn) : conn_(conn) {}
+  WarehouseTransaction(Connection& conn, std::map<std::string, int64_t>* phasesMicros)
+      : conn_(conn), phasesMicros_(phasesMicros) {}
   int64_t accumulateStaged(const UpsertTable& table, const std::string& target, const std::string& stage);
+  // Adds the time since `since` to phase `name` of the batch (BatchInfo::sinkPhasesMicros).
+  void addPhase(const char* name, std::chrono::steady_clock::time_point since);
   Connection& conn_;
+  std::map<std::string, int64_t>* phasesMicros_;  // null: not measured
   std::string table_;  // the quoted dead-letter table
 };
 
