@@ -91,6 +91,12 @@ void readTuple(Reader& r, std::vector<Value>& out) {
 }
 
 // Saturates: PostgreSQL's infinite timestamps are INT64_MIN/MAX, and a corrupt one must not overflow.
+// The new tuple of an Insert or Update, after its 'N' marker (already read into `marker`).
+void readNewTuple(Reader& r, uint8_t marker, std::vector<Value>& out) {
+  if (marker != 'N') r.fail("new tuple marker", "is not 'N'");
+  readTuple(r, out);
+}
+
 int64_t unixMicros(int64_t postgresMicros) {
   int64_t out;
   if (__builtin_add_overflow(postgresMicros, kPostgresEpochOffsetMicros, &out)) return std::numeric_limits<int64_t>::max();
@@ -199,9 +205,7 @@ void decodeMessage(std::string_view bytes, Message& out) {
       out.relationOid = r.u32("relation oid");
       out.oldKind = 0;
       out.oldTuple.clear();
-      uint8_t marker = r.u8("new tuple marker");
-      if (marker != 'N') r.fail("new tuple marker", "is not 'N'");
-      readTuple(r, out.newTuple);
+      readNewTuple(r, r.u8("new tuple marker"), out.newTuple);
       break;
     }
     case Message::Type::kUpdate: {
@@ -214,8 +218,7 @@ void decodeMessage(std::string_view bytes, Message& out) {
         readTuple(r, out.oldTuple);
         marker = r.u8("new tuple marker");
       }
-      if (marker != 'N') r.fail("new tuple marker", "is not 'N'");
-      readTuple(r, out.newTuple);
+      readNewTuple(r, marker, out.newTuple);
       break;
     }
     case Message::Type::kDelete: {

@@ -128,9 +128,7 @@ struct ReplicationSource::Impl {
 
   // Driver thread.
   std::optional<Connection> control;
-  bool started = false;
-  uint64_t startLsn = 0;          // where streaming starts: the committed position
-  uint64_t serverLsnAtStart = 0;  // the server's flush position when the query started
+  uint64_t startLsn = 0;  // where streaming starts: the committed position
   Clock::time_point lastIdleAdvance = Clock::now();
 
   // Interned topic names: records keep string_views into them.
@@ -280,14 +278,13 @@ struct ReplicationSource::Impl {
 
   void startStreaming(uint64_t from) {
     startLsn = from;
-    serverLsnAtStart = parseLsn(control->exec("SELECT pg_current_wal_flush_lsn()::text").value(0, 0));
+    uint64_t serverPosition = parseLsn(control->exec("SELECT pg_current_wal_flush_lsn()::text").value(0, 0));
     {
       std::lock_guard lock(mu);
       dataFrontier = keepaliveFrontier = confirmed = from;
       skipBefore = from + 1;
-      catchUpLsn = serverLsnAtStart;
+      catchUpLsn = serverPosition;
     }
-    started = true;
     thread = std::thread([this] { streamLoop(); });
   }
 
@@ -403,7 +400,8 @@ struct ReplicationSource::Impl {
   }
 
   TableShape shapeOf(const Result& r, const std::string& schema, const std::string& name) {
-    TableShape shape{schema, name, options.topicPrefix + "." + schema + "." + name, {}};
+    TableShape shape{schema, name, options.topicPrefix + "." + schema + "." + name, {}, {}};
+    shape.internedTopic = intern(shape.topic);
     auto keys = snapshotConn->execParams(
         "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
         "WHERE i.indrelid = $1::regclass AND (i.indisprimary OR i.indisreplident)",
@@ -421,8 +419,9 @@ struct ReplicationSource::Impl {
     return shape;
   }
 
-  // Fetches the next rows of the snapshot into snapshotRows; false when every table is done.
-  bool fetchSnapshot() {
+  // Fetches the next rows of the snapshot into snapshotRows; sets snapshotExhausted when every
+  // table is done.
+  void fetchSnapshot() {
     while (snapshotTable < tables.size()) {
       const auto& [schema, name] = tables[snapshotTable];
       Connection& c = *snapshotConn;
@@ -440,7 +439,6 @@ struct ReplicationSource::Impl {
         continue;
       }
       if (snapshotShape.columns.empty()) snapshotShape = shapeOf(r, schema, name);
-      std::string_view topic = intern(snapshotShape.topic);
       detail::EventSource source{options.topicPrefix, database, snapshotStartedMs, 0, snapshotVersion, snapshotVersion, "true",
                                  snapshotStartedMs};
       detail::Tuple tuple(r.columns());
@@ -450,7 +448,7 @@ struct ReplicationSource::Impl {
                                           : pgoutput::Value{pgoutput::Value::Kind::kText, r.value(row, col)};
         }
         LogRecord rec;
-        rec.topic = topic;
+        rec.topic = snapshotShape.internedTopic;
         rec.partition = -1;  // snapshot rows: offset is the row's ordinal in the snapshot
         rec.offset = snapshotBase + static_cast<int64_t>(snapshotRows.size());
         rec.timestamp = snapshotStartedMs;
@@ -461,14 +459,13 @@ struct ReplicationSource::Impl {
         rec.hasValue = true;
         snapshotRows.push_back(std::move(rec));
       }
-      return true;
+      return;
     }
     if (snapshotConn) {
       snapshotConn->exec("COMMIT");
       snapshotConn.reset();
     }
     snapshotExhausted = true;
-    return false;
   }
 
   // Drops the snapshot's transaction and the rows not committed: they are read again, in a new
@@ -601,11 +598,6 @@ struct ReplicationSource::Impl {
       bool sendNow = false;
       {
         std::unique_lock lock(mu);
-        if (stopping) {
-          lock.unlock();
-          finish(repl);
-          return;
-        }
         // Only between transactions: a transaction is held whole, however large.
         while (!stopping && !open && bufferedBytes > options.maxBufferedBytes && !confirmPending &&
                Clock::now() < nextStatus) {
@@ -827,6 +819,22 @@ struct ReplicationSource::Impl {
     if (fatal) std::rethrow_exception(fatal);
   }
 
+  // Waits (under mu) until `ready`, at most readTimeout; then fails retriably saying what it
+  // waited for and the stream's last error.
+  template <class Ready>
+  void awaitStream(std::unique_lock<std::mutex>& lock, Ready ready, const std::string& waitingFor) {
+    auto deadline = Clock::now() + options.readTimeout;
+    while (!ready()) {
+      throwIfFatal();
+      if (changed.wait_until(lock, deadline) == std::cv_status::timeout) {
+        throw ConnectorError("postgres source: slot " + options.slotName + ": " + waitingFor + " (waited " +
+                                 std::to_string(options.readTimeout.count()) + " ms)" +
+                                 (lastStreamError.empty() ? "" : "; last error: " + lastStreamError),
+                             true);
+      }
+    }
+  }
+
   // The stream's position a batch may end at now (under mu): everything received, and, while
   // idle, the server's position from keepalives, every idleAdvanceInterval or when the batch must
   // reach it (the server's position when the query started).
@@ -907,16 +915,8 @@ Offsets ReplicationSource::batchEnd(const Offsets& start, const Offsets& availab
     auto mustReach = static_cast<uint64_t>(target - 1);
     // Changes the server has but this process has not received yet (at start, or after a
     // restart): wait for some, so that an available-now run does not end before them.
-    auto deadline = Clock::now() + m.options.readTimeout;
-    while (static_cast<int64_t>(m.usableFrontier(mustReach)) + 1 <= from) {
-      m.throwIfFatal();
-      if (m.changed.wait_until(lock, deadline) == std::cv_status::timeout) {
-        throw ConnectorError("postgres source: no change from slot " + m.options.slotName + " within " +
-                                 std::to_string(m.options.readTimeout.count()) + " ms although the server is at " +
-                                 formatLsn(mustReach) + (m.lastStreamError.empty() ? "" : "; last error: " + m.lastStreamError),
-                             true);
-      }
-    }
+    m.awaitStream(lock, [&] { return static_cast<int64_t>(m.usableFrontier(mustReach)) + 1 > from; },
+                  "no change arrived although the server is at " + formatLsn(mustReach));
     int64_t cut = from;
     bool stopped = false;
     for (const Transaction& tx : m.transactions) {
@@ -961,16 +961,16 @@ void ReplicationSource::read(const PartitionId& partition, int64_t from, int64_t
     if (from >= kSnapshotComplete) return;
     int64_t last = until >= kSnapshotComplete ? from : until;  // the jump carries no rows
     if (last <= from) return;
+    if (from < m.snapshotHandedOut) {
+      // A retried batch: its rows moved into the failed attempt. Read them again, in a new snapshot.
+      m.resetSnapshot();
+      throw ConnectorError("postgres source: snapshot rows from " + std::to_string(from) + " are read again", true);
+    }
     int64_t rows = m.snapshotRowsFrom(from, last - from);
     if (rows < last - from) {
       throw ConnectorError("postgres source: the snapshot of slot " + m.options.slotName + " has only " +
                                std::to_string(from + rows) + " rows, the batch needs " + std::to_string(last),
                            true);
-    }
-    if (from < m.snapshotHandedOut) {
-      // A retried batch: its rows moved into the failed attempt. Read them again, in a new snapshot.
-      m.resetSnapshot();
-      throw ConnectorError("postgres source: snapshot rows from " + std::to_string(from) + " are read again", true);
     }
     for (int64_t i = from; i < last; ++i) out.push_back(std::move(m.snapshotRows[static_cast<size_t>(i - m.snapshotBase)]));
     m.snapshotHandedOut = last;
@@ -979,17 +979,8 @@ void ReplicationSource::read(const PartitionId& partition, int64_t from, int64_t
   if (partition != m.stream) throw InternalError("postgres source: unknown partition " + partition.toString());
   std::unique_lock lock(m.mu);
   // After a restart the planned range is received again: wait for it.
-  auto deadline = Clock::now() + m.options.readTimeout;
-  while (static_cast<int64_t>(std::max(m.dataFrontier, m.keepaliveFrontier)) + 1 < until) {
-    m.throwIfFatal();
-    if (m.changed.wait_until(lock, deadline) == std::cv_status::timeout) {
-      throw ConnectorError("postgres source: slot " + m.options.slotName + " did not send the changes up to " +
-                               formatLsn(static_cast<uint64_t>(until - 1)) + " within " +
-                               std::to_string(m.options.readTimeout.count()) + " ms" +
-                               (m.lastStreamError.empty() ? "" : "; last error: " + m.lastStreamError),
-                           true);
-    }
-  }
+  m.awaitStream(lock, [&] { return static_cast<int64_t>(std::max(m.dataFrontier, m.keepaliveFrontier)) + 1 >= until; },
+                "the changes up to " + formatLsn(static_cast<uint64_t>(until - 1)) + " did not arrive");
   for (const Transaction& tx : m.transactions) {
     auto offset = static_cast<int64_t>(tx.endLsn);
     if (offset < from) continue;
