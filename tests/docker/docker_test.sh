@@ -64,7 +64,7 @@ wait_jobs_running
 # The pipeline under load: the simulator in its own container; the warehouse follows.
 simulate 600 11 > "$LOG/sim1.log" 2>&1 || { tail -n 5 "$LOG/sim1.log" >&2; fail "the simulator failed"; }
 verify 120
-docker exec etl_runner dataflow logs stream_orders | grep -q "batch" || fail "dataflow logs shows no batch"
+grep -q "batch" <<< "$(docker exec etl_runner dataflow logs stream_orders)" || fail "dataflow logs shows no batch"
 
 # A job of the user's own: built against the SDK image, copied in, submitted.
 "${compose[@]}" --profile sdk run --rm --no-deps -v "$ROOT/examples/external_job:/job:ro" -v "$LOG:/out" sdk -c \
@@ -74,7 +74,7 @@ docker cp "$LOG/word_lengths" etl_runner:/var/lib/dataflow/word_lengths
 docker exec etl_runner dataflow submit /var/lib/dataflow/word_lengths > /dev/null
 for _ in $(seq 1 100); do docker exec etl_runner dataflow list | grep -Eq "^word_lengths +finished" && break; sleep 0.2; done
 docker exec etl_runner dataflow list | grep -Eq "^word_lengths +finished" || fail "the user's job did not finish"
-docker exec etl_runner dataflow logs word_lengths | grep -q "batch 0: 3 words, 17 letters" || fail "the user's job did not run its batch"
+grep -q "batch 0: 3 words, 17 letters" <<< "$(docker exec etl_runner dataflow logs word_lengths)" || fail "the user's job did not run its batch"
 
 # docker stop: every job commits its batch, the container exits 0 within the stop timeout.
 simulate 300 12 > "$LOG/sim2.log" 2>&1 &
@@ -113,7 +113,7 @@ workers=$("${compose[@]}" --profile scale-out ps -q orders-worker | wc -l)
 for _ in $(seq 1 300); do  # the group settles with a partition for every worker
   owners=0
   for c in $("${compose[@]}" --profile scale-out ps -q orders-worker); do
-    docker logs "$c" 2>&1 | grep -q "partitions assigned" && owners=$((owners + 1))
+    grep -q "partitions assigned" <<< "$(docker logs "$c" 2>&1)" && owners=$((owners + 1))
   done
   ((owners == 3)) && break
   sleep 0.2

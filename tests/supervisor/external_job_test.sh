@@ -20,5 +20,5 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 "$work/prefix/bin/dataflow" list
-"$work/prefix/bin/dataflow" logs word_lengths | grep -q "batch 0: 3 words, 17 letters" || { echo "FAIL: job output"; exit 1; }
+grep -q "batch 0: 3 words, 17 letters" <<< "$("$work/prefix/bin/dataflow" logs word_lengths)" || { echo "FAIL: job output"; exit 1; }
 echo "external job: ok"

@@ -22,7 +22,7 @@ out=$("$DATAFLOW" submit no_such_job 2>&1) && fail "an unknown job must be refus
 [[ "$out" == *"no job program"* ]] || fail "message: $out"
 "$DATAFLOW" list | grep -Eq "^fake_job.sh +running" || fail "list"
 sleep 0.5
-"$DATAFLOW" logs fake_job.sh | grep -q "batch 2" || fail "logs"
+grep -q "batch 2" <<< "$("$DATAFLOW" logs fake_job.sh)" || fail "logs"
 
 "$DATAFLOW" stop fake_job.sh | grep -q "stopped fake_job.sh" || fail "stop"
 "$DATAFLOW" logs fake_job.sh | tail -n 1 | grep -q "committed batch" || fail "stop was not graceful"
