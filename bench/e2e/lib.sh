@@ -45,20 +45,26 @@ peak_rss_until_exit() {
   echo "$rss"
 }
 
-# generate_events N FILE: N Debezium order events ("key<TAB>value" lines), made from a captured
-# event with the order id, amount and LSN varied.
+# generate_events N FILE [KEYS] [SHAPE]: N Debezium order events ("key<TAB>value" lines), made
+# from a captured event with the order id, amount and LSN varied. KEYS (default N) distinct order
+# ids: with fewer, event i changes order (i - 1) % KEYS + 1, so most events update a row written
+# before (an update-heavy stream). SHAPE: plain (default, ~620 B; amount i % 100000 . i % 90 + 10)
+# or schema (the converter's schemas on, ~3.8 KB; the amount is the captured event's: with
+# schemas a decimal is base64 bytes).
 generate_events() {
   local template
-  template=$(jq -r '.payload' tests/data/debezium/plain-orders.jsonl | sed -n 2p)
-  T="$template" awk -v n="$1" 'BEGIN {
+  template=$(jq -r '.payload' "tests/data/debezium/${4:-plain}-orders.jsonl" | sed -n 2p)
+  T="$template" awk -v n="$1" -v keys="${3:-$1}" 'BEGIN {
     t = ENVIRON["T"];  # not -v: awk would process the backslash escapes of the JSON
     # Mark the varied fields once, then print the pieces: no regex per event.
     sub(/"after":\{"id":[0-9]+/, "\"after\":{\"id\":\001", t);
-    sub(/"amount":"[0-9.]+"/, "\"amount\":\"\001\"", t);
+    varyAmount = sub(/"amount":"[0-9.]+"/, "\"amount\":\"\001\"", t);
     sub(/"lsn":[0-9]+/, "\"lsn\":\001", t);
     split(t, p, "\001");
     for (i = 1; i <= n; i++) {
-      printf "{\"id\":%d}\t%s%d%s%d.%02d%s%d%s\n", i, p[1], i, p[2], i % 100000, i % 90 + 10, p[3], 1000000 + i, p[4];
+      id = (i - 1) % keys + 1;
+      if (varyAmount) printf "{\"id\":%d}\t%s%d%s%d.%02d%s%d%s\n", id, p[1], id, p[2], i % 100000, i % 90 + 10, p[3], 1000000 + i, p[4];
+      else printf "{\"id\":%d}\t%s%d%s%d%s\n", id, p[1], id, p[2], 1000000 + i, p[3];
     }
   }' > "$2"
 }

@@ -3,6 +3,7 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <charconv>
 
 #include "dataflow/error.h"
@@ -88,6 +89,25 @@ Offsets Offsets::fromJson(std::string_view json) {
     }
   }
   return out;
+}
+
+void RecordSizeEstimate::observe(int64_t records, int64_t bytes) {
+  if (records <= 0) return;
+  std::lock_guard lock(mu_);
+  // Halve the history per read: the last few reads decide.
+  records_ = records_ / 2 + static_cast<double>(records);
+  bytes_ = bytes_ / 2 + static_cast<double>(bytes);
+  last_ = static_cast<double>(bytes) / static_cast<double>(records);
+}
+
+double RecordSizeEstimate::bytesPerRecord() const {
+  std::lock_guard lock(mu_);
+  if (records_ <= 0) return kAssumedRecordBytes;
+  return std::max({1.0, last_, bytes_ / records_});
+}
+
+int64_t RecordSizeEstimate::recordsWithin(int64_t budgetBytes) const {
+  return std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(budgetBytes) / bytesPerRecord()));
 }
 
 }  // namespace dataflow

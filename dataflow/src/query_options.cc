@@ -37,6 +37,9 @@ void QueryOptions::set(const std::string& key, const std::string& value) {
       throw ConfigurationError("option 'overlapBatches': expected true or false, got '" + value + "'");
     }
     overlapBatches = value == "true";
+  } else if (key == "rampUpBatches") {
+    rampUpBatches = static_cast<int>(parsePositive(key, value, 0));
+    if (rampUpBatches > 16) throw ConfigurationError("option 'rampUpBatches': expected at most 16, got '" + value + "'");
   } else if (key == "outputMode") {
     if (value == "append") {
       outputMode = OutputMode::kAppend;
@@ -63,7 +66,7 @@ void QueryOptions::set(const std::string& key, const std::string& value) {
   } else {
     throw ConfigurationError("unknown query option '" + key +
                              "' (known: queryName, retry.maxAttempts, retry.initialBackoffMs, "
-                             "retry.maxBackoffMs, idlePollIntervalMs, progress.retained, overlapBatches, outputMode, "
+                             "retry.maxBackoffMs, idlePollIntervalMs, progress.retained, overlapBatches, rampUpBatches, outputMode, "
                              "lateRecords, state.minDeltasForSnapshot, state.minVersionsToRetain, "
                              "state.cachedKeysPerPartition)");
   }

@@ -60,6 +60,10 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
       ->envname("STARTING_OFFSETS")->default_val("earliest");
   app.add_option("--max-offsets-per-trigger", c.maxOffsetsPerTrigger, "Records per batch at most (0: unlimited)")
       ->envname("MAX_OFFSETS_PER_TRIGGER")->default_val(30000)->check(kNonNegative);
+  app.add_option("--max-bytes-per-trigger", c.maxBytesPerTrigger,
+                 "Bytes of Kafka keys and values per batch at most, at the size of the records read lately (0: "
+                 "unlimited); bounds the job's memory whatever the events' size")
+      ->envname("MAX_BYTES_PER_TRIGGER")->default_val(8 << 20)->check(kNonNegative);
   app.add_option("--trigger-interval-ms", c.triggerIntervalMs, "Batch interval (0: next batch as soon as possible)")
       ->envname("TRIGGER_INTERVAL_MS")->default_val(0)->check(kNonNegative);
   app.add_option("--checkpoint-dir", c.checkpointDir,
@@ -71,6 +75,10 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
   app.add_option("--overlap-batches", c.overlapBatches,
                  "Read and parse the next batch while the warehouse writes the current one (more memory)")
       ->envname("OVERLAP_BATCHES")->default_val(true);
+  app.add_option("--ramp-up-batches", c.rampUpBatches,
+                 "The first N batches of a run take 1/2^N, ..., 1/2 of --max-offsets-per-trigger: a backlog's "
+                 "first rows commit sooner and reading overlaps writing from the start (0: off)")
+      ->envname("RAMP_UP_BATCHES")->default_val(3)->check(CLI::Range(0, 16));
   app.add_flag("--available-now", c.availableNow, "Process what is in the topics now, then exit (a backfill run)");
   app.add_option("--kafka-lag-group", c.commitOffsetsToGroup, "Commit processed offsets to this consumer group (lag tools)")
       ->envname("KAFKA_LAG_GROUP");
@@ -166,6 +174,7 @@ dataflow::kafka::KafkaSourceOptions kafkaSourceOptions(const JobConfig& c) {
   else o.subscribePattern = c.topicPattern;
   o.startingOffsets = c.startingOffsets;
   o.maxOffsetsPerTrigger = c.maxOffsetsPerTrigger;
+  o.maxBytesPerTrigger = c.maxBytesPerTrigger;
   o.commitOffsetsToGroup = c.commitOffsetsToGroup;
   o.consumerGroup = c.consumerGroup;
   o.kafka = c.kafkaOptions;
@@ -297,7 +306,7 @@ class BatchLogger final : public dataflow::QueryListener {
     int64_t skipped = tombstones.exchange(0);
     // Where the time went: the phases of the batch, in the order they run.
     std::string phases;
-    for (const char* phase : {"read", "process", "stage", "merge", "deadLetters", "commit"}) {
+    for (const char* phase : {"read", "process", "copy", "stage", "merge", "deadLetters", "commit"}) {
       if (auto it = p.durationMs.find(phase); it != p.durationMs.end()) {
         phases += std::string(phases.empty() ? "" : " ") + phase + "=" + std::to_string(it->second);
       }

@@ -48,11 +48,13 @@ struct JobConfig {
   std::string topicPattern;
   std::string startingOffsets;            // STARTING_OFFSETS, default earliest (backfill)
   int64_t maxOffsetsPerTrigger = 0;       // MAX_OFFSETS_PER_TRIGGER, default 30000 (measured: bench/README.md)
+  int64_t maxBytesPerTrigger = 0;         // MAX_BYTES_PER_TRIGGER, default 8 MiB (the memory budget: README)
   int64_t triggerIntervalMs = 0;          // TRIGGER_INTERVAL_MS, default 0 (as soon as possible)
   std::string checkpointDir;              // CHECKPOINT_DIR; empty: the PostgreSQL store
   std::string pgUrl;                      // PG_URL (else PG_HOST, PG_PORT, PG_DB, PG_USER, PG_PASSWORD[_FILE])
   int workers = 0;                        // WORKERS, default 0 = one per core
   bool overlapBatches = true;             // OVERLAP_BATCHES: read the next batch while one is written
+  int rampUpBatches = 3;                  // RAMP_UP_BATCHES: the first ones of a run are smaller
   bool availableNow = false;              // --available-now: drain what exists, then exit
   std::string commitOffsetsToGroup;       // KAFKA_LAG_GROUP: expose lag to a consumer group
   std::string consumerGroup;              // CONSUMER_GROUP: scale out; processes of the job share the partitions
@@ -160,6 +162,7 @@ struct Job {
     w.queryName(config.queryName)
         .trigger(trigger(config))
         .overlapBatches(config.overlapBatches)
+        .rampUpBatches(config.rampUpBatches)
         .checkpoint(warehouse.checkpoint)
         .addListener(batchLogger())
         .addListener(monitoring.metrics);

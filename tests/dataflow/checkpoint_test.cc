@@ -151,5 +151,23 @@ TEST(Offsets, SparkJsonRoundTripAndDistance) {
   EXPECT_THROW(Offsets::fromJson(R"({"t":{"0":"1"}})"), CheckpointError);
 }
 
+// A byte budget becomes a record limit at the recent record size: assumed before any read,
+// following a change of size within a few reads, never below one record.
+TEST(RecordSizeEstimate, TurnsABudgetIntoRecordsAtTheRecentSize) {
+  RecordSizeEstimate sizes;
+  EXPECT_EQ(sizes.recordsWithin(1 << 20), (1 << 20) / RecordSizeEstimate::kAssumedRecordBytes);
+  sizes.observe(1000, 500 * 1000);
+  EXPECT_EQ(sizes.recordsWithin(1 << 20), (1 << 20) / 500);
+  sizes.observe(1000, 4000 * 1000);  // the events grew (schemas on): the next batch shrinks at once
+  EXPECT_EQ(sizes.bytesPerRecord(), 4000);
+  EXPECT_EQ(sizes.recordsWithin(100), 1);
+  sizes.observe(0, 0);  // an empty read changes nothing
+  EXPECT_EQ(sizes.bytesPerRecord(), 4000);
+  sizes.observe(1000, 100 * 1000);  // they shrank: batches grow over a few reads
+  EXPECT_GT(sizes.bytesPerRecord(), 1000);
+  for (int i = 0; i < 12; ++i) sizes.observe(1000, 100 * 1000);
+  EXPECT_NEAR(sizes.bytesPerRecord(), 100, 5);
+}
+
 }  // namespace
 }  // namespace dataflow

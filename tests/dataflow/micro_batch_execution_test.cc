@@ -116,6 +116,35 @@ TEST(MicroBatchExecution, AvailableNowDrainsInRateLimitedBatchesThenStops) {
   EXPECT_FALSE(q.isActive());
 }
 
+// The first batches of a run with a backlog ramp up to the limit (1/8, 1/4, 1/2, then whole),
+// with and without overlapped batches; a restart ramps up again; the option is checked.
+TEST(MicroBatchExecution, RampUpBatchesStartSmallThenTakeTheLimit) {
+  for (bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlapped" : "one at a time");
+    Session session;
+    auto in = std::make_shared<MemoryStream<int>>("in", MemoryStreamOptions{.maxRecordsPerBatch = 80});
+    in->addData(range(0, 400));
+    auto sink = std::make_shared<MemorySink<int>>();
+    auto store = memoryCheckpoint();
+    auto run = [&] {
+      auto q = session.readStream(in).writeStream().trigger(Trigger::availableNow()).checkpoint(store)
+                   .rampUpBatches(3).overlapBatches(overlap).sink(sink).start();
+      q.awaitTermination();
+    };
+    run();
+    EXPECT_EQ(sink->batchSizes(), (std::vector<int64_t>{10, 20, 40, 80, 80, 80, 80, 10}));
+    in->addData(range(400, 600));
+    run();  // a new run of the same query: small again
+    auto sizes = sink->batchSizes();
+    EXPECT_EQ(std::vector<int64_t>(sizes.begin() + 8, sizes.end()), (std::vector<int64_t>{10, 20, 40, 80, 50}));
+  }
+  QueryOptions o;
+  o.set("rampUpBatches", "4");
+  EXPECT_EQ(o.rampUpBatches, 4);
+  EXPECT_THROW(o.set("rampUpBatches", "-1"), ConfigurationError);
+  EXPECT_THROW(o.set("rampUpBatches", "17"), ConfigurationError);
+}
+
 TEST(MicroBatchExecution, AvailableNowIgnoresDataArrivingAfterStart) {
   Session session;
   auto in = std::make_shared<MemoryStream<int>>("in", MemoryStreamOptions{.maxRecordsPerBatch = 1});

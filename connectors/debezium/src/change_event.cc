@@ -210,11 +210,35 @@ std::string Timestamp::toString() const {
   int64_t y;
   unsigned m, d;
   civilFromDays(days, y, m, d);
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%04lld-%02u-%02uT%02lld:%02lld:%02lld.%06lldZ", static_cast<long long>(y), m, d,
-                static_cast<long long>(rest / 3600000000LL), static_cast<long long>(rest / 60000000LL % 60),
-                static_cast<long long>(rest / 1000000 % 60), static_cast<long long>(rest % 1000000));
-  return buf;
+  if (y < 0 || y > 9999) {  // rare: the general (slower) formatter
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%04lld-%02u-%02uT%02lld:%02lld:%02lld.%06lldZ", static_cast<long long>(y), m, d,
+                  static_cast<long long>(rest / 3600000000LL), static_cast<long long>(rest / 60000000LL % 60),
+                  static_cast<long long>(rest / 1000000 % 60), static_cast<long long>(rest % 1000000));
+    return buf;
+  }
+  // Digits by hand: this runs for every timestamp of every change, where snprintf was a tenth of a
+  // drain's parse time.
+  std::string out(27, '0');
+  char* p = out.data();
+  auto put = [](char* at, int64_t value, int width) {
+    for (int i = width - 1; i >= 0; --i, value /= 10) at[i] = static_cast<char>('0' + value % 10);
+  };
+  put(p, y, 4);
+  p[4] = '-';
+  put(p + 5, m, 2);
+  p[7] = '-';
+  put(p + 8, d, 2);
+  p[10] = 'T';
+  put(p + 11, rest / 3600000000LL, 2);
+  p[13] = ':';
+  put(p + 14, rest / 60000000LL % 60, 2);
+  p[16] = ':';
+  put(p + 17, rest / 1000000 % 60, 2);
+  p[19] = '.';
+  put(p + 20, rest % 1000000, 6);
+  p[26] = 'Z';
+  return out;
 }
 
 std::string Date::toString() const {

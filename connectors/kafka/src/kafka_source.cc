@@ -88,6 +88,8 @@ void KafkaSourceOptions::set(const std::string& key, const std::string& value) {
     startingOffsets = value;
   } else if (key == "maxOffsetsPerTrigger") {
     maxOffsetsPerTrigger = parseInt(key, value, 1);
+  } else if (key == "maxBytesPerTrigger") {
+    maxBytesPerTrigger = parseInt(key, value, 1);
   } else if (key == "failOnDataLoss") {
     failOnDataLoss = parseBool(key, value);
   } else if (key == "includeHeaders") {
@@ -167,6 +169,7 @@ struct KafkaSource::Impl {
   std::set<std::string, std::less<>> topicNames;  // interned: KafkaRecord::topic points here
   std::vector<PartitionId> partitions;
   Clock::time_point lastDiscovery{};
+  RecordSizeEstimate recordSizes;  // of the records read, for maxBytesPerTrigger
 
   // Scale-out: the consumer-group member and what the group assigned it. Touched by the driver
   // thread only (the rebalance callback runs inside its polls), under assignmentMu for metrics.
@@ -503,13 +506,19 @@ void KafkaSource::onPartitionsFenced(const std::vector<PartitionId>& partitions)
 int64_t KafkaSource::startOfNewPartition(const PartitionId& partition) { return impl_->watermarks(partition).first; }
 
 std::optional<int64_t> KafkaSource::maxRecordsPerBatch() const {
-  if (impl_->options.maxOffsetsPerTrigger <= 0) return std::nullopt;
-  return impl_->options.maxOffsetsPerTrigger;
+  std::optional<int64_t> limit;
+  if (impl_->options.maxOffsetsPerTrigger > 0) limit = impl_->options.maxOffsetsPerTrigger;
+  if (impl_->options.maxBytesPerTrigger > 0) {
+    const int64_t fit = impl_->recordSizes.recordsWithin(impl_->options.maxBytesPerTrigger);
+    limit = limit ? std::min(*limit, fit) : fit;
+  }
+  return limit;
 }
 
 void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until, std::vector<KafkaRecord>& out) {
   Impl::Reader& r = impl_->reader(partition);
   std::lock_guard lock(r.mu);
+  const size_t first = out.size();
   std::string_view topic;
   {
     std::lock_guard g(impl_->mu);
@@ -616,6 +625,9 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
     expected = m->offset + 1;
   }
   r.next = until;
+  int64_t bytes = 0;
+  for (size_t i = first; i < out.size(); ++i) bytes += static_cast<int64_t>(out[i].key.size() + out[i].value.size());
+  impl_->recordSizes.observe(static_cast<int64_t>(out.size() - first), bytes);
 }
 
 void KafkaSource::onBatchCommitted(const Offsets& end) {

@@ -30,15 +30,17 @@ void appendCopyField(std::string& out, const std::optional<std::string>& v) {
     out += "\\N";
     return;
   }
-  for (char ch : *v) {
-    switch (ch) {
-      case '\\': out += "\\\\"; break;
-      case '\t': out += "\\t"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      default: out += ch;
-    }
+  // Runs of ordinary bytes are appended whole: most values need no escape at all.
+  const std::string& text = *v;
+  size_t from = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (ch != '\\' && ch != '\t' && ch != '\n' && ch != '\r') continue;
+    out.append(text, from, i - from);
+    out += ch == '\\' ? "\\\\" : ch == '\t' ? "\\t" : ch == '\n' ? "\\n" : "\\r";
+    from = i + 1;
   }
+  out.append(text, from, text.size() - from);
 }
 
 // Text columns must be valid UTF-8: invalid bytes in messages become '?'.
@@ -61,6 +63,57 @@ std::string validUtf8(std::string_view s) {
   }
   return out;
 }
+
+// The bits of UpsertRow::keepStored that name value columns (not keys).
+uint64_t valueColumnBits(size_t width, size_t keys) {
+  return (width >= 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1) & ~((uint64_t{1} << keys) - 1);
+}
+
+// One element of an array literal ("{...}"), quoted.
+void appendArrayElement(std::string& out, std::string_view v) {
+  if (out.size() > 1) out += ',';
+  out += '"';
+  for (char ch : v) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;
+  }
+  out += '"';
+}
+
+// The texts of one column of the rows as an array literal, for a parameter cast to `type[]`.
+std::string arrayLiteral(std::span<const UpsertRow* const> rows, size_t column) {
+  std::string out = "{";
+  for (const UpsertRow* r : rows) appendArrayElement(out, *r->values[column]);
+  out += '}';
+  return out;
+}
+
+// A COPY ... FROM STDIN in text form: rows are appended to buffer() and go to the server in
+// pieces of about a megabyte.
+class CopyIn {
+ public:
+  CopyIn(Connection& conn, const std::string& copySql) : conn_(conn) {
+    conn_.copyStart(copySql);
+    buffer_.reserve(kChunk + 4096);
+  }
+  std::string& buffer() { return buffer_; }
+  void endRow() {
+    buffer_ += '\n';
+    if (buffer_.size() > kChunk) {
+      conn_.copyData(buffer_);
+      buffer_.clear();
+    }
+  }
+  void finish() {
+    if (!buffer_.empty()) conn_.copyData(buffer_);
+    conn_.copyEnd();
+  }
+
+ private:
+  static constexpr size_t kChunk = (1 << 20) - 4096;
+  Connection& conn_;
+  std::string buffer_;
+};
 
 std::string stagingName(const std::string& table) {
   std::string out = "dataflow_stage_";
@@ -124,7 +177,7 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   newest.reserve(rows.size());
   std::vector<char> keep(rows.size(), 0);
   // Bits of UpsertRow::keepStored that name value columns (not keys).
-  const uint64_t valueBits = (width >= 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1) & ~((uint64_t{1} << keys) - 1);
+  const uint64_t valueBits = valueColumnBits(width, keys);
   std::unordered_map<size_t, UpsertRow> patched;  // newest changes completed from older ones
   bool anyKept = false;
   size_t accumulated = 0;  // rows of a table that accumulates: all of them are staged
@@ -179,9 +232,26 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     }
   }
   if (newest.empty() && accumulated == 0) return 0;
+  // The rows to write, in input order (a key's newest change, completed from older ones).
+  std::vector<const UpsertRow*> chosen;
+  chosen.reserve(newest.size() + accumulated);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (!keep[i]) continue;
+    auto patch = patched.find(i);
+    chosen.push_back(patch != patched.end() ? &patch->second : &rows[i]);
+  }
 
   const auto staging = std::chrono::steady_clock::now();
   const std::string target = quoteTable(conn_, o.table);
+  if (o.directInsert && o.accumulateColumns.empty()) {
+    if (auto now = noKeyStored(table, target, chosen)) {
+      int64_t written = 0;
+      if (copyDirect(table, target, chosen, *now, written)) {
+        addPhase("copy", staging);
+        return written;
+      }
+    }
+  }
   const std::string stage = conn_.quoteIdentifier(stagingName(o.table));
   const std::string keyList = joinQuoted(conn_, o.keyColumns);
   const std::string valueList = joinQuoted(conn_, o.valueColumns);
@@ -191,13 +261,10 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
              ", NULL::boolean AS __dataflow_deleted, NULL::bigint AS __dataflow_keep FROM " + target +
              " WITH NO DATA");
 
-  conn_.copyStart("COPY " + stage + " (" + stageColumns + ", __dataflow_deleted, __dataflow_keep) FROM STDIN");
-  std::string buffer;
-  buffer.reserve(1 << 20);
-  for (size_t i = 0; i < rows.size(); ++i) {
-    if (!keep[i]) continue;
-    auto patch = patched.find(i);
-    const UpsertRow& r = patch != patched.end() ? patch->second : rows[i];
+  CopyIn copy(conn_, "COPY " + stage + " (" + stageColumns + ", __dataflow_deleted, __dataflow_keep) FROM STDIN");
+  std::string& buffer = copy.buffer();
+  for (const UpsertRow* row : chosen) {
+    const UpsertRow& r = *row;
     const uint64_t kept = r.deleted ? 0 : r.keepStored & valueBits;
     anyKept |= kept != 0;
     for (size_t c = 0; c < r.values.size(); ++c) {
@@ -208,14 +275,9 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     buffer += std::to_string(r.version);
     buffer += r.deleted ? "\tt\t" : "\tf\t";
     buffer += std::to_string(static_cast<int64_t>(kept));
-    buffer += '\n';
-    if (buffer.size() > (1 << 20) - 4096) {
-      conn_.copyData(buffer);
-      buffer.clear();
-    }
+    copy.endRow();
   }
-  if (!buffer.empty()) conn_.copyData(buffer);
-  conn_.copyEnd();
+  copy.finish();
   if (anyKept) {
     // Columns a change did not send take the stored value, before the merge.
     std::string set, match;
@@ -279,6 +341,105 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   return result.affected() + deleted;
 }
 
+std::optional<std::string> WarehouseTransaction::noKeyStored(const UpsertTable& table, const std::string& target,
+                                                             std::span<const UpsertRow* const> rows) {
+  const UpsertTableOptions& o = table.options_;
+  auto types = keyTypes_.find(target);
+  if (types == keyTypes_.end()) {
+    std::string names = "{";
+    for (const auto& k : o.keyColumns) appendArrayElement(names, k);
+    auto r = conn_.execParams(
+        "SELECT format_type(a.atttypid, a.atttypmod) FROM unnest($2::text[]) WITH ORDINALITY AS k(name, i) "
+        "JOIN pg_attribute a ON a.attrelid = $1::regclass AND a.attname = k.name AND NOT a.attisdropped ORDER BY k.i",
+        {target, names + "}"});
+    if (static_cast<size_t>(r.rows()) != o.keyColumns.size()) {
+      throw ConfigurationError("upsert into " + o.table + ": a key column is not in the table");
+    }
+    std::vector<std::string> list;
+    for (int i = 0; i < r.rows(); ++i) list.emplace_back(r.value(i, 0));
+    types = keyTypes_.emplace(target, std::move(list)).first;
+  }
+  std::vector<std::optional<std::string>> params;
+  for (size_t k = 0; k < o.keyColumns.size(); ++k) params.emplace_back(arrayLiteral(rows, k));
+  std::string sql;
+  if (o.keyColumns.size() == 1) {
+    // First the range probe: every new key past the greatest stored one (one step down the key's
+    // index; new ids past the stored ones, the common case, end there), else a probe of each key.
+    const std::string k = conn_.quoteIdentifier(o.keyColumns[0]);
+    const std::string array = "$1::" + types->second[0] + "[]";
+    sql = "SELECT CASE WHEN COALESCE((SELECT " + k + " FROM " + target + " ORDER BY " + k + " DESC LIMIT 1) < ALL(" +
+          array + "), true) THEN true ELSE NOT EXISTS (SELECT 1 FROM " + target + " WHERE " + k + " = ANY(" + array +
+          ")) END, now()";
+  } else {
+    std::string arrays, names, match;
+    for (size_t k = 0; k < o.keyColumns.size(); ++k) {
+      const std::string n = "k" + std::to_string(k);
+      arrays += (k ? ", $" : "$") + std::to_string(k + 1) + "::" + types->second[k] + "[]";
+      names += (k ? ", " : "") + n;
+      match += std::string(k ? " AND " : "") + "t." + conn_.quoteIdentifier(o.keyColumns[k]) + " = u." + n;
+    }
+    sql = "SELECT NOT EXISTS (SELECT 1 FROM " + target + " t JOIN unnest(" + arrays + ") AS u(" + names + ") ON " +
+          match + "), now()";
+  }
+  auto r = conn_.execParams(sql, params);
+  if (r.value(0, 0) != "t") return std::nullopt;
+  return std::string(r.value(0, 1));
+}
+
+bool WarehouseTransaction::copyDirect(const UpsertTable& table, const std::string& target,
+                                      std::span<const UpsertRow* const> rows, const std::string& now,
+                                      int64_t& written) {
+  const UpsertTableOptions& o = table.options_;
+  const uint64_t valueBits = valueColumnBits(table.width(), o.keyColumns.size());
+  std::string columns = joinQuoted(conn_, o.keyColumns);
+  if (!o.valueColumns.empty()) columns += ", " + joinQuoted(conn_, o.valueColumns);
+  columns += ", " + conn_.quoteIdentifier(o.versionColumn);
+  const bool soft = !o.softDeleteColumn.empty();
+  if (soft) columns += ", " + conn_.quoteIdentifier(o.softDeleteColumn);
+  // The merge's now() for inserted rows: the same transaction's, so the same instant.
+  std::string stamps;
+  for (const auto* list : {&o.insertOnlyColumns, &o.touchColumns}) {
+    for (const auto& c : *list) {
+      columns += ", " + conn_.quoteIdentifier(c);
+      stamps += '\t';
+      appendCopyField(stamps, now);
+    }
+  }
+  // A key stored by another writer since the probe (a fenced zombie's late commit) makes the COPY
+  // fail with a unique violation: undone to the savepoint, and the caller merges instead.
+  conn_.exec("SAVEPOINT dataflow_direct_insert");
+  written = 0;
+  try {
+    CopyIn copy(conn_, "COPY " + target + " (" + columns + ") FROM STDIN");
+    std::string& buffer = copy.buffer();
+    for (const UpsertRow* row : rows) {
+      const UpsertRow& r = *row;
+      if (r.deleted && o.hardDelete) continue;  // deletes a row that is not there
+      const uint64_t kept = r.deleted ? 0 : r.keepStored & valueBits;
+      for (size_t c = 0; c < r.values.size(); ++c) {
+        // A kept column of a key never stored: the merge finds no stored value either.
+        appendCopyField(buffer, c < 64 && ((kept >> c) & 1) ? std::nullopt : r.values[c]);
+        buffer += '\t';
+      }
+      buffer += std::to_string(r.version);
+      if (soft) buffer += r.deleted ? "\tt" : "\tf";
+      buffer += stamps;
+      copy.endRow();
+      ++written;
+    }
+    copy.finish();
+  } catch (const PostgresError& e) {
+    if (e.connectionLost() || e.sqlState() != "23505") throw;
+    spdlog::info("upsert into {}: a key was stored since the probe; merging instead", o.table);
+    conn_.exec("ROLLBACK TO SAVEPOINT dataflow_direct_insert");
+    conn_.exec("RELEASE SAVEPOINT dataflow_direct_insert");
+    written = 0;
+    return false;
+  }
+  conn_.exec("RELEASE SAVEPOINT dataflow_direct_insert");
+  return true;
+}
+
 void WarehouseTransaction::addPhase(const char* name, std::chrono::steady_clock::time_point since) {
   if (!phasesMicros_) return;
   (*phasesMicros_)[name] +=
@@ -314,23 +475,54 @@ int64_t WarehouseTransaction::accumulateStaged(const UpsertTable& table, const s
 
 int64_t WarehouseTransaction::deadLetters(std::span<const DeadLetter> letters, const BatchInfo& info) {
   if (letters.empty()) return 0;
-  const std::string sql = "INSERT INTO " + table_ +
-                          " (source_topic, source_partition, source_offset, record_key, raw_payload, error_kind, "
-                          "error_message, query_name, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-                          "ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING";
-  const std::vector<bool> binary{false, false, false, true, true, false, false, false, false};
+  // Staged with one COPY and inserted with one statement: a batch of malformed events (a poison
+  // burst) costs about what the same rows cost as upserts, not a round trip each.
   const auto started = std::chrono::steady_clock::now();
-  int64_t inserted = 0;
+  const std::string columns =
+      "source_topic, source_partition, source_offset, record_key, raw_payload, error_kind, error_message, query_name, batch_id";
+  const std::string stage = conn_.quoteIdentifier(stagingName(table_));
+  conn_.exec("CREATE TEMP TABLE IF NOT EXISTS " + stage + " ON COMMIT DELETE ROWS AS SELECT " + columns + " FROM " + table_ +
+             " WITH NO DATA");
+  CopyIn copy(conn_, "COPY " + stage + " (" + columns + ") FROM STDIN");
+  std::string& buffer = copy.buffer();
+  const std::string query = validUtf8(info.queryName), batch = std::to_string(info.batchId);
+  auto bytes = [&buffer](bool present, std::string_view v) {  // bytea in hex, its backslash escaped for COPY
+    if (!present) {
+      buffer += "\\N";
+      return;
+    }
+    static constexpr char kHex[] = "0123456789abcdef";
+    buffer += "\\\\x";
+    for (unsigned char ch : v) {
+      buffer += kHex[ch >> 4];
+      buffer += kHex[ch & 15];
+    }
+  };
   for (const DeadLetter& d : letters) {
-    auto r = conn_.execParamsBinary(
-        sql,
-        {validUtf8(d.topic), std::to_string(d.partition), std::to_string(d.offset),
-         d.hasKey ? std::optional<std::string>(d.key) : std::nullopt,
-         d.hasPayload ? std::optional<std::string>(d.payload) : std::nullopt, validUtf8(d.errorKind),
-         validUtf8(d.errorMessage), validUtf8(info.queryName), std::to_string(info.batchId)},
-        binary);
-    inserted += r.affected();
+    appendCopyField(buffer, validUtf8(d.topic));
+    buffer += '\t';
+    buffer += std::to_string(d.partition);
+    buffer += '\t';
+    buffer += std::to_string(d.offset);
+    buffer += '\t';
+    bytes(d.hasKey, d.key);
+    buffer += '\t';
+    bytes(d.hasPayload, d.payload);
+    buffer += '\t';
+    appendCopyField(buffer, validUtf8(d.errorKind));
+    buffer += '\t';
+    appendCopyField(buffer, validUtf8(d.errorMessage));
+    buffer += '\t';
+    appendCopyField(buffer, query);
+    buffer += '\t';
+    buffer += batch;
+    copy.endRow();
   }
+  copy.finish();
+  // A (topic, partition, offset) already there, from a replayed batch, is skipped.
+  const int64_t inserted = conn_.exec("INSERT INTO " + table_ + " (" + columns + ") SELECT " + columns + " FROM " + stage +
+                                      " ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING")
+                               .affected();
   addPhase("deadLetters", started);
   return inserted;
 }
@@ -343,12 +535,13 @@ Warehouse::Warehouse(WarehouseOptions options, std::shared_ptr<PostgresCheckpoin
 void Warehouse::writeBatch(const BatchInfo& info, const std::function<void(WarehouseTransaction&)>& body) {
   if (!conn_ || !conn_->isOpen()) {
     conn_.reset();
+    keyTypes_.clear();  // a table may have been altered meanwhile
     conn_.emplace(Connection::open(options_.connection));
     conn_->exec("SET client_min_messages = warning");
   }
   try {
     conn_->exec("BEGIN");
-    WarehouseTransaction tx(*conn_, info.sinkPhasesMicros);
+    WarehouseTransaction tx(*conn_, info.sinkPhasesMicros, keyTypes_);
     tx.table_ = quoteTable(*conn_, options_.deadLetterTable);
     body(tx);
     auto committing = std::chrono::steady_clock::now();

@@ -6,6 +6,7 @@
 #include <compare>
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -55,5 +56,29 @@ class Offsets {
 // limit), reading offsets as record counts (Kafka's): the limit is shared among partitions in
 // proportion to their backlog, and every batch makes progress.
 Offsets limitRecords(const Offsets& start, const Offsets& target, std::optional<int64_t> limit);
+
+// A source's recent record size, for batches bounded by bytes as well as records (a memory
+// budget): a source whose offsets count records turns its byte budget into a record limit with it.
+// Offsets must be planned before the records are read (they are logged first), so the size is
+// the one seen in recent reads; before any, a record is assumed to be kAssumedRecordBytes, and
+// the first batches are small anyway (QueryOptions::rampUpBatches). Safe to use from several threads.
+class RecordSizeEstimate {
+ public:
+  static constexpr int64_t kAssumedRecordBytes = 1024;
+  // A read of `records` records with `bytes` bytes of keys and values.
+  void observe(int64_t records, int64_t bytes);
+  // Records of the recent size that fit in `budgetBytes` (at least 1).
+  int64_t recordsWithin(int64_t budgetBytes) const;
+  // The recent bytes per record: the larger of the last read's average and an average over the
+  // last few reads, so that records growing shrink the next batch at once (the budget holds) and
+  // records shrinking grow batches over a few reads. kAssumedRecordBytes before any read.
+  double bytesPerRecord() const;
+
+ private:
+  mutable std::mutex mu_;
+  double records_ = 0;  // sums over reads, each read halving the weight of the earlier ones
+  double bytes_ = 0;
+  double last_ = 0;  // the last read's bytes per record
+};
 
 }  // namespace dataflow

@@ -40,6 +40,11 @@ struct QueryOptions {
   // source it is not used (partitions may move between batches). Option "overlapBatches".
   // Default: false.
   bool overlapBatches = false;
+  // The first batches of a run with a backlog are smaller: under a record limit
+  // (Source::maxRecordsPerBatch), batch k < rampUpBatches takes limit / 2^(rampUpBatches - k).
+  // The first rows commit sooner, and with overlapBatches reading the next batch overlaps writing
+  // from the start instead of after one full batch. Option "rampUpBatches". Default: 0 (off).
+  int rampUpBatches = 0;
   // What a stateful query writes each batch (Spark's outputMode; stateless queries ignore it).
   // Option "outputMode" (append, update, complete). Default: append, as Spark's.
   OutputMode outputMode = OutputMode::kAppend;

@@ -519,6 +519,11 @@ class DataStreamWriter {
     options_.overlapBatches = on;
     return *this;
   }
+  // The first `batches` batches of a run are smaller (see QueryOptions::rampUpBatches).
+  DataStreamWriter& rampUpBatches(int batches) {
+    options_.rampUpBatches = batches;
+    return *this;
+  }
   // A directory checkpoint at `dir` (Spark's checkpointLocation).
   DataStreamWriter& checkpointLocation(const std::filesystem::path& dir) {
     options_.checkpoint = directoryCheckpoint(dir);

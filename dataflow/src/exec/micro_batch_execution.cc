@@ -384,10 +384,14 @@ std::vector<SourceRange> MicroBatchExecution::planRanges(const std::vector<Offse
     }
     std::optional<int64_t> limit =
         options_.trigger.kind() == Trigger::Kind::kOnce ? std::nullopt : source.maxRecordsPerBatch();
+    if (limit && plannedWithData_ < options_.rampUpBatches) {
+      limit = std::max<int64_t>(1, *limit >> (options_.rampUpBatches - plannedWithData_));
+    }
     Offsets end = source.batchEnd(start, target, limit);
     if (start.distanceTo(end) > 0) hasData = true;
     ranges.push_back({source.description(), std::move(start), std::move(end)});
   }
+  if (hasData) ++plannedWithData_;
   return ranges;
 }
 

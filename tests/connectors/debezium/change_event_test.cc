@@ -162,6 +162,19 @@ TEST_P(GoldenEvents, ColumnTypesDecodeWithDebeziumDefaultEncodings) {
   EXPECT_EQ(rows[2].note, "updated");
 }
 
+// Timestamps print as ISO 8601 in UTC with microseconds, before the epoch and at the ends of the
+// four-digit years too; years beyond them keep the general form.
+TEST(TimestampText, PrintsEveryRange) {
+  auto text = [](int64_t micros) { return Timestamp{.micros = micros}.toString(); };
+  EXPECT_EQ(text(0), "1970-01-01T00:00:00.000000Z");
+  EXPECT_EQ(text(-1), "1969-12-31T23:59:59.999999Z");
+  EXPECT_EQ(text(1709214330123456), "2024-02-29T13:45:30.123456Z");
+  EXPECT_EQ(text(253402300799999999), "9999-12-31T23:59:59.999999Z");
+  EXPECT_EQ(text(253402300800000000), "10000-01-01T00:00:00.000000Z");
+  EXPECT_EQ(text(-62167219200000000), "0000-01-01T00:00:00.000000Z");
+  EXPECT_EQ(text(-62167219200000001), "-001-12-31T23:59:59.999999Z");
+}
+
 INSTANTIATE_TEST_SUITE_P(SchemaOnAndOff, GoldenEvents, ::testing::Values("plain", "schema"));
 
 std::string kindOf(std::string_view payload) {

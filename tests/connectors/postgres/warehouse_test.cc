@@ -92,10 +92,11 @@ TEST_F(WarehouseTest, TheBatchReportsWhereItsTimeWent) {
   BatchInfo i = info(0);
   i.sinkPhasesMicros = &phases;
   w.writeBatch(i, [&](WarehouseTransaction& tx) {
-    tx.upsert(table, std::vector<UpsertRow>{row(1, "a@x", "US", 100)});
+    tx.upsert(table, std::vector<UpsertRow>{row(1, "a@x", "US", 100)});  // a new key: copied in
+    tx.upsert(table, std::vector<UpsertRow>{row(1, "a@x", "CA", 200)});  // a stored one: merged
     tx.deadLetters(std::vector<DeadLetter>{{.topic = "t", .offset = 1, .key = "", .payload = "x", .errorKind = "k", .errorMessage = "m"}}, i);
   });
-  for (const char* phase : {"stage", "merge", "deadLetters", "commit"}) {
+  for (const char* phase : {"copy", "stage", "merge", "deadLetters", "commit"}) {
     ASSERT_TRUE(phases.contains(phase)) << phase;
     EXPECT_GT(phases[phase], 0) << phase;
   }
@@ -223,6 +224,128 @@ TEST_F(WarehouseTest, HostileIdentifiersAreQuoted) {
   EXPECT_THROW(UpsertTable({.table = "t", .keyColumns = {"a"}, .valueColumns = {"a"}}), ConfigurationError);
 }
 
+// Which way each upsert went, from the phases it reported.
+struct Ways {
+  bool copied, merged;
+};
+Ways upsertOnce(Warehouse& w, const UpsertTable& table, std::vector<UpsertRow> rows, int64_t batch) {
+  std::map<std::string, int64_t> phases;
+  BatchInfo i = info(batch);
+  i.sinkPhasesMicros = &phases;
+  w.writeBatch(i, [&](WarehouseTransaction& tx) { tx.upsert(table, rows); });
+  return {phases.contains("copy"), phases.contains("merge")};
+}
+
+// A batch none of whose keys is stored goes straight into the target: keys past the stored ones
+// (the range probe), new keys between stored ones (the key probe), multi-column and text keys
+// that need quoting in an array. One stored key sends the batch through the merge.
+TEST_F(WarehouseTest, ABatchOfNewKeysIsCopiedStraightIn) {
+  Warehouse w({.connection = configFor(url_)});
+  UpsertTable customers(kCustomers);
+  auto ways = upsertOnce(w, customers, {row(10, "a@x", "US", 1), row(30, "b@x", "DE", 1)}, 0);
+  EXPECT_TRUE(ways.copied && !ways.merged);
+  ways = upsertOnce(w, customers, {row(20, "c@x", "FR", 1), row(40, "d@x", "NL", 1)}, 1);  // between and past
+  EXPECT_TRUE(ways.copied && !ways.merged);
+  ways = upsertOnce(w, customers, {row(50, "e@x", "SE", 1), row(30, "b@x", "IT", 2)}, 2);
+  EXPECT_TRUE(!ways.copied && ways.merged);
+  auto rows = readCustomers(*check_);
+  EXPECT_EQ(rows.size(), 5u);
+  EXPECT_EQ(rows[30], (Customer{"b@x", "IT", false, 2}));
+  EXPECT_EQ(check_->exec("SELECT count(*) FROM dim_customers WHERE first_seen_at IS NULL OR last_seen_at IS NULL")
+                .int64(0, 0), 0);
+
+  check_->exec("CREATE TABLE pairs (region text, code text, v text, source_lsn bigint NOT NULL, PRIMARY KEY (region, code))");
+  UpsertTable pairs({.table = "pairs", .keyColumns = {"region", "code"}, .valueColumns = {"v"}});
+  const std::string hostile = "a \"quoted\", {braced} \\\\ back\\slash NULL";
+  ways = upsertOnce(w, pairs, {UpsertRow{{"eu", hostile, "1"}, 1}, UpsertRow{{"eu", "NULL", "2"}, 1}}, 3);
+  EXPECT_TRUE(ways.copied && !ways.merged);
+  ways = upsertOnce(w, pairs, {UpsertRow{{"us", hostile, "3"}, 1}}, 4);
+  EXPECT_TRUE(ways.copied && !ways.merged);
+  ways = upsertOnce(w, pairs, {UpsertRow{{"eu", hostile, "4"}, 2}}, 5);
+  EXPECT_TRUE(!ways.copied && ways.merged);
+  EXPECT_EQ(check_->exec("SELECT v FROM pairs WHERE region = 'eu' AND code = " + std::string("$q$") + hostile + "$q$").value(0, 0), "4");
+  EXPECT_EQ(check_->exec("SELECT count(*) FROM pairs").int64(0, 0), 3);
+}
+
+// The same random batches written once with directInsert and once without, into two copies of
+// the table, give the same rows: inserts, soft and hard deletes of keys never stored, columns a
+// change did not send, several changes of one key in a batch, older versions.
+TEST_F(WarehouseTest, DirectInsertWritesWhatTheMergeWrites) {
+  for (bool hard : {false, true}) {
+    SCOPED_TRACE(hard ? "hard deletes" : "soft deletes");
+    check_->exec("DROP TABLE IF EXISTS direct_t, merge_t");
+    check_->exec("CREATE TABLE direct_t (LIKE dim_customers INCLUDING ALL)");
+    check_->exec("CREATE TABLE merge_t (LIKE dim_customers INCLUDING ALL)");
+    UpsertTableOptions options = kCustomers;
+    if (hard) {
+      options.softDeleteColumn.clear();
+      options.hardDelete = true;
+    }
+    options.table = "direct_t";
+    UpsertTable direct(options);
+    options.table = "merge_t";
+    options.directInsert = false;
+    UpsertTable merge(options);
+    Warehouse w({.connection = configFor(url_)});
+    std::mt19937_64 rng(hard ? 7 : 3);
+    int64_t nextKey = 0, copiedBatches = 0;
+    for (int64_t batch = 0; batch < 60; ++batch) {
+      std::vector<UpsertRow> rows;
+      const int n = 1 + static_cast<int>(rng() % 40);
+      const bool onlyNew = rng() % 2 == 0;  // keys past the stored ones, or ones left out earlier
+      for (int i = 0; i < n; ++i) {
+        int64_t key = i > 0 && rng() % 5 == 0 ? std::stoll(*rows.back().values[0])  // a key changed twice
+                      : !onlyNew && rng() % 3 == 0 ? static_cast<int64_t>(rng() % (nextKey + 1))
+                                                   : (nextKey += 1 + rng() % 3);
+        UpsertRow r = row(key, "e" + std::to_string(rng() % 100), rng() % 5 ? std::optional<std::string>("C") : std::nullopt,
+                          static_cast<int64_t>(rng() % 1000), rng() % 6 == 0);
+        if (rng() % 5 == 0) r.keepStored = uint64_t{1} << (1 + rng() % 2);
+        rows.push_back(std::move(r));
+      }
+      int64_t a = 0, b = 0;
+      std::map<std::string, int64_t> phases;
+      BatchInfo i = info(batch);
+      i.sinkPhasesMicros = &phases;
+      w.writeBatch(i, [&](WarehouseTransaction& tx) {
+        a = tx.upsert(direct, rows);
+        b = tx.upsert(merge, rows);
+      });
+      copiedBatches += phases.contains("copy");
+      EXPECT_EQ(a, b) << "batch " << batch;
+    }
+    EXPECT_GT(copiedBatches, 10) << "the direct path was taken";
+    const std::string columns = "customer_id, email, country, is_deleted, source_lsn, first_seen_at IS NULL, last_seen_at IS NULL";
+    auto diff = check_->exec("SELECT count(*) FROM ((SELECT " + columns + " FROM direct_t EXCEPT ALL SELECT " + columns +
+                             " FROM merge_t) UNION ALL (SELECT " + columns + " FROM merge_t EXCEPT ALL SELECT " + columns +
+                             " FROM direct_t)) d");
+    EXPECT_EQ(diff.int64(0, 0), 0);
+    EXPECT_GT(check_->exec("SELECT count(*) FROM direct_t").int64(0, 0), 100);
+  }
+}
+
+// A key another writer stores after the probe (here: inserted before it, committed after it) makes
+// the COPY fail; the batch undoes it to its savepoint and merges under the version guard instead.
+TEST_F(WarehouseTest, AKeyStoredByAnotherWriterAfterTheProbeIsMerged) {
+  Connection other = Connection::open(configFor(url_));
+  other.exec("BEGIN");
+  other.exec("INSERT INTO dim_customers (customer_id, email, country, is_deleted, source_lsn) VALUES (5, 'old', 'XX', false, 100)");
+  Warehouse w({.connection = configFor(url_)});
+  std::thread writer([&] { write(w, 0, {row(4, "a@x", "US", 200), row(5, "b@x", "DE", 200)}); });
+  // The writer waits on the other transaction's uncommitted key, then sees it committed.
+  bool waiting = false;
+  for (int i = 0; i < 200 && !waiting; ++i) {
+    waiting = check_->exec("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+                  .int64(0, 0) > 0;
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  other.exec("COMMIT");
+  writer.join();
+  EXPECT_TRUE(waiting) << "the COPY waited on the other writer's key";
+  auto rows = readCustomers(*check_);
+  EXPECT_EQ(rows[4], (Customer{"a@x", "US", false, 200}));
+  EXPECT_EQ(rows[5], (Customer{"b@x", "DE", false, 200})) << "merged over the other writer's older row";
+}
+
 TEST_F(WarehouseTest, DeadLettersKeepExactBytesAndAreNotDuplicatedOnReplay) {
   Warehouse w({.connection = configFor(url_)});
   std::string binary("\x00\xff\xfe{not json\x80", 13);
@@ -245,6 +368,43 @@ TEST_F(WarehouseTest, DeadLettersKeepExactBytesAndAreNotDuplicatedOnReplay) {
   EXPECT_EQ(r.value(0, 4), "orders-cdc-warehouse");
   EXPECT_EQ(r.value(0, 5), "3");
   EXPECT_TRUE(r.isNull(1, 1));
+}
+
+// A burst of dead letters in one batch: every byte value in keys and payloads, messages with the
+// characters COPY escapes, an empty payload apart from a missing one, in order; a replay adds none.
+TEST_F(WarehouseTest, ABurstOfDeadLettersIsStoredExactlyAndInOrder) {
+  Warehouse w({.connection = configFor(url_)});
+  std::vector<DeadLetter> letters;
+  for (int i = 0; i < 3000; ++i) {
+    std::string payload;
+    for (int b = 0; b < i % 300; ++b) payload += static_cast<char>((i + b) % 256);
+    letters.push_back({.topic = "t\tab", .partition = i % 3, .offset = i, .key = std::string(1, static_cast<char>(i % 256)),
+                       .hasKey = i % 7 != 0, .payload = payload, .hasPayload = i % 11 != 0, .errorKind = "malformed_json",
+                       .errorMessage = "line\nbreak\ttab\\slash " + std::to_string(i)});
+  }
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    w.writeBatch(info(9), [&](WarehouseTransaction& tx) { EXPECT_EQ(tx.deadLetters(letters, info(9)), attempt ? 0 : 3000); });
+  }
+  auto r = check_->exec("SELECT source_topic, source_partition, source_offset, encode(record_key, 'hex'), encode(raw_payload, 'hex'), "
+                        "error_message FROM dlq_events ORDER BY id");
+  ASSERT_EQ(r.rows(), 3000);
+  auto hex = [](const std::string& bytes) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char ch : bytes) out += {kHex[ch >> 4], kHex[ch & 15]};
+    return out;
+  };
+  for (int i = 0; i < 3000; ++i) {
+    const DeadLetter& d = letters[static_cast<size_t>(i)];
+    ASSERT_EQ(r.value(i, 0), "t\tab");
+    ASSERT_EQ(r.int64(i, 1), d.partition);
+    ASSERT_EQ(r.int64(i, 2), i) << "in order";
+    ASSERT_EQ(r.isNull(i, 3), !d.hasKey) << i;
+    if (d.hasKey) ASSERT_EQ(r.value(i, 3), hex(d.key)) << i;
+    ASSERT_EQ(r.isNull(i, 4), !d.hasPayload) << i;
+    if (d.hasPayload) ASSERT_EQ(r.value(i, 4), hex(d.payload)) << i;
+    ASSERT_EQ(r.value(i, 5), d.errorMessage);
+  }
 }
 
 TEST_F(WarehouseTest, AFailedBatchLeavesNothingBehind) {

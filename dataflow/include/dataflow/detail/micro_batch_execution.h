@@ -147,6 +147,7 @@ class MicroBatchExecution {
   bool noDataBatchDue_ = false;        // the watermark advanced: run a batch even without data
   int64_t nextBatchId_ = 0;
   std::vector<Offsets> committedEnd_;  // per source
+  int64_t plannedWithData_ = 0;  // batches with records planned in this run (QueryOptions::rampUpBatches)
   // Scale-out (coordinated sources): per source, the lease epoch of each partition read here.
   bool scaleOut_ = false;
   std::vector<std::map<PartitionId, int64_t>> leaseEpochs_;

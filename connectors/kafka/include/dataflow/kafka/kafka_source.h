@@ -49,6 +49,11 @@ struct KafkaSourceOptions {
   std::string startingOffsets = "latest";
   // Records per batch over all partitions; 0: unlimited. Option "maxOffsetsPerTrigger".
   int64_t maxOffsetsPerTrigger = 0;
+  // Bytes of keys and values per batch, at the size of the records read lately (a batch is
+  // planned before it is read; see RecordSizeEstimate); 0: unlimited. With maxOffsetsPerTrigger,
+  // whichever is reached first. Bounds the memory a batch takes when records are large.
+  // Option "maxBytesPerTrigger".
+  int64_t maxBytesPerTrigger = 0;
   // When planned offsets are gone (retention): true fails the query with a clear error; false
   // logs it and continues from the earliest available offset. Option "failOnDataLoss".
   bool failOnDataLoss = true;

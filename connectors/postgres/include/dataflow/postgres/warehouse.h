@@ -61,6 +61,13 @@ struct UpsertTableOptions {
   // written exactly once, in its batch's transaction. Excludes deletes, soft or hard, and
   // UpsertRow::keepStored. Default: empty (rows replace rows, under the version guard).
   std::vector<std::string> accumulateColumns;
+  // A batch none of whose keys is stored yet (a backfill, a fresh table, new ids past the stored
+  // ones) is copied straight into the target, without the staging table and the merge. Decided
+  // per call by one query: a range probe on the key index (every key past the greatest stored
+  // one), else a probe of each key; a key stored meanwhile by another writer undoes the copy and
+  // the merge runs instead. The rows written are the merge's, column for column. Not for tables
+  // that accumulate. Default: true.
+  bool directInsert = true;
 };
 
 // One change for an UpsertTable, in text form (as COPY takes it). `values` holds the key columns
@@ -109,13 +116,23 @@ class WarehouseTransaction {
 
  private:
   friend class Warehouse;
-  WarehouseTransaction(Connection& conn, std::map<std::string, int64_t>* phasesMicros)
-      : conn_(conn), phasesMicros_(phasesMicros) {}
+  // The SQL types of a target's key columns, by quoted target name (kept while a connection lasts).
+  using KeyTypes = std::map<std::string, std::vector<std::string>>;
+  WarehouseTransaction(Connection& conn, std::map<std::string, int64_t>* phasesMicros, KeyTypes& keyTypes)
+      : conn_(conn), phasesMicros_(phasesMicros), keyTypes_(keyTypes) {}
   int64_t accumulateStaged(const UpsertTable& table, const std::string& target, const std::string& stage);
+  // The now() of the transaction when none of the rows' keys is stored in the target, else nullopt.
+  std::optional<std::string> noKeyStored(const UpsertTable& table, const std::string& target,
+                                         std::span<const UpsertRow* const> rows);
+  // COPY of the kept rows straight into the target, as the merge would write them into an empty
+  // key range; false (and nothing written) when a key turned out to be stored after all.
+  bool copyDirect(const UpsertTable& table, const std::string& target, std::span<const UpsertRow* const> rows,
+                  const std::string& now, int64_t& written);
   // Adds the time since `since` to phase `name` of the batch (BatchInfo::sinkPhasesMicros).
   void addPhase(const char* name, std::chrono::steady_clock::time_point since);
   Connection& conn_;
   std::map<std::string, int64_t>* phasesMicros_;  // null: not measured
+  KeyTypes& keyTypes_;
   std::string table_;  // the quoted dead-letter table
 };
 
@@ -139,6 +156,7 @@ class Warehouse {
   WarehouseOptions options_;
   std::shared_ptr<PostgresCheckpointStore> store_;
   std::optional<Connection> conn_;
+  WarehouseTransaction::KeyTypes keyTypes_;  // of conn_
 };
 
 }  // namespace dataflow::postgres
