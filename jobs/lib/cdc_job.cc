@@ -66,6 +66,9 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
       ->envname("MAX_BYTES_PER_TRIGGER")->default_val(8 << 20)->check(kNonNegative);
   app.add_option("--trigger-interval-ms", c.triggerIntervalMs, "Batch interval (0: next batch as soon as possible)")
       ->envname("TRIGGER_INTERVAL_MS")->default_val(0)->check(kNonNegative);
+  app.add_option("--idle-poll-ms", c.idlePollMs,
+                 "While there is no new data, look for some this often (ms): the latency floor of a quiet stream")
+      ->envname("IDLE_POLL_MS")->default_val(10)->check(CLI::Range(1, 60000));
   app.add_option("--checkpoint-dir", c.checkpointDir,
                  "Directory checkpoint root (at-least-once); unset: checkpoint in the warehouse (exactly-once)")
       ->envname("CHECKPOINT_DIR");
@@ -306,7 +309,8 @@ class BatchLogger final : public dataflow::QueryListener {
     int64_t skipped = tombstones.exchange(0);
     // Where the time went: the phases of the batch, in the order they run.
     std::string phases;
-    for (const char* phase : {"read", "process", "copy", "stage", "merge", "deadLetters", "commit"}) {
+    for (const char* phase : {"latestOffset", "walCommit", "read", "process", "copy", "stage", "merge", "deadLetters", "commit",
+                              "commitOffsets"}) {
       if (auto it = p.durationMs.find(phase); it != p.durationMs.end()) {
         phases += std::string(phases.empty() ? "" : " ") + phase + "=" + std::to_string(it->second);
       }

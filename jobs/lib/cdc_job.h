@@ -50,6 +50,7 @@ struct JobConfig {
   int64_t maxOffsetsPerTrigger = 0;       // MAX_OFFSETS_PER_TRIGGER, default 30000 (measured: bench/README.md)
   int64_t maxBytesPerTrigger = 0;         // MAX_BYTES_PER_TRIGGER, default 8 MiB (the memory budget: README)
   int64_t triggerIntervalMs = 0;          // TRIGGER_INTERVAL_MS, default 0 (as soon as possible)
+  int64_t idlePollMs = 10;                // IDLE_POLL_MS: how often an idle query looks for new data
   std::string checkpointDir;              // CHECKPOINT_DIR; empty: the PostgreSQL store
   std::string pgUrl;                      // PG_URL (else PG_HOST, PG_PORT, PG_DB, PG_USER, PG_PASSWORD[_FILE])
   int workers = 0;                        // WORKERS, default 0 = one per core
@@ -163,6 +164,7 @@ struct Job {
         .trigger(trigger(config))
         .overlapBatches(config.overlapBatches)
         .rampUpBatches(config.rampUpBatches)
+        .option("idlePollIntervalMs", std::to_string(config.idlePollMs))
         .checkpoint(warehouse.checkpoint)
         .addListener(batchLogger())
         .addListener(monitoring.metrics);

@@ -405,6 +405,11 @@ case "${1:-}" in
     done
     rc=0; out=$("$BUILD/jobs/stream_orders" --max-offsets-per-trigger=-1 2>&1) || rc=$?
     [[ $rc == 2 && "$out" == *--max-offsets-per-trigger* ]] || fail "a bad value: rc=$rc, $out"
+    for bad in MAX_BYTES_PER_TRIGGER=-5 RAMP_UP_BATCHES=17 IDLE_POLL_MS=0; do
+      rc=0; out=$(env "$bad" "$BUILD/jobs/stream_orders" 2>&1) || rc=$?
+      flag=${bad%%=*}; flag=--${flag,,}; flag=${flag//_/-}  # the setting's flag names it
+      [[ $rc == 2 && "$out" == *"$flag"* ]] || fail "a bad $bad: rc=$rc, $out"
+    done
     rc=0; out=$("$BUILD/jobs/stream_orders" --no-such-flag 2>&1) || rc=$?
     [[ $rc == 2 && "$out" == *--no-such-flag* ]] || fail "an unknown flag: rc=$rc, $out"
     rc=0; out=$(KAFKA_BOOTSTRAP="$KAFKA_BOOTSTRAP" "$BUILD/jobs/stream_orders" --kafka-option group.id=x 2>&1) || rc=$?
