@@ -156,7 +156,9 @@ TEST(KafkaSource, MaxBytesPerTriggerBoundsEachBatchAtTheRecentRecordSize) {
       continue;
     }
     EXPECT_LE(bytes, 64 * 1024) << "batch " << b;
-    if (b + 1 < sizes.size()) EXPECT_GE(bytes, 48 * 1024) << "batch " << b;
+    if (b + 1 < sizes.size()) {
+      EXPECT_GE(bytes, 48 * 1024) << "batch " << b;
+    }
   }
   EXPECT_EQ(sizes.front(), 64);
 
