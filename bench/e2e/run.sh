@@ -84,10 +84,10 @@ latency() {
   local rate=$1 duration=$2 batch=$3
   scripts/jobs stop stream_orders > /dev/null 2>&1 || true
   q "TRUNCATE fact_orders" > /dev/null  # the drain's generated ids overlap the real ones
-  local o0 job t_start ops s0
+  local o0 job t_start ops s0  # a new query each time: a checkpoint of an earlier run would start with its backlog
   o0=$(kcat -b "$KAFKA_BOOTSTRAP" -Q -t "dbserver1.public.orders:0:-1" 2>/dev/null | awk '{print $NF}') || true
   [[ "$o0" =~ ^[0-9]+$ ]] || o0=0
-  ORDERS_TOPIC=dbserver1.public.orders QUERY_NAME=bench-latency-$rate STARTING_OFFSETS=latest \
+  ORDERS_TOPIC=dbserver1.public.orders QUERY_NAME=bench-latency-$rate-$(date +%s) STARTING_OFFSETS=latest \
     "$BUILD/jobs/stream_orders" > "$WORK/latency-$rate.log" 2>&1 &
   job=$!
   sleep 3

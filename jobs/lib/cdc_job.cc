@@ -61,8 +61,8 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
   app.add_option("--max-offsets-per-trigger", c.maxOffsetsPerTrigger, "Records per batch at most (0: unlimited)")
       ->envname("MAX_OFFSETS_PER_TRIGGER")->default_val(30000)->check(kNonNegative);
   app.add_option("--max-bytes-per-trigger", c.maxBytesPerTrigger,
-                 "Bytes of Kafka keys and values per batch at most, at the size of the records read lately (0: "
-                 "unlimited); bounds the job's memory whatever the events' size")
+                 "Bytes of change events per batch at most (Kafka: keys and values, at the size of the records "
+                 "read lately; 0: unlimited); bounds the job's memory whatever the events' size")
       ->envname("MAX_BYTES_PER_TRIGGER")->default_val(8 << 20)->check(kNonNegative);
   app.add_option("--trigger-interval-ms", c.triggerIntervalMs, "Batch interval (0: next batch as soon as possible)")
       ->envname("TRIGGER_INTERVAL_MS")->default_val(0)->check(kNonNegative);
@@ -213,6 +213,7 @@ dataflow::postgres::ReplicationSourceOptions replicationSourceOptions(const JobC
   o.publicationName = c.publication.empty() ? std::string() : c.publication + (slotSuffix.empty() ? "" : "_" + slotSuffix);
   o.snapshot = c.startingOffsets != "latest";
   o.maxRecordsPerBatch = c.maxOffsetsPerTrigger;
+  o.maxBytesPerBatch = c.maxBytesPerTrigger;
   return o;
 }
 

@@ -107,6 +107,7 @@ void ReplicationSourceOptions::validate() const {
   if (topicPrefix.empty()) throw ConfigurationError("ReplicationSource: topicPrefix is empty");
   if (snapshotFetchRows <= 0) throw ConfigurationError("ReplicationSource: snapshotFetchRows must be > 0");
   if (maxRecordsPerBatch < 0) throw ConfigurationError("ReplicationSource: maxRecordsPerBatch must be >= 0");
+  if (maxBytesPerBatch < 0) throw ConfigurationError("ReplicationSource: maxBytesPerBatch must be >= 0");
   if (maxBufferedBytes <= 0) throw ConfigurationError("ReplicationSource: maxBufferedBytes must be > 0");
   if (statusInterval.count() <= 0 || readTimeout.count() <= 0 || idleAdvanceInterval.count() < 0) {
     throw ConfigurationError("ReplicationSource: statusInterval and readTimeout must be > 0, idleAdvanceInterval >= 0");
@@ -919,16 +920,19 @@ Offsets ReplicationSource::batchEnd(const Offsets& start, const Offsets& availab
                   "no change arrived although the server is at " + formatLsn(mustReach));
     int64_t cut = from;
     bool stopped = false;
+    const int64_t byteCap = m.options.maxBytesPerBatch > 0 ? m.options.maxBytesPerBatch : std::numeric_limits<int64_t>::max();
+    int64_t takenBytes = 0;
     for (const Transaction& tx : m.transactions) {
       auto txOffset = static_cast<int64_t>(tx.endLsn);
       if (txOffset < from) continue;
       if (txOffset >= target) break;
       auto n = static_cast<int64_t>(tx.recordCount);
-      if (taken > 0 && taken + n > cap) {
+      if (taken > 0 && (taken + n > cap || takenBytes + tx.bytes > byteCap)) {
         stopped = true;
         break;
       }
       taken += n;
+      takenBytes += tx.bytes;
       cut = txOffset + 1;
     }
     if (!stopped) {

@@ -559,5 +559,23 @@ TEST_F(ReplicationSourceTest, ALargeTransactionIsOneBatchAndNothingIsSplit) {
   EXPECT_EQ(positions.size(), events.size());
 }
 
+// A byte budget ends a batch at whole transactions too: 300 single-row transactions with 2 kB
+// values, 64 kB a batch, make batches of at most 32 of them (each a little over 2 kB as an event).
+TEST_F(ReplicationSourceTest, MaxBytesPerBatchEndsBatchesAtTheBudget) {
+  db_->exec("CREATE TABLE public.notes (id bigint PRIMARY KEY, body text NOT NULL)");
+  auto o = options({"public.notes"});
+  o.snapshot = false;
+  o.maxBytesPerBatch = 64 * 1024;
+  drain(o);
+  for (int i = 0; i < 300; ++i) db_->exec("INSERT INTO public.notes VALUES (" + std::to_string(i) + ", repeat('x', 2000))");
+  std::vector<int64_t> sizes;
+  auto events = drain(o, &sizes);
+  EXPECT_EQ(events.size(), 300u);
+  ASSERT_GE(sizes.size(), 300u / 32);
+  // (A batch may hold fewer: it takes what has arrived when it is planned.)
+  for (size_t b = 0; b < sizes.size(); ++b) EXPECT_LE(sizes[b], 32) << "batch " << b;
+  EXPECT_GE(*std::max_element(sizes.begin(), sizes.end()), 20);
+}
+
 }  // namespace
 }  // namespace dataflow::postgres

@@ -58,6 +58,9 @@ struct ReplicationSourceOptions {
   // Records per batch; whole transactions, so a larger transaction makes a larger batch. 0: no
   // limit. Default: 0.
   int64_t maxRecordsPerBatch = 0;
+  // Bytes of change events per batch (whole transactions, at least one); 0: no limit. With
+  // maxRecordsPerBatch, whichever is reached first. Default: 0.
+  int64_t maxBytesPerBatch = 0;
   // Memory for changes received but not yet read by a batch: beyond it the source stops reading
   // from the server (PostgreSQL keeps the WAL meanwhile). A transaction is held whole, however
   // large. Default: 16 MiB (some 25 000 order changes).
