@@ -42,6 +42,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -56,6 +57,25 @@ fs::path homeDir() {
   if (const char* h = std::getenv("DATAFLOW_HOME"); h && *h) return h;
   if (const char* h = std::getenv("HOME"); h && *h) return fs::path(h) / ".dataflow";
   return "/var/lib/dataflow";
+}
+
+// A job's command as shown by `dataflow list` and the status page: secrets in its arguments are
+// masked (a password in a URL's user part, `password=...` in a libpq conninfo, librdkafka's
+// `sasl.password=...` and `ssl.key.password=...`, any `--...password...` flag's value). The
+// supervisor still starts the job with the arguments as given.
+std::string shownCommand(const std::vector<std::string>& argv) {
+  static const std::regex urlPassword(R"(([A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s]*@)");
+  static const std::regex keyValue(R"(((?:^|[\s,;])[^\s=,;]*(?:password|secret)[^\s=,;]*\s*=\s*)('[^']*'|[^\s,;]*))",
+                                   std::regex::icase);
+  static const std::regex secretFlag(R"(^--?[A-Za-z0-9-]*(password|secret)[A-Za-z0-9-]*$)", std::regex::icase);
+  std::string command;
+  bool maskNext = false;
+  for (const auto& arg : argv) {
+    std::string shown = maskNext ? "***" : std::regex_replace(std::regex_replace(arg, urlPassword, "$1***@"), keyValue, "$1***");
+    maskNext = std::regex_match(arg, secretFlag);
+    command += (command.empty() ? "" : " ") + shown;
+  }
+  return command;
 }
 
 fs::path jobsDir(const char* argv0) {
@@ -246,8 +266,11 @@ class Supervisor {
     tmp += ".tmp";
     {
       std::ofstream out(tmp, std::ios::trunc);
+      // The arguments may hold secrets (a password in --pg-url): readable by the owner only.
+      std::error_code ec;
+      fs::permissions(tmp, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace, ec);
       out << json::serialize(list) << "\n";
-      if (!out) {
+      if (!out || ec) {
         std::cerr << "dataflow supervise: cannot write " << tmp << "; submitted jobs will not restart with the supervisor\n";
         return;
       }
@@ -325,8 +348,7 @@ class Supervisor {
     if (cmd == "list") {
       json::array list;
       for (const auto& [name, job] : jobs) {
-        std::string command;
-        for (const auto& a : job.argv) command += (command.empty() ? "" : " ") + a;
+        const std::string command = shownCommand(job.argv);
         list.push_back(json::object{{"name", name}, {"state", job.state}, {"pid", job.pid},
                                     {"restarts", job.restarts}, {"lastExit", job.lastExit}, {"command", command},
                                     {"metricsPort", job.metricsPort}});

@@ -6,7 +6,7 @@ DATAFLOW=${1:?path to the dataflow program}
 HERE=$(cd "$(dirname "$0")" && pwd)
 export DATAFLOW_HOME=$(mktemp -d)
 export DATAFLOW_JOBS_DIR=$HERE
-trap 'kill -9 "$sup" 2>/dev/null; rm -rf "$DATAFLOW_HOME"' EXIT
+trap 'kill -9 "$sup" 2>/dev/null || true; rm -rf "$DATAFLOW_HOME"' EXIT
 fail() { echo "FAIL: $*" >&2; cat "$DATAFLOW_HOME/supervisor.log" >&2; "$DATAFLOW" list >&2 || true; exit 1; }
 
 "$DATAFLOW" list > /dev/null 2>&1 && fail "list without a supervisor should fail"
@@ -33,6 +33,17 @@ sleep 4
 restarts=$("$DATAFLOW" list | awk '$1 == "crasher" {print $4}')
 ((restarts >= 1 && restarts <= 3)) || fail "a crashing job should be restarted with backoff (restarts=$restarts)"
 grep -q "crasher exited with 3; restarting in 1 s" "$DATAFLOW_HOME/supervisor.log" || fail "no backoff message"
+
+# Secrets in a job's arguments are not shown (list, status page) and the remembered arguments are
+# readable by the owner only.
+"$DATAFLOW" submit --name secretive fake_job.sh --pg-url 'postgresql://etl:Sh0wN0t@db:5432/wh' \
+  --kafka-option sasl.password=Sh0wN0t 'host=db password=Sh0wN0t dbname=wh' --pg-password Sh0wN0t > /dev/null
+shown=$("$DATAFLOW" list)
+[[ "$shown" == *"postgresql://etl:***@db:5432/wh --kafka-option sasl.password=*** host=db password=*** dbname=wh --pg-password ***"* ]] \
+  || fail "the secret arguments are not masked: $shown"
+[[ "$shown" != *Sh0wN0t* ]] || fail "a secret is shown: $shown"
+[[ $(stat -c %a "$DATAFLOW_HOME/submitted.json") == 600 ]] || fail "submitted.json is $(stat -c %a "$DATAFLOW_HOME/submitted.json")"
+"$DATAFLOW" stop secretive > /dev/null
 
 kill -TERM "$sup"
 rc=0; wait "$sup" || rc=$?
