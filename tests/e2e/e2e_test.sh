@@ -2,7 +2,7 @@
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
 #   backfill manual_checks malformed mixed_workload faults warehouse_faults multi_table table_stats table_enriched table_windows metrics partitions
-#   schema_change toasted_values schema_on signals scale_out windows_scale_out direct_source
+#   schema_change toasted_values schema_on signals secrets scale_out windows_scale_out direct_source
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -417,6 +417,88 @@ case "${1:-}" in
     # Not `--help | grep -q`: grep stops reading at the match and, with pipefail, the help's SIGPIPE fails the line.
     grep -q ORDERS_TOPIC <<< "$("$BUILD/jobs/stream_orders" --help)" || fail "--help does not document ORDERS_TOPIC"
     echo "signals: ok"
+    ;;
+
+  secrets)
+    # A distinctive password, given each way the jobs take one (in --pg-url under the supervisor,
+    # PG_PASSWORD_FILE, PG_PASSWORD, a Kafka SASL option, a URL of a server that is down), never
+    # shows: not in the jobs' logs and error messages, /metrics, /progress, /source, the
+    # supervisor's list, status page and logs, nor in the checkpoint tables or dlq_events.
+    source "$ROOT/scripts/lib/ports.sh"
+    pw="Pw$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')Zq"
+    role=dataflow_secrets_e2e
+    out=$DATA/secrets
+    rm -rf "$out"
+    mkdir -p -m 700 "$out/collected" "$out/home"
+    q "DROP ROLE IF EXISTS $role"
+    q "CREATE ROLE $role LOGIN SUPERUSER PASSWORD '$pw'"
+    printf '%s\n' "$pw" > "$out/pgpass"
+    chmod 600 "$out/pgpass"
+    url="postgresql://$role:$pw@$PG_HOST:$PG_PORT/$PG_DB"
+    ui=$(free_port); base=$(free_port "$ui"); mfile=$(free_port "$ui" "$base" $((base + 1))); menv=$(free_port "$ui" "$base" $((base + 1)) "$mfile")
+    pids=()
+    cleanup_secrets() {
+      kill -TERM "${pids[@]}" 2>/dev/null || true
+      wait "${pids[@]}" 2>/dev/null || true
+      q "DROP ROLE IF EXISTS $role" > /dev/null 2>&1 || true
+    }
+    trap cleanup_secrets EXIT
+    DATAFLOW_HOME=$out/home DATAFLOW_UI_PORT=$ui DATAFLOW_METRICS_BASE_PORT=$base \
+      "$BUILD/jobs/dataflow" supervise > "$out/collected/supervisor.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 50); do [[ -S "$out/home/supervisor.sock" ]] && break; sleep 0.1; done
+    DATAFLOW_HOME=$out/home "$BUILD/jobs/dataflow" submit --name secret_url stream_orders --pg-url "$url" \
+      --query-name secrets-url --starting-offsets latest --kafka-option "sasl.password=$pw" > /dev/null
+    (unset PG_URL PG_PASSWORD; PG_USER=$role PG_PASSWORD_FILE=$out/pgpass METRICS_PORT=$mfile QUERY_NAME=secrets-file \
+      STARTING_OFFSETS=latest exec "$BUILD/jobs/stream_orders" > "$out/collected/file.log" 2>&1) &
+    pids+=($!)
+    (unset PG_URL; PG_USER=$role PG_PASSWORD=$pw METRICS_PORT=$menv QUERY_NAME=secrets-env \
+      STARTING_OFFSETS=latest exec "$BUILD/jobs/stream_orders" > "$out/collected/env.log" 2>&1) &
+    pids+=($!)
+    sleep 3  # all three subscribed at the end of the topic
+    "$SIM" --ops 200 --rate 400 --seed 41 > /dev/null 2>&1 || fail "the simulator failed"
+    rows() {
+      local n
+      n=$(curl -sf "http://127.0.0.1:$1/metrics" | /usr/bin/python3 "$ROOT/tests/e2e/metric.py" /dev/stdin dataflow_input_rows_total 2>/dev/null) || true
+      [[ "$n" =~ ^[0-9]+$ ]] && echo "$n" || echo 0
+    }
+    for port in "$base" "$mfile" "$menv"; do
+      for _ in $(seq 1 150); do (( $(rows "$port") > 0 )) && break; sleep 0.2; done
+      (( $(rows "$port") > 0 )) || fail "the job on metrics port $port processed nothing: $(tail -n 5 "$out"/collected/*.log)"
+      for path in metrics progress source deadletters healthz; do
+        curl -sf "http://127.0.0.1:$port/$path" > "$out/collected/$port-$path" || true
+      done
+    done
+    DATAFLOW_HOME=$out/home "$BUILD/jobs/dataflow" list > "$out/collected/list.txt"
+    DATAFLOW_HOME=$out/home "$BUILD/jobs/dataflow" logs secret_url > "$out/collected/secret_url.log"
+    curl -sf "http://127.0.0.1:$ui/" > "$out/collected/status.html" || fail "the status page"
+    curl -sf "http://127.0.0.1:$ui/api/jobs" > "$out/collected/api-jobs.json" || fail "/api/jobs"
+    grep -q secrets-url "$out/collected/api-jobs.json" || fail "/api/jobs does not show the job"
+    # Failures that name the connection: a server that is down, a SASL login the broker refuses.
+    rc=0; PG_URL="postgresql://$role:$pw@127.0.0.1:$(free_port)/$PG_DB" timeout 60 "$BUILD/jobs/stream_orders" \
+      --available-now --query-name secrets-down > "$out/collected/down.log" 2>&1 || rc=$?
+    ((rc != 0)) || fail "a job whose warehouse is down exited 0"
+    grep -q "cannot connect" "$out/collected/down.log" || fail "no connection error: $(tail -n 3 "$out/collected/down.log")"
+    rc=0; PG_URL=$url timeout 30 "$BUILD/jobs/stream_orders" --available-now --query-name secrets-sasl \
+      --kafka-option security.protocol=SASL_PLAINTEXT --kafka-option sasl.mechanism=PLAIN \
+      --kafka-option sasl.username=$role --kafka-option "sasl.password=$pw" > "$out/collected/sasl.log" 2>&1 || rc=$?
+    ((rc != 0)) || fail "a SASL login to a plaintext broker succeeded"
+    # The checkpoint's rows of these queries (every table of it has checkpoint_name), and the DLQ's.
+    for t in $(q "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'checkpoint_name'"); do
+      psql -X -q -c "\\copy (SELECT * FROM public.$t WHERE checkpoint_name LIKE 'secrets-%') TO '$out/collected/table-$t.tsv'" > /dev/null
+    done
+    psql -X -q -c "\\copy (SELECT * FROM dlq_events WHERE query_name LIKE 'secrets-%') TO '$out/collected/table-dlq_events.tsv'" > /dev/null
+    [[ -s "$out/collected/table-dataflow_offsets.tsv" ]] || fail "no checkpoint rows of the secrets queries"
+    [[ $(ls "$out"/collected/table-* | wc -l) -ge 5 ]] || fail "the checkpoint tables were not all read"
+    cleanup_secrets
+    trap - EXIT
+    # The one place it must be: the supervisor keeps the arguments to start the job again (0600).
+    grep -qF -- "$pw" "$out/home/submitted.json" || fail "the search would not find the password"
+    leaks=$(grep -rlF -- "$pw" "$out/collected" || true)
+    [[ -z "$leaks" ]] || fail "the password shows in: $leaks"
+    grep -q "***@" "$out/collected/list.txt" || fail "the list does not show the masked URL: $(cat "$out/collected/list.txt")"
+    [[ $(stat -c %a "$out/home/submitted.json") == 600 ]] || fail "submitted.json is readable by others"
+    echo "secrets: ok ($(ls "$out/collected" | wc -l) places checked)"
     ;;
 
   metrics)
