@@ -2,7 +2,7 @@
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
 #   backfill manual_checks malformed mixed_workload faults warehouse_faults multi_table table_stats table_enriched table_windows metrics partitions
-#   schema_change toasted_values schema_on signals secrets scale_out windows_scale_out direct_source
+#   schema_change toasted_values schema_on signals secrets tls scale_out windows_scale_out direct_source
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -499,6 +499,61 @@ case "${1:-}" in
     grep -q "***@" "$out/collected/list.txt" || fail "the list does not show the masked URL: $(cat "$out/collected/list.txt")"
     [[ $(stat -c %a "$out/home/submitted.json") == 600 ]] || fail "submitted.json is readable by others"
     echo "secrets: ok ($(ls "$out/collected" | wc -l) places checked)"
+    ;;
+
+  tls)
+    # The warehouse over TLS, verified: the server gets a certificate from a CA made here, the job
+    # connects with sslmode=verify-full and that CA, and its connections show as encrypted in
+    # pg_stat_ssl; with another CA's root it refuses to connect, saying why.
+    tls=$DATA/tls
+    rm -rf "$tls"
+    mkdir -p -m 700 "$tls"
+    make_ca() {  # make_ca NAME: a self-signed CA in $tls/NAME.{key,crt}
+      openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=dataflow e2e $1" \
+        -keyout "$tls/$1.key" -out "$tls/$1.crt" > /dev/null 2>&1 || fail "openssl: CA $1"
+    }
+    make_ca ca
+    make_ca other
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$tls/server.key" -out "$tls/server.csr" > /dev/null 2>&1
+    printf 'subjectAltName = IP:127.0.0.1, DNS:localhost\n' > "$tls/san.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 2 \
+      -extfile "$tls/san.ext" -out "$tls/server.crt" > /dev/null 2>&1 || fail "openssl: server certificate"
+    # The server reads its key as itself: a copy in its data directory, owned by it, mode 0600.
+    pgdata=$(q "SHOW data_directory")
+    owner=$(stat -c %U "$pgdata")
+    install -m 600 -o "$owner" "$tls/server.key" "$pgdata/e2e-server.key"
+    install -m 644 -o "$owner" "$tls/server.crt" "$pgdata/e2e-server.crt"
+    reset_tls() {
+      for setting in ssl ssl_cert_file ssl_key_file; do q "ALTER SYSTEM RESET $setting" > /dev/null 2>&1 || true; done
+      q "SELECT pg_reload_conf()" > /dev/null 2>&1 || true
+      rm -f "$pgdata/e2e-server.key" "$pgdata/e2e-server.crt"
+    }
+    trap 'reset_tls; kill -TERM "${job:-0}" 2>/dev/null || true' EXIT
+    q "ALTER SYSTEM SET ssl_cert_file = 'e2e-server.crt'"
+    q "ALTER SYSTEM SET ssl_key_file = 'e2e-server.key'"
+    q "ALTER SYSTEM SET ssl = on"
+    q "SELECT pg_reload_conf()" > /dev/null
+    wait_sql "SHOW ssl" on 10
+    tls_url="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB?sslmode=verify-full&sslrootcert=$tls/ca.crt"
+    PG_URL=$tls_url QUERY_NAME=tls-e2e STARTING_OFFSETS=latest "$BUILD/jobs/stream_orders" > "$DATA/tls.log" 2>&1 &
+    job=$!
+    "$SIM" --ops 100 --rate 300 --seed 43 > /dev/null 2>&1 || fail "the simulator failed"
+    wait_sql "SELECT count(*) > 0 FROM dataflow_commits WHERE checkpoint_name = 'tls-e2e'" t 60
+    encrypted=$(q "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+                   WHERE a.application_name = 'tls-e2e'")
+    IFS='|' read -r enc all <<< "$encrypted"
+    ((enc > 0 && enc == all)) || fail "the job's connections, encrypted|all: $encrypted"
+    kill -TERM "$job"
+    wait "$job" || fail "the job over TLS did not stop cleanly: $(tail -n 3 "$DATA/tls.log")"
+    # Another CA's root: the server's certificate does not verify, and the job says so.
+    rc=0; PG_URL="${tls_url/ca.crt/other.crt}" QUERY_NAME=tls-e2e timeout 60 "$BUILD/jobs/stream_orders" --available-now \
+      > "$DATA/tls-refused.log" 2>&1 || rc=$?
+    ((rc != 0)) || fail "a server certificate from an unknown CA was accepted"
+    grep -q "certificate verify failed" "$DATA/tls-refused.log" || fail "no reason given: $(tail -n 3 "$DATA/tls-refused.log")"
+    reset_tls
+    trap - EXIT
+    wait_sql "SHOW ssl" off 10
+    echo "tls: ok (connections encrypted|all: $encrypted)"
     ;;
 
   metrics)
