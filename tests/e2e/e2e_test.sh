@@ -2,7 +2,7 @@
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
 #   backfill manual_checks malformed mixed_workload faults warehouse_faults multi_table table_stats table_enriched table_windows metrics partitions
-#   schema_change toasted_values schema_on signals secrets tls scale_out windows_scale_out direct_source
+#   schema_change toasted_values schema_on signals secrets tls least_privilege scale_out windows_scale_out direct_source
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -554,6 +554,45 @@ case "${1:-}" in
     trap - EXIT
     wait_sql "SHOW ssl" off 10
     echo "tls: ok (connections encrypted|all: $encrypted)"
+    ;;
+
+  least_privilege)
+    # The job needs no more than it uses: a login role with the grants documented in the README
+    # (no superuser, no CREATE anywhere) runs stream_orders exactly once; with one grant taken
+    # away, the job stops and its message names the table and the missing right.
+    role=dataflow_writer_e2e
+    pw="w$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    q "DROP OWNED BY $role" > /dev/null 2>&1 || true
+    q "DROP ROLE IF EXISTS $role"
+    q "CREATE ROLE $role LOGIN PASSWORD '$pw' NOSUPERUSER NOCREATEDB NOCREATEROLE"
+    trap 'kill -TERM "${job:-0}" 2>/dev/null || true; q "DROP OWNED BY $role" > /dev/null 2>&1 || true; q "DROP ROLE IF EXISTS $role" > /dev/null 2>&1 || true' EXIT
+    psql -X -q -v ON_ERROR_STOP=1 -v role="$role" -f "$ROOT/sql/grants/stream_jobs.sql" > /dev/null || fail "sql/grants/stream_jobs.sql failed"
+    [[ $(q "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = '$role'") == f ]] || fail "the role has more than it should"
+    [[ $(q "SELECT has_schema_privilege('$role', 'public', 'CREATE')") == f ]] || fail "the role may create in public"
+    url="postgresql://$role:$pw@$PG_HOST:$PG_PORT/$PG_DB"
+    PG_URL=$url QUERY_NAME=least-privilege-e2e STARTING_OFFSETS=latest "$BUILD/jobs/stream_orders" > "$DATA/least_privilege.log" 2>&1 &
+    job=$!
+    sleep 2
+    "$SIM" --ops 100 --rate 300 --seed 45 --insert-p 0.6 --update-p 0.3 --delete-p 0.1 > /dev/null 2>&1 || fail "the simulator failed"
+    printf '{"not json' > "$DATA/lp-bad.json"
+    produce_file dbserver1.public.orders '{"id":0}' "$DATA/lp-bad.json"
+    wait_sql "SELECT count(*) FROM dlq_events WHERE query_name = 'least-privilege-e2e'" 1 60
+    kill -0 "$job" 2>/dev/null || fail "the job stopped: $(tail -n 3 "$DATA/least_privilege.log")"
+    grep -qi "permission denied" "$DATA/least_privilege.log" && fail "permission errors: $(grep -i "permission denied" "$DATA/least_privilege.log" | head -n 2)"
+    # One right less: the next dead letter cannot be written; the job stops, naming what is missing.
+    q "REVOKE INSERT ON public.dlq_events FROM $role"
+    produce_file dbserver1.public.orders '{"id":0}' "$DATA/lp-bad.json"
+    rc=0
+    for _ in $(seq 1 150); do kill -0 "$job" 2>/dev/null || break; sleep 0.2; done
+    wait "$job" || rc=$?
+    ((rc != 0)) || fail "the job went on without the right to write dead letters"
+    grep -q "permission denied for table dlq_events" "$DATA/least_privilege.log" \
+      || fail "the message does not name the table: $(tail -n 3 "$DATA/least_privilege.log")"
+    [[ $(q "SELECT count(*) FROM dlq_events WHERE query_name = 'least-privilege-e2e'") == 1 ]] || fail "a dead letter was written without the right"
+    q "DROP OWNED BY $role" > /dev/null
+    q "DROP ROLE $role"
+    trap - EXIT
+    echo "least_privilege: ok"
     ;;
 
   metrics)
