@@ -189,6 +189,11 @@ case "${1:-}" in
     jobs_sql="application_name IN ('customers-cdc-warehouse', 'orders-cdc-warehouse')"
     "$SIM" --ops 3000 --rate 400 --batch 2 --seed 71 > "$DATA/warehouse_faults-sim.log" 2>&1 &
     sim=$!
+    trap 'kill "$sim" 2>/dev/null || true' EXIT  # a failure here must not leave load for the next test
+    # Both jobs writing first: each holds its checkpoint connection, and its warehouse connection
+    # once it writes a batch. After the PostgreSQL restart of the test before, changes flow again
+    # only when Debezium has reconnected.
+    wait_sql "SELECT count(*) >= 4 FROM pg_stat_activity WHERE $jobs_sql" t 90
     terminated=0
     for round in 1 2 3; do
       sleep 0.7
@@ -207,6 +212,7 @@ case "${1:-}" in
     done
     wait "$locker" || fail "the locking session failed"
     wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/warehouse_faults-sim.log")"
+    trap - EXIT
     verify 120
     [[ $(pids) == "$before" ]] || fail "a job died under the warehouse faults (pids before: $before, after: $(pids))"
     [[ $(dlq_count) == "$start_dlq" ]] || fail "the warehouse faults added dead letters"
