@@ -12,7 +12,6 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <type_traits>
 #include <vector>
 
 #include "dataflow/batch.h"
@@ -154,17 +153,11 @@ class FusedOperator final : public BatchOperator<T> {
     }
     tbb::parallel_for(size_t{0}, chunks.size(), [&](size_t i) {
       Chunk& c = chunks[i];
-      auto& part = in.partitions()[c.partition];
+      const auto& part = in.partitions()[c.partition];
       ChunkContext cc{&part.id, &c.deadLetters};
       c.rows.reserve(c.end - c.begin);
       auto emit = [&c](auto&& row) { c.rows.emplace_back(std::forward<decltype(row)>(row)); };
-      for (size_t r = c.begin; r < c.end; ++r) {
-        pipe_.run(part.rows[r], cc, emit);
-        // An input record is done with once run (what the pipe emits or dead-letters is its own
-        // copy): its memory goes back now, so a batch's peak is about the larger of its input and
-        // output instead of both (raw events are the larger part).
-        if constexpr (std::is_default_constructible_v<In> && std::is_move_assignable_v<In>) part.rows[r] = In{};
-      }
+      for (size_t r = c.begin; r < c.end; ++r) pipe_.run(part.rows[r], cc, emit);
     });
 
     // Stitch chunks back into partitions in order: a lone chunk is moved, several are moved into
