@@ -60,12 +60,12 @@ fs::path homeDir() {
 }
 
 // A job's command as shown by `dataflow list` and the status page: secrets in its arguments are
-// masked (a password in a URL's user part, `password=...` in a libpq conninfo, librdkafka's
+// masked (a password in a URL's user part or query, `password=...` in a libpq conninfo, librdkafka's
 // `sasl.password=...` and `ssl.key.password=...`, any `--...password...` flag's value). The
 // supervisor still starts the job with the arguments as given.
 std::string shownCommand(const std::vector<std::string>& argv) {
   static const std::regex urlPassword(R"(([A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s]*@)");
-  static const std::regex keyValue(R"(((?:^|[\s,;])[^\s=,;]*(?:password|secret)[^\s=,;]*\s*=\s*)('[^']*'|[^\s,;]*))",
+  static const std::regex keyValue(R"(((?:^|[\s,;?&])[^\s=,;?&]*(?:password|secret)[^\s=,;?&]*\s*=\s*)('[^']*'|[^\s,;&]*))",
                                    std::regex::icase);
   static const std::regex secretFlag(R"(^--?[A-Za-z0-9-]*(password|secret)[A-Za-z0-9-]*$)", std::regex::icase);
   std::string command;

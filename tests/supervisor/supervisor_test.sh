@@ -37,9 +37,10 @@ grep -q "crasher exited with 3; restarting in 1 s" "$DATAFLOW_HOME/supervisor.lo
 # Secrets in a job's arguments are not shown (list, status page) and the remembered arguments are
 # readable by the owner only.
 "$DATAFLOW" submit --name secretive fake_job.sh --pg-url 'postgresql://etl:Sh0wN0t@db:5432/wh' \
-  --kafka-option sasl.password=Sh0wN0t 'host=db password=Sh0wN0t dbname=wh' --pg-password Sh0wN0t > /dev/null
+  --kafka-option sasl.password=Sh0wN0t 'host=db password=Sh0wN0t dbname=wh' --pg-password Sh0wN0t \
+  'postgresql://db/wh?user=etl&password=Sh0wN0t&sslmode=require' > /dev/null
 shown=$("$DATAFLOW" list)
-[[ "$shown" == *"postgresql://etl:***@db:5432/wh --kafka-option sasl.password=*** host=db password=*** dbname=wh --pg-password ***"* ]] \
+[[ "$shown" == *"postgresql://etl:***@db:5432/wh --kafka-option sasl.password=*** host=db password=*** dbname=wh --pg-password *** postgresql://db/wh?user=etl&password=***&sslmode=require"* ]] \
   || fail "the secret arguments are not masked: $shown"
 [[ "$shown" != *Sh0wN0t* ]] || fail "a secret is shown: $shown"
 [[ $(stat -c %a "$DATAFLOW_HOME/submitted.json") == 600 ]] || fail "submitted.json is $(stat -c %a "$DATAFLOW_HOME/submitted.json")"
