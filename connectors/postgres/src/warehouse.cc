@@ -245,10 +245,9 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   const std::string target = quoteTable(conn_, o.table);
   if (o.directInsert && o.accumulateColumns.empty()) {
     if (auto now = noKeyStored(table, target, chosen)) {
-      int64_t written = 0;
-      if (copyDirect(table, target, chosen, *now, written)) {
+      if (auto written = copyDirect(table, target, chosen, *now)) {
         addPhase("copy", staging);
-        return written;
+        return *written;
       }
     }
   }
@@ -386,9 +385,8 @@ std::optional<std::string> WarehouseTransaction::noKeyStored(const UpsertTable& 
   return std::string(r.value(0, 1));
 }
 
-bool WarehouseTransaction::copyDirect(const UpsertTable& table, const std::string& target,
-                                      std::span<const UpsertRow* const> rows, const std::string& now,
-                                      int64_t& written) {
+std::optional<int64_t> WarehouseTransaction::copyDirect(const UpsertTable& table, const std::string& target,
+                                                        std::span<const UpsertRow* const> rows, const std::string& now) {
   const UpsertTableOptions& o = table.options_;
   const uint64_t valueBits = valueColumnBits(table.width(), o.keyColumns.size());
   std::string columns = joinQuoted(conn_, o.keyColumns);
@@ -408,7 +406,7 @@ bool WarehouseTransaction::copyDirect(const UpsertTable& table, const std::strin
   // A key stored by another writer since the probe (a fenced zombie's late commit) makes the COPY
   // fail with a unique violation: undone to the savepoint, and the caller merges instead.
   conn_.exec("SAVEPOINT dataflow_direct_insert");
-  written = 0;
+  int64_t written = 0;
   try {
     CopyIn copy(conn_, "COPY " + target + " (" + columns + ") FROM STDIN");
     std::string& buffer = copy.buffer();
@@ -433,11 +431,10 @@ bool WarehouseTransaction::copyDirect(const UpsertTable& table, const std::strin
     spdlog::info("upsert into {}: a key was stored since the probe; merging instead", o.table);
     conn_.exec("ROLLBACK TO SAVEPOINT dataflow_direct_insert");
     conn_.exec("RELEASE SAVEPOINT dataflow_direct_insert");
-    written = 0;
-    return false;
+    return std::nullopt;
   }
   conn_.exec("RELEASE SAVEPOINT dataflow_direct_insert");
-  return true;
+  return written;
 }
 
 void WarehouseTransaction::addPhase(const char* name, std::chrono::steady_clock::time_point since) {

@@ -400,9 +400,13 @@ TEST_F(WarehouseTest, ABurstOfDeadLettersIsStoredExactlyAndInOrder) {
     ASSERT_EQ(r.int64(i, 1), d.partition);
     ASSERT_EQ(r.int64(i, 2), i) << "in order";
     ASSERT_EQ(r.isNull(i, 3), !d.hasKey) << i;
-    if (d.hasKey) ASSERT_EQ(r.value(i, 3), hex(d.key)) << i;
+    if (d.hasKey) {
+      ASSERT_EQ(r.value(i, 3), hex(d.key)) << i;
+    }
     ASSERT_EQ(r.isNull(i, 4), !d.hasPayload) << i;
-    if (d.hasPayload) ASSERT_EQ(r.value(i, 4), hex(d.payload)) << i;
+    if (d.hasPayload) {
+      ASSERT_EQ(r.value(i, 4), hex(d.payload)) << i;
+    }
     ASSERT_EQ(r.value(i, 5), d.errorMessage);
   }
 }

@@ -125,9 +125,10 @@ class WarehouseTransaction {
   std::optional<std::string> noKeyStored(const UpsertTable& table, const std::string& target,
                                          std::span<const UpsertRow* const> rows);
   // COPY of the kept rows straight into the target, as the merge would write them into an empty
-  // key range; false (and nothing written) when a key turned out to be stored after all.
-  bool copyDirect(const UpsertTable& table, const std::string& target, std::span<const UpsertRow* const> rows,
-                  const std::string& now, int64_t& written);
+  // key range: the rows written, or nullopt (and nothing written) when a key turned out to be
+  // stored after all.
+  std::optional<int64_t> copyDirect(const UpsertTable& table, const std::string& target,
+                                    std::span<const UpsertRow* const> rows, const std::string& now);
   // Adds the time since `since` to phase `name` of the batch (BatchInfo::sinkPhasesMicros).
   void addPhase(const char* name, std::chrono::steady_clock::time_point since);
   Connection& conn_;
