@@ -20,7 +20,7 @@ build_packages=(
   postgresql-15 postgresql-client-15
 )
 stack_packages=(
-  postgresql-15 postgresql-client-15 openjdk-17-jre-headless maven kcat jq curl procps iproute2
+  postgresql-15 postgresql-client-15 openjdk-17-jre-headless maven kcat jq curl procps iproute2 openssl
 )
 sdk_packages=(
   build-essential cmake ninja-build pkg-config ccache

@@ -1,5 +1,7 @@
 #include "cdc_job.h"
 
+#include "cdc_tables.h"
+
 #include <CLI/CLI.hpp>
 #include <dataflow/postgres/checkpoint_store.h>
 #include <spdlog/spdlog.h>
@@ -64,6 +66,9 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
                  "Bytes of change events per batch at most (Kafka: keys and values, at the size of the records "
                  "read lately; 0: unlimited); bounds the job's memory whatever the events' size")
       ->envname("MAX_BYTES_PER_TRIGGER")->default_val(8 << 20)->check(kNonNegative);
+  app.add_option("--max-record-bytes", c.maxRecordBytes,
+                 "A change event over this many bytes goes to the DLQ (record_too_large) unparsed")
+      ->envname("MAX_RECORD_BYTES")->default_val(1 << 20)->check(CLI::PositiveNumber);
   app.add_option("--trigger-interval-ms", c.triggerIntervalMs, "Batch interval (0: next batch as soon as possible)")
       ->envname("TRIGGER_INTERVAL_MS")->default_val(0)->check(kNonNegative);
   app.add_option("--idle-poll-ms", c.idlePollMs,
@@ -91,6 +96,9 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
       ->envname("CONSUMER_GROUP");
   app.add_option("--metrics-port", c.metricsPort, "Serve /metrics, /healthz and /progress on this port (0: off)")
       ->envname("METRICS_PORT")->default_val(0)->check(CLI::Range(0, 65535));
+  app.add_option("--metrics-host", c.metricsHost,
+                 "Interface the metrics endpoints listen on (they have no authentication: 0.0.0.0 only where a container publishes them)")
+      ->envname("METRICS_HOST")->default_val("127.0.0.1");
   app.add_option("--connect-url", c.connectUrl, "Kafka Connect REST URL: watch the connector's state")->envname("CONNECT_URL");
   app.add_option("--connector", c.connectorName, "Debezium connector to watch")->envname("CDC_CONNECTOR")->default_val("postgres-cdc");
   app.add_option("--slot", c.slotName, "Replication slot to watch")->envname("CDC_SLOT")->default_val("dataflow_cdc");
@@ -268,9 +276,9 @@ void Monitoring::serve(const JobConfig& config, const dataflow::StreamingQuery& 
     sourceHealth = std::make_unique<SourceHealthWatcher>(o, metrics);
   }
   if (config.metricsPort == 0) return;
-  server = std::make_unique<dataflow::monitoring::MonitoringServer>(*metrics, query,
-                                                                     dataflow::monitoring::MonitoringServerOptions{.port = config.metricsPort});
-  spdlog::info("{}: metrics on :{}/metrics, /healthz, /progress", config.queryName, config.metricsPort);
+  server = std::make_unique<dataflow::monitoring::MonitoringServer>(
+      *metrics, query, dataflow::monitoring::MonitoringServerOptions{.host = config.metricsHost, .port = config.metricsPort});
+  spdlog::info("{}: metrics on {}:{}/metrics, /healthz, /progress", config.queryName, config.metricsHost, config.metricsPort);
 }
 
 void writeToWarehouse(Warehouse& warehouse, const dataflow::postgres::UpsertTable& table,
@@ -364,6 +372,7 @@ Job::Job(JobConfig c)
 int runJob(int argc, char** argv, const JobDefaults& defaults, const std::function<dataflow::StreamingQuery(Job&)>& start) {
   blockTerminationSignals();
   auto config = JobConfig::fromArgs(argc, argv, defaults);
+  setMaxRecordBytes(static_cast<std::size_t>(config.maxRecordBytes));
   const std::string name = config.queryName;
   try {
     Job job(std::move(config));

@@ -49,6 +49,7 @@ struct JobConfig {
   std::string startingOffsets;            // STARTING_OFFSETS, default earliest (backfill)
   int64_t maxOffsetsPerTrigger = 0;       // MAX_OFFSETS_PER_TRIGGER, default 30000 (measured: bench/README.md)
   int64_t maxBytesPerTrigger = 0;         // MAX_BYTES_PER_TRIGGER, default 8 MiB (the memory budget: README)
+  int64_t maxRecordBytes = 0;             // MAX_RECORD_BYTES, default 1 MiB: larger events are dead letters
   int64_t triggerIntervalMs = 0;          // TRIGGER_INTERVAL_MS, default 0 (as soon as possible)
   int64_t idlePollMs = 10;                // IDLE_POLL_MS: how often an idle query looks for new data
   std::string checkpointDir;              // CHECKPOINT_DIR; empty: the PostgreSQL store
@@ -60,6 +61,7 @@ struct JobConfig {
   std::string commitOffsetsToGroup;       // KAFKA_LAG_GROUP: expose lag to a consumer group
   std::string consumerGroup;              // CONSUMER_GROUP: scale out; processes of the job share the partitions
   int metricsPort = 0;                    // METRICS_PORT: /metrics, /healthz, /progress; 0 = off
+  std::string metricsHost = "127.0.0.1";  // METRICS_HOST: the interface they listen on
   std::string connectUrl;                 // CONNECT_URL: watch the Debezium connector's state
   std::string connectorName;              // CDC_CONNECTOR, default postgres-cdc
   std::string slotName;                   // CDC_SLOT, default dataflow_cdc

@@ -3,6 +3,7 @@
 // must satisfy. Deletes become soft deletes carrying only the key.
 #include "cdc_tables.h"
 
+#include <atomic>
 #include <charconv>
 #include <cstdlib>
 
@@ -57,13 +58,21 @@ bool sent(const dbz::ChangeEvent<Row>& e, int index) {
   return ((e.unavailable >> index) & 1) == 0;
 }
 
+std::atomic<std::size_t> maxRecordBytes{std::size_t{1} << 20};
+
 template <class Row>
 Result<dbz::ChangeEvent<Row>> decode(const dbz::TableMapping<Row>& mapping, const KafkaRecord& record) {
   if (!record.hasValue) return parseError("tombstone", "a tombstone reached the decoder");
+  if (std::size_t limit = maxRecordBytes.load(std::memory_order_relaxed); record.value.size() > limit) {
+    return parseError("record_too_large", "the change event is " + std::to_string(record.value.size()) +
+                                              " bytes, over the limit of " + std::to_string(limit) + " (--max-record-bytes)");
+  }
   return mapping.decode(record.value);
 }
 
 }  // namespace
+
+void setMaxRecordBytes(std::size_t bytes) { maxRecordBytes.store(bytes, std::memory_order_relaxed); }
 
 UpsertTableOptions dimCustomers() {
   return {.table = "public.dim_customers",

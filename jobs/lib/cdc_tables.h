@@ -26,6 +26,12 @@ struct WarehouseChange {
   UpsertRow row;
 };
 
+// Change events over this many bytes become dead letters (`record_too_large`) before any parsing:
+// a field of several MB or a runaway record costs no more than its bytes, and never reaches the
+// warehouse. Set once at start (runJob, from --max-record-bytes); default 1 MiB, Kafka's default
+// record limit.
+void setMaxRecordBytes(std::size_t bytes);
+
 // public.customers -> dim_customers (customer_id, email, country, created_at, updated_at, event_time).
 UpsertTableOptions dimCustomers();
 Result<UpsertRow> customerChange(const KafkaRecord& record);

@@ -15,7 +15,9 @@
 // checkpoint; a job stopped with `dataflow stop` or finished stays stopped. On SIGTERM/SIGINT the supervisor
 // sends SIGTERM to every job, waits for them (their running batch commits), then exits 0. As PID 1
 // it also reaps orphaned processes. With DATAFLOW_UI_PORT it serves a status page (see
-// status_page.h); with DATAFLOW_METRICS_BASE_PORT each job gets METRICS_PORT = base, base+1, ...
+// status_page.h) on 127.0.0.1 (DATAFLOW_UI_HOST to change); with DATAFLOW_METRICS_BASE_PORT each
+// job gets METRICS_PORT = base, base+1, ... Neither the page nor a job's endpoints change state:
+// GET only.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -501,9 +503,13 @@ class Supervisor {
       }
       res.set_content(json::serialize(out), "application/json");
     });
-    if (!ui_.server.bind_to_port("0.0.0.0", port)) die("status page: port " + std::to_string(port) + " is not available");
+    // Loopback unless DATAFLOW_UI_HOST says otherwise: the page has no authentication (the runner
+    // image sets 0.0.0.0, and compose publishes the port on the host's 127.0.0.1).
+    const char* h = std::getenv("DATAFLOW_UI_HOST");
+    const std::string host = h && *h ? h : "127.0.0.1";
+    if (!ui_.server.bind_to_port(host, port)) die("status page: port " + std::to_string(port) + " on " + host + " is not available");
     ui_.thread = std::thread([this] { ui_.server.listen_after_bind(); });
-    std::cerr << "dataflow supervise: status page on http://0.0.0.0:" << port << "/\n";
+    std::cerr << "dataflow supervise: status page on http://" << host << ":" << port << "/\n";
   }
 
   int nextMetricsPort() {
@@ -532,7 +538,9 @@ class Supervisor {
 void usage() {
   std::cout << "usage: dataflow supervise | submit [--name NAME] JOB [flags...] | list | stop NAME | logs NAME [-f]\n"
                "  DATAFLOW_HOME      sockets and logs (default ~/.dataflow)\n"
-               "  DATAFLOW_JOBS_DIR  where JOB names are looked up (default: the folder of this program)\n";
+               "  DATAFLOW_JOBS_DIR  where JOB names are looked up (default: the folder of this program)\n"
+               "  DATAFLOW_UI_PORT   serve the status page on this port (default: off)\n"
+               "  DATAFLOW_UI_HOST   interface of the status page (default 127.0.0.1)\n";
 }
 
 }  // namespace

@@ -52,6 +52,38 @@ TEST_F(DirectoryCheckpointTest, UsesSparkLayoutAndLeavesNoTemporaryFiles) {
   }
 }
 
+// A full filesystem: writes into /dev/full fail with ENOSPC, and the store writes through a
+// symbolic link left at its temporary file's path.
+TEST_F(DirectoryCheckpointTest, AFullFilesystemIsRetriableAndLeavesNothingBehind) {
+  auto store = directoryCheckpoint(dir_);
+  store->writeMetadata({"abc", {"MemoryStream[x]"}});
+  fs::create_directories(dir_ / "offsets");
+  fs::create_symlink("/dev/full", dir_ / "offsets" / "0.tmp");
+  try {
+    store->writeOffsets(entry(0));
+    FAIL() << "writing to a full filesystem succeeded";
+  } catch (const ConnectorError& e) {
+    EXPECT_TRUE(e.retriable());
+    EXPECT_NE(std::string(e.what()).find("No space left on device"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(fs::symlink_status(dir_ / "offsets" / "0.tmp"))) << "the failed attempt's file is left";
+  EXPECT_FALSE(store->latestOffsets().has_value());
+  store->writeOffsets(entry(0));  // space is back
+  EXPECT_EQ(store->latestOffsets()->batchId, 0);
+}
+
+TEST_F(DirectoryCheckpointTest, AQueryRidesOutAFullFilesystemWithoutStopping) {
+  fs::create_directories(dir_ / "commits");
+  fs::create_symlink("/dev/full", dir_ / "commits" / "0.tmp");
+  Session session;
+  auto in = std::make_shared<MemoryStream<int>>("x");
+  in->addData({1, 2, 3});
+  auto sink = std::make_shared<MemorySink<int>>();
+  session.readStream(in).writeStream().checkpointLocation(dir_).trigger(Trigger::once()).sink(sink).start().awaitTermination();
+  EXPECT_EQ(sink->rows(), (std::vector<int>{1, 2, 3}));
+  EXPECT_TRUE(fs::exists(dir_ / "commits" / "0"));
+}
+
 TEST_F(DirectoryCheckpointTest, EntriesRoundTrip) {
   auto store = directoryCheckpoint(dir_);
   EXPECT_FALSE(store->latestOffsets().has_value());

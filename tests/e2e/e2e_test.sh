@@ -2,7 +2,8 @@
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
 #   backfill manual_checks malformed mixed_workload faults warehouse_faults multi_table table_stats table_enriched table_windows metrics partitions
-#   schema_change toasted_values schema_on signals secrets tls least_privilege scale_out windows_scale_out direct_source
+#   schema_change toasted_values schema_on signals secrets tls kafka_sasl least_privilege source_role scale_out windows_scale_out
+#   direct_source
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -119,7 +120,13 @@ case "${1:-}" in
     printf '{"op": "z", "after": {"id": 9002}, "source": {"lsn": 5}}' > "$DATA/unknown_op.json"
     printf '{"op": "c", "after": {"id": 9003, "customer_id": 1, "amount": "1.00", "status": "\xff\xfe"}, "source": {"lsn": 5}}' > "$DATA/not_utf8.json"
     { printf '{"op": "c", "after": {"id": 9004, "status": "'; head -c 3000000 /dev/zero | tr '\0' 'x'; printf '"'; } > "$DATA/huge.json"
-    files=(truncated invalid no_op wrong_type unknown_op not_utf8 huge)
+    # Hostile input: a well-formed event with a 2 MB field (over the 1 MiB --max-record-bytes) and
+    # one nested 100 000 levels deep.
+    { printf '{"op": "c", "after": {"id": 9005, "customer_id": 1, "amount": "1.00", "status": "'; head -c 2000000 /dev/zero | tr '\0' 'y'
+      printf '"}, "source": {"lsn": 5}}'; } > "$DATA/big_field.json"
+    { printf '{"op": "c", "x": '; head -c 100000 /dev/zero | tr '\0' '['; head -c 100000 /dev/zero | tr '\0' ']'
+      printf ', "after": {"id": 9006, "customer_id": 1, "amount": "1.00", "status": "x"}, "source": {"lsn": 5}}'; } > "$DATA/deep.json"
+    files=(truncated invalid no_op wrong_type unknown_op not_utf8 huge big_field deep)
     for f in "${files[@]}"; do produce_file dbserver1.public.orders "{\"id\":0}" "$DATA/$f.json"; done
     wait_sql "SELECT count(*) FROM dlq_events" $((start_dlq + ${#files[@]})) 30
     for f in "${files[@]}"; do
@@ -128,6 +135,10 @@ case "${1:-}" in
       [[ "$n" == 1 ]] || fail "$f: $n dead letters with its exact bytes"
     done
     q "SELECT error_kind, left(error_message, 60) FROM dlq_events ORDER BY id DESC LIMIT ${#files[@]}"
+    big=$(md5sum < "$DATA/big_field.json" | cut -d' ' -f1); deep=$(md5sum < "$DATA/deep.json" | cut -d' ' -f1)
+    [[ $(q "SELECT error_kind FROM dlq_events WHERE md5(raw_payload) = '$big'") == record_too_large ]] || fail "a 2 MB field is not record_too_large"
+    [[ $(q "SELECT error_kind || ': ' || error_message FROM dlq_events WHERE md5(raw_payload) = '$deep'") == "malformed_json: "*deep* ]] \
+      || fail "deep nesting: $(q "SELECT error_message FROM dlq_events WHERE md5(raw_payload) = '$deep'")"
     [[ $(q "SELECT count(DISTINCT error_kind) FROM dlq_events") -ge 5 ]] || fail "error kinds are not specific"
     # The job is still running and still applies changes.
     id=$(q "INSERT INTO customers (email, country) VALUES ('after-bad-$$@example.com', 'PT') RETURNING id")
@@ -562,6 +573,70 @@ case "${1:-}" in
     echo "tls: ok (connections encrypted|all: $encrypted)"
     ;;
 
+  kafka_sasl)
+    # Kafka's SASL_SSL listener, for real (scripts/stack: a CA of its own, SCRAM-SHA-512 and PLAIN).
+    # A job reads Debezium's orders topic through it, the broker's certificate verified against
+    # the stack's CA, logged in as `dataflow` (PLAIN: the jobs' librdkafka 2.0.2 cannot do SCRAM
+    # with Kafka 4, see scripts/stack), while the simulator writes. A SCRAM-SHA-512 login made here
+    # works from a Java client. A wrong password and an unknown CA fail fast, saying why.
+    pw=$(cat "$KAFKA_SASL_PASSWORD_FILE")
+    sasl=(--kafka-bootstrap "$KAFKA_SASL_BOOTSTRAP" --kafka-option security.protocol=SASL_SSL --kafka-option sasl.mechanism=PLAIN
+          --kafka-option "sasl.username=$KAFKA_SASL_USER" --source-health-interval-ms 0)
+    name=kafka-sasl-e2e-$$
+    trap 'kill -TERM "${job:-0}" 2>/dev/null || true' EXIT
+    QUERY_NAME=$name STARTING_OFFSETS=latest "$BUILD/jobs/stream_orders" "${sasl[@]}" --kafka-option "ssl.ca.location=$KAFKA_CA_FILE" \
+      --kafka-option "sasl.password=$pw" > "$DATA/kafka_sasl.log" 2>&1 &
+    job=$!
+    wait_sql "SELECT count(*) FROM dataflow_checkpoints WHERE checkpoint_name = '$name'" 1 60
+    sleep 2  # the query has its starting offsets (latest) before the changes below
+    "$SIM" --ops 200 --rate 400 --seed 47 > /dev/null 2>&1 || fail "the simulator failed"
+    wait_sql "SELECT count(*) > 0 FROM dataflow_commits WHERE checkpoint_name = '$name'" t 60
+    for _ in $(seq 1 100); do
+      grep -Eq "batch [0-9]+: [1-9][0-9]* rows in" "$DATA/kafka_sasl.log" && break
+      sleep 0.2
+    done
+    grep -Eq "batch [0-9]+: [1-9][0-9]* rows in" "$DATA/kafka_sasl.log" || fail "no change read through SASL_SSL: $(tail -n 3 "$DATA/kafka_sasl.log")"
+    kill -TERM "$job"
+    wait "$job" || fail "the job on SASL_SSL did not stop cleanly: $(tail -n 3 "$DATA/kafka_sasl.log")"
+    trap - EXIT
+    grep -q "$pw" "$DATA/kafka_sasl.log" && fail "the Kafka password is in the job's log"
+    # SCRAM-SHA-512 from a Java client (Kafka's own tools), with a login made for this test.
+    scram_pw=$(openssl rand -hex 12)
+    "$ROOT/scripts/stack" kafka-user "e2e-scram-$$" <<< "$scram_pw" 2> /dev/null || fail "scripts/stack kafka-user"
+    jars=$(ls -d "${DATAFLOW_CACHE_DIR:-$HOME/.cache/dataflow}"/jars/broker-* | head -n 1)
+    scram_list() {  # scram_list PASSWORD: the topics, as the login sees them
+      printf '%s\n' security.protocol=SASL_SSL sasl.mechanism=SCRAM-SHA-512 ssl.truststore.type=PEM "ssl.truststore.location=$KAFKA_CA_FILE" \
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"e2e-scram-$$\" password=\"$1\";" \
+        > "$DATA/scram.properties"
+      timeout 60 java -cp "$jars/*" "-Dlog4j2.configurationFile=$ROOT/scripts/cdc/log4j2.xml" org.apache.kafka.tools.TopicCommand \
+        --bootstrap-server "$KAFKA_SASL_BOOTSTRAP" --command-config "$DATA/scram.properties" --list 2>&1
+    }
+    for _ in $(seq 1 20); do  # the login reaches the broker through its metadata log
+      grep -qx dbserver1.public.orders <<< "$(scram_list "$scram_pw")" && break
+      sleep 0.5
+    done
+    grep -qx dbserver1.public.orders <<< "$(scram_list "$scram_pw")" || fail "SCRAM-SHA-512 login: $(scram_list "$scram_pw" | tail -n 2)"
+    grep -q "invalid credentials" <<< "$(scram_list wrong)" || fail "a wrong SCRAM password was not refused"
+    rm -f "$DATA/scram.properties"
+    # A wrong password: the job stops at once with the broker's reason (not a retry loop, not a
+    # bare "transport failure").
+    t0=$SECONDS
+    rc=0; QUERY_NAME=$name timeout 60 "$BUILD/jobs/stream_orders" --available-now "${sasl[@]}" \
+      --kafka-option "ssl.ca.location=$KAFKA_CA_FILE" --kafka-option sasl.password=wrong > "$DATA/kafka_sasl-refused.log" 2>&1 || rc=$?
+    ((rc != 0 && rc != 124)) || fail "a wrong Kafka password: exit $rc"
+    grep -q "the broker refused the connection: SASL authentication error" "$DATA/kafka_sasl-refused.log" \
+      || fail "no reason given: $(tail -n 2 "$DATA/kafka_sasl-refused.log")"
+    refused_s=$((SECONDS - t0))
+    # A CA that did not sign the broker's certificate.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=another CA" -keyout "$DATA/other-ca.key" \
+      -out "$DATA/other-ca.crt" > /dev/null 2>&1 || fail "openssl"
+    rc=0; QUERY_NAME=$name timeout 60 "$BUILD/jobs/stream_orders" --available-now "${sasl[@]}" \
+      --kafka-option "ssl.ca.location=$DATA/other-ca.crt" --kafka-option "sasl.password=$pw" > "$DATA/kafka_sasl-ca.log" 2>&1 || rc=$?
+    ((rc != 0 && rc != 124)) || fail "an unknown CA: exit $rc"
+    grep -q "certificate verify failed" "$DATA/kafka_sasl-ca.log" || fail "no reason given: $(tail -n 2 "$DATA/kafka_sasl-ca.log")"
+    echo "kafka_sasl: ok (changes read through SASL_SSL; SCRAM-SHA-512 login works; a wrong password refused in $refused_s s)"
+    ;;
+
   least_privilege)
     # The job needs no more than it uses: a login role with the grants of sql/grants/stream_jobs.sql
     # (no superuser, no CREATE anywhere) runs stream_orders; with one grant taken away, the job
@@ -721,6 +796,65 @@ case "${1:-}" in
     verify 30
     [[ $(dlq_count) == "$start_dlq" ]] || fail "unchanged TOASTed values produced dead letters"
     echo "toasted_values: ok"
+    ;;
+
+  source_role)
+    # Debezium needs no superuser either: a login role with only what sql/grants/debezium_source.sql
+    # grants (REPLICATION, SELECT on customers and orders; the publication made by an owner) runs a
+    # connector of its own. It snapshots both tables and streams a change made afterwards; the role
+    # can read no other table and create nothing.
+    role=cdc_source_e2e conn=source-role-e2e slot=source_role_e2e pub=source_role_e2e prefix=srcrole$$
+    pw="s$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    cleanup_source_role() {
+      curl -s -X DELETE "$CONNECT_URL/connectors/$conn" > /dev/null 2>&1 || true
+      for _ in $(seq 1 100); do [[ -z $(q "SELECT 1 FROM pg_replication_slots WHERE slot_name = '$slot' AND active") ]] && break; sleep 0.2; done
+      q "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$slot'" > /dev/null 2>&1 || true
+      q "DROP PUBLICATION IF EXISTS $pub" > /dev/null 2>&1 || true
+      q "DROP OWNED BY $role" > /dev/null 2>&1 || true
+      q "DROP ROLE IF EXISTS $role" > /dev/null 2>&1 || true
+    }
+    cleanup_source_role
+    trap cleanup_source_role EXIT
+    q "CREATE ROLE $role LOGIN PASSWORD '$pw'" > /dev/null
+    psql -X -q -v ON_ERROR_STOP=1 -v role="$role" -v publication="$pub" -f "$ROOT/sql/grants/debezium_source.sql" > /dev/null \
+      || fail "sql/grants/debezium_source.sql failed"
+    [[ $(q "SELECT rolsuper || ' ' || rolreplication || ' ' || rolcreatedb FROM pg_roles WHERE rolname = '$role'") == "false true false" ]] \
+      || fail "the source role has other attributes than REPLICATION"
+    for t in dim_customers fact_orders dlq_events dataflow_offsets; do
+      [[ $(q "SELECT has_table_privilege('$role', 'public.$t', 'SELECT')") == f ]] || fail "the source role can read $t"
+    done
+    jq --arg port "$PGPORT" --arg user "$role" --arg pw "$pw" --arg prefix "$prefix" --arg slot "$slot" --arg pub "$pub" \
+       '.config + {"topic.prefix": $prefix, "slot.name": $slot, "publication.name": $pub, "publication.autocreate.mode": "disabled",
+         "database.hostname": "127.0.0.1", "database.port": $port, "database.user": $user, "database.password": $pw,
+         "database.dbname": "appdb"}' "$ROOT/scripts/cdc/debezium-connector.json" |
+      curl -sf -X PUT -H 'Content-Type: application/json' --data @- "$CONNECT_URL/connectors/$conn/config" > /dev/null \
+      || fail "Connect refused the connector"
+    # The snapshot: every row of both tables (streaming starts after it).
+    for table in customers orders; do
+      rows=$(q "SELECT count(*) FROM $table")
+      for _ in $(seq 1 600); do
+        n=$(kcat -b "$KAFKA_BOOTSTRAP" -C -t "$prefix.public.$table" -o beginning -e -q -f 'x\n' 2>/dev/null | wc -l) || true
+        ((n >= rows)) && break
+        state=$(curl -sf "$CONNECT_URL/connectors/$conn/status" | jq -r '.tasks[0].state // "none"') || true
+        [[ "$state" == FAILED ]] && fail "the connector failed: $(curl -sf "$CONNECT_URL/connectors/$conn/status" | jq -r '.tasks[0].trace' | head -n 3)"
+        sleep 0.2
+      done
+      ((n >= rows)) || fail "the snapshot gave $n of $rows $table"
+      [[ $table == customers ]] && customers=$n
+    done
+    [[ $(q "SELECT usename FROM pg_stat_replication WHERE application_name = '$conn' OR usename = '$role' LIMIT 1") == "$role" ]] \
+      || fail "the connector's replication connection is not the source role's"
+    email="source-role-$$@example.com"
+    q "INSERT INTO customers (email, country) VALUES ('$email', 'FI')" > /dev/null
+    for _ in $(seq 1 300); do
+      grep -q "$email" <<< "$(kcat -b "$KAFKA_BOOTSTRAP" -C -t "$prefix.public.customers" -o -20 -e -q 2>/dev/null)" && break
+      sleep 0.2
+    done
+    grep -q "$email" <<< "$(kcat -b "$KAFKA_BOOTSTRAP" -C -t "$prefix.public.customers" -o -20 -e -q 2>/dev/null)" \
+      || fail "a change after the snapshot did not arrive"
+    cleanup_source_role
+    trap - EXIT
+    echo "source_role: ok ($customers customers snapshotted and a new one streamed by a REPLICATION-only role)"
     ;;
 
   scale_out)

@@ -136,7 +136,7 @@ case "${1:-}" in
     port() { (source "$DATAFLOW_STATE_DIR/ports.env"; echo "${!1}"); }
     k0=$(port KAFKA_PORT)
     read -r low _ < /proc/sys/net/ipv4/ip_local_port_range
-    for p in $k0 $(port CONTROLLER_PORT) $(port PG_PORT) $(port CONNECT_PORT); do
+    for p in $k0 $(port CONTROLLER_PORT) $(port PG_PORT) $(port CONNECT_PORT) $(port KAFKA_SASL_PORT); do
       ((p < low)) || fail "port $p lies in the ephemeral range (from $low)"
     done
     # Up again while the broker runs: its own port is kept.

@@ -41,6 +41,19 @@ for needle in "demo" "running" "input rows/s" "processed rows/s" "<polyline" "de
               "rows in state" "watermark"; do
   [[ "$dom" == *"$needle"* ]] || fail "the rendered page lacks '$needle'"
 done
+# Unauthenticated endpoints: on loopback only by default, and nothing but GET is served.
+mport=$(echo "$api" | jq -r '.[0].metricsPort')
+for port in "$DATAFLOW_UI_PORT" "$mport"; do
+  bound=$(ss -ltnH "sport = :$port" | awk '{print $4}' | sort -u | paste -sd' ')
+  [[ "$bound" == "127.0.0.1:$port" ]] || fail "port $port listens on '$bound', expected 127.0.0.1 only"
+done
+for target in "$url/" "$url/api/jobs" "http://127.0.0.1:$mport/metrics" "http://127.0.0.1:$mport/progress" \
+              "http://127.0.0.1:$mport/healthz" "http://127.0.0.1:$mport/deadletters"; do
+  for method in POST PUT DELETE PATCH; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X "$method" --data x "$target")
+    ((code >= 400)) || fail "$method $target answered $code"
+  done
+done
 "${chrome[@]}" --screenshot="$OUT/status-page.png" "$url/" > /dev/null 2>&1 || fail "screenshot"
 size=$(stat -c %s "$OUT/status-page.png")
 ((size > 10000)) || fail "screenshot too small ($size bytes)"

@@ -320,7 +320,7 @@ struct KafkaSource::Impl {
       found = options.assign;
     } else {
       const rd_kafka_metadata_t* md = nullptr;
-      detail::check(rd_kafka_metadata(meta.get(), 1, nullptr, &md, timeoutMs()), "metadata request");
+      detail::check(rd_kafka_metadata(meta.get(), 1, nullptr, &md, timeoutMs()), "metadata request", meta.get());
       for (int t = 0; t < md->topic_cnt; ++t) {
         const auto& topic = md->topics[t];
         if (topic.err != RD_KAFKA_RESP_ERR_NO_ERROR) continue;
@@ -341,7 +341,7 @@ struct KafkaSource::Impl {
   std::pair<int64_t, int64_t> watermarks(const PartitionId& p) {
     int64_t low = 0, high = 0;
     detail::check(rd_kafka_query_watermark_offsets(meta.get(), p.topic.c_str(), p.partition, &low, &high, timeoutMs()),
-                  "watermarks of " + p.toString());
+                  "watermarks of " + p.toString(), meta.get());
     return {low, high};
   }
 
@@ -592,7 +592,7 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
         auto [low, high] = impl_->watermarks(partition);
         if (low <= expected) {
           // Nothing is gone (e.g. a transient out-of-range answer during a leader change).
-          if (Clock::now() > deadline) detail::check(m->err, "reading " + partition.toString());
+          if (Clock::now() > deadline) detail::check(m->err, "reading " + partition.toString(), r.rk.get());
           impl_->seek(r, partition, expected);
           continue;
         }
@@ -605,11 +605,11 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
         continue;
       }
       if (detail::isRetriable(m->err)) {
-        if (Clock::now() > deadline) detail::check(m->err, "reading " + partition.toString());
+        if (Clock::now() > deadline) detail::check(m->err, "reading " + partition.toString(), r.rk.get());
         continue;  // librdkafka reconnects by itself
       }
       r.next = -1;
-      detail::check(m->err, "reading " + partition.toString());
+      detail::check(m->err, "reading " + partition.toString(), r.rk.get());
     }
     if (m->offset < expected) continue;
     if (m->offset > expected) {

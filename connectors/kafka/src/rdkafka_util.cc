@@ -2,6 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <mutex>
+#include <string_view>
+#include <unordered_map>
+
 namespace dataflow::kafka::detail {
 
 bool isRetriable(rd_kafka_resp_err_t err) {
@@ -32,14 +36,64 @@ bool isRetriable(rd_kafka_resp_err_t err) {
   }
 }
 
-void check(rd_kafka_resp_err_t err, const std::string& what) {
+namespace {
+
+// Refusals per live handle, written by librdkafka's threads (log callback), read by the caller's.
+struct Refusals {
+  std::mutex mu;
+  std::unordered_map<const rd_kafka_t*, std::string> byHandle;
+};
+Refusals& refusals() {
+  static Refusals r;
+  return r;
+}
+
+// A log line that says the broker refused us for good: librdkafka's wording for a failed SASL
+// login and for a broker certificate our CA does not vouch for. (Other handshake failures, a broker
+// going away mid-handshake say, are transient and stay retriable.)
+bool isRefusal(std::string_view message) {
+  return message.find("SASL authentication error") != std::string_view::npos ||
+         message.find("certificate verify failed") != std::string_view::npos;
+}
+
+}  // namespace
+
+void HandleDeleter::operator()(rd_kafka_t* rk) const {
+  rd_kafka_destroy(rk);
+  std::lock_guard lock(refusals().mu);
+  refusals().byHandle.erase(rk);
+}
+
+std::optional<std::string> refusal(const rd_kafka_t* rk) {
+  if (!rk) return std::nullopt;
+  std::lock_guard lock(refusals().mu);
+  auto it = refusals().byHandle.find(rk);
+  if (it == refusals().byHandle.end()) return std::nullopt;
+  return it->second;
+}
+
+void check(rd_kafka_resp_err_t err, const std::string& what, const rd_kafka_t* rk) {
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return;
+  if (auto reason = refusal(rk)) {
+    throw ConnectorError("Kafka: " + what + ": the broker refused the connection: " + *reason +
+                             " (check the security.protocol, sasl.* and ssl.* options)",
+                         false);
+  }
   throw ConnectorError("Kafka: " + what + ": " + rd_kafka_err2str(err), isRetriable(err));
 }
 
 namespace {
 
-void logCallback(const rd_kafka_t*, int level, const char* facility, const char* message) {
+void logCallback(const rd_kafka_t* rk, int level, const char* facility, const char* message) {
+  if (level <= 4 && isRefusal(message)) {
+    // "sasl_ssl://host:port/bootstrap: SASL authentication error: ..." -> from the reason on.
+    std::string_view m(message);
+    auto at = m.find("SASL authentication error");
+    if (at == std::string_view::npos) at = m.find("SSL handshake failed");
+    if (at == std::string_view::npos) at = 0;
+    std::lock_guard lock(refusals().mu);
+    refusals().byHandle[rk] = std::string(m.substr(at));
+  }
   if (level <= 3) {
     spdlog::error("librdkafka {}: {}", facility, message);
   } else if (level <= 4) {

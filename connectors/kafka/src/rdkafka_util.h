@@ -7,14 +7,16 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "dataflow/error.h"
 
 namespace dataflow::kafka::detail {
 
+// Forgets the handle's refusal (see refusal()) and destroys it.
 struct HandleDeleter {
-  void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }
+  void operator()(rd_kafka_t* rk) const;
 };
 using Handle = std::unique_ptr<rd_kafka_t, HandleDeleter>;
 
@@ -31,8 +33,16 @@ using PartitionList = std::unique_ptr<rd_kafka_topic_partition_list_t, Partition
 // Transient errors: a broker may come back, a leader may be elected, a request may time out.
 bool isRetriable(rd_kafka_resp_err_t err);
 
-// Throws ConnectorError (retriable per isRetriable) unless err is NO_ERROR.
-void check(rd_kafka_resp_err_t err, const std::string& what);
+// Throws ConnectorError (retriable per isRetriable) unless err is NO_ERROR. With the handle `rk`,
+// an error behind which the broker refused the client (see refusal()) is thrown as not retriable,
+// with the broker's reason: retrying with the same credentials or certificates cannot succeed.
+void check(rd_kafka_resp_err_t err, const std::string& what, const rd_kafka_t* rk = nullptr);
+
+// Why the broker refused handle `rk` lately, if it did: a failed SASL login ("SASL authentication
+// error: ... invalid credentials") or TLS handshake ("certificate verify failed"). librdkafka only
+// logs these and reports "all brokers down" or a timeout to the caller; handles created by
+// createHandle record them from their log callback.
+std::optional<std::string> refusal(const rd_kafka_t* rk);
 
 // Creates a handle from properties; throws ConfigurationError naming a rejected property. Logs go
 // to spdlog; secrets never appear (librdkafka does not log them, and we never log properties).

@@ -19,6 +19,15 @@ namespace fs = std::filesystem;
 
 std::string errnoText() { return std::strerror(errno); }
 
+// A write that failed with `error` (an errno). A full filesystem (or quota) is a dependency failing,
+// not a broken checkpoint: freeing space fixes it, so the engine retries the batch in-process with
+// its backoff rather than the job dying and restarting. Anything else is a CheckpointError.
+[[noreturn]] void throwWriteError(const std::string& what, int error) {
+  std::string message = what + ": " + std::strerror(error);
+  if (error == ENOSPC || error == EDQUOT) throw ConnectorError(message + " (retried until space is freed)", true);
+  throw CheckpointError(message);
+}
+
 void fsyncPath(const fs::path& path, bool directory) {
   int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
   if (fd < 0) throw CheckpointError("cannot open " + path.string() + " to sync: " + errnoText());
@@ -32,27 +41,27 @@ void writeAtomically(const fs::path& path, const std::string& content, bool sync
   fs::path tmp = path;
   tmp += ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw CheckpointError("cannot create " + tmp.string() + ": " + errnoText());
+  if (fd < 0) throwWriteError("cannot create " + tmp.string(), errno);
+  // A failed attempt leaves no partial file behind: the retry (or a restart) starts clean.
+  auto fail = [&](const std::string& what, int error) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throwWriteError(what, error);
+  };
   size_t written = 0;
   while (written < content.size()) {
     ssize_t n = ::write(fd, content.data() + written, content.size() - written);
     if (n < 0) {
       if (errno == EINTR) continue;
-      std::string err = errnoText();
-      ::close(fd);
-      throw CheckpointError("cannot write " + tmp.string() + ": " + err);
+      fail("cannot write " + tmp.string(), errno);
     }
     written += static_cast<size_t>(n);
   }
-  if (sync && ::fsync(fd) != 0) {
-    std::string err = errnoText();
-    ::close(fd);
-    throw CheckpointError("fsync " + tmp.string() + " failed: " + err);
-  }
+  if (sync && ::fsync(fd) != 0) fail("fsync " + tmp.string() + " failed", errno);
   ::close(fd);
   std::error_code ec;
   fs::rename(tmp, path, ec);
-  if (ec) throw CheckpointError("cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message());
+  if (ec) throwWriteError("cannot rename " + tmp.string() + " to " + path.string(), ec.value());
   if (sync) fsyncPath(path.parent_path(), true);
 }
 

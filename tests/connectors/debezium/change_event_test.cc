@@ -275,6 +275,26 @@ TEST(ChangeEvent, PreciseDecimalsWithoutSchemaNeedADeclaredScale) {
   EXPECT_EQ(bad.error().kind, "wrong_type");
 }
 
+TEST(ChangeEventErrors, DeeplyNestedJsonIsRefusedWithoutRecursion) {
+  // Hostile input: a million open brackets in an ignored field, and nesting in a column. The
+  // parser stops at its depth limit (no stack overflow, no memory growth with the depth).
+  for (std::size_t depth : {std::size_t{40}, std::size_t{1} << 20}) {
+    std::string nested = std::string(depth, '[') + std::string(depth, ']');
+    auto inIgnored = kCustomers.decode(R"({"op": "c", "extra": )" + nested +
+                                       R"(, "after": {"id": 1, "email": "x"}, "source": {"lsn": 1}})");
+    ASSERT_FALSE(inIgnored.ok()) << depth;
+    EXPECT_EQ(inIgnored.error().kind, "malformed_json") << depth;
+    EXPECT_NE(inIgnored.error().message.find("deep"), std::string::npos) << inIgnored.error().message;
+    auto inColumn = kCustomers.decode(R"({"op": "c", "after": {"id": 1, "email": )" + nested + R"(}, "source": {"lsn": 1}})");
+    ASSERT_FALSE(inColumn.ok()) << depth;
+    EXPECT_EQ(inColumn.error().kind, "malformed_json") << depth;
+  }
+  // Unclosed: the same.
+  auto open = kCustomers.decode(R"({"op": "c", "after": {"id": 1, "email": )" + std::string(1 << 20, '{'));
+  ASSERT_FALSE(open.ok());
+  EXPECT_EQ(open.error().kind, "malformed_json");
+}
+
 TEST(ChangeEvent, MultiMegabytePayloadsDecode) {
   std::string big(3 << 20, 'x');
   auto e = kCustomers.decode(R"({"op": "c", "after": {"id": 1, "email": ")" + big + R"("}, "source": {"lsn": 1}})");

@@ -64,8 +64,9 @@ class QueryMetrics final : public QueryListener {
 };
 
 struct MonitoringServerOptions {
-  // Interface to listen on. Default: all ("0.0.0.0"), as a container needs.
-  std::string host = "0.0.0.0";
+  // Interface to listen on. Default: loopback only ("127.0.0.1"): the endpoints are unauthenticated.
+  // A container publishing the port sets "0.0.0.0" (METRICS_HOST in the runner image).
+  std::string host = "127.0.0.1";
   // Port; 0 disables the server. Default: 0.
   int port = 0;
 };
