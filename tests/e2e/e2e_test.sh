@@ -675,6 +675,18 @@ case "${1:-}" in
     [[ $(q "$bad") == 1 ]] || fail "a dead letter was written without the right"
     q "DROP OWNED BY $role" > /dev/null
     q "DROP ROLE $role"
+    # A stateful table job with sql/grants/table_jobs.sql: its operator state, table and checkpoint
+    # in the warehouse, from the beginning of Debezium's topics, without a permission error.
+    q "CREATE ROLE $role LOGIN PASSWORD '$pw' NOSUPERUSER NOCREATEDB NOCREATEROLE"
+    psql -X -q -v ON_ERROR_STOP=1 -v role="$role" -f "$ROOT/sql/grants/table_jobs.sql" > /dev/null || fail "sql/grants/table_jobs.sql failed"
+    stats_query=least-privilege-stats-e2e-$$
+    PG_URL="postgresql://$role:$pw@$PG_HOST:$PG_PORT/$PG_DB" QUERY_NAME=$stats_query timeout 180 \
+      "$BUILD/jobs/customer_order_stats" --available-now > "$DATA/least_privilege-stats.log" 2>&1 \
+      || fail "customer_order_stats failed with the granted rights: $(tail -n 3 "$DATA/least_privilege-stats.log")"
+    grep -qi "permission denied" "$DATA/least_privilege-stats.log" && fail "permission errors in the table job"
+    [[ $(q "SELECT count(*) FROM dataflow_state WHERE checkpoint_name = '$stats_query'") -gt 0 ]] || fail "the table job kept no state"
+    q "DROP OWNED BY $role" > /dev/null
+    q "DROP ROLE $role"
     trap - EXIT
     echo "least_privilege: ok"
     ;;
