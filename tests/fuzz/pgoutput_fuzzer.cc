@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
@@ -54,11 +55,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   boost::json::parse_options options;
   options.allow_invalid_utf8 = true;  // text of a SQL_ASCII database passes through; the parser dead-letters it
   boost::system::error_code ec;
-  boost::json::parse(value, ec, {}, options);
-  if (ec) std::abort();
-  if (!key.empty()) {
-    boost::json::parse(key, ec, {}, options);
-    if (ec) std::abort();
-  }
+  // Invalid JSON: say what and where before aborting, so that the crash report shows the bug.
+  auto check = [&](const std::string& json, const char* what) {
+    boost::json::parse(json, ec, {}, options);
+    if (!ec) return;
+    std::fprintf(stderr, "invalid %s JSON (%s): %s\n", what, ec.message().c_str(), json.c_str());
+    std::abort();
+  };
+  check(value, "value");
+  if (!key.empty()) check(key, "key");
   return 0;
 }

@@ -216,9 +216,11 @@ void appendColumnJson(const pgoutput::Column& column, const pgoutput::Value& val
     case kInt4:
     case kInt8:
     case kOid: {
+      // Written in canonical form, not as sent: a text like "-0719" parses, but leading zeros are
+      // not JSON (found by the fuzzer).
       int64_t v;
       if (parseNumber(s, v)) {
-        out += s;
+        appendInt(v, out);
         return;
       }
       break;
@@ -228,7 +230,9 @@ void appendColumnJson(const pgoutput::Column& column, const pgoutput::Value& val
       double v;
       // NaN and the infinities are not JSON numbers: they stay strings.
       if (parseNumber(s, v) && s.find_first_of("nN") == std::string_view::npos) {
-        out += s;
+        char buf[32];  // the shortest text that reads back as v, valid JSON whatever was sent
+        auto r = std::to_chars(buf, buf + sizeof buf, v);
+        out.append(buf, r.ptr);
         return;
       }
       break;

@@ -150,6 +150,10 @@ TEST(DebeziumJson, MapsTypesAsDebeziumDoes) {
   EXPECT_EQ(columnJson(701, -1, "0.25"), "0.25");
   EXPECT_EQ(columnJson(701, -1, "NaN"), "\"NaN\"");
   EXPECT_EQ(columnJson(701, -1, "-Infinity"), "\"-Infinity\"");
+  // Numbers are written in canonical form: text that parses but is not JSON (found by the fuzzer).
+  EXPECT_EQ(columnJson(20, -1, "-0719"), "-719");
+  EXPECT_EQ(columnJson(701, -1, "00.5"), "0.5");
+  EXPECT_EQ(columnJson(701, -1, "1e300"), "1e+300");
   EXPECT_EQ(columnJson(1700, -1, "30.50"), "\"30.50\"");  // decimal.handling.mode=string
   EXPECT_EQ(columnJson(1082, -1, "2024-02-29"), "19782");
   EXPECT_EQ(columnJson(1082, -1, "infinity"), "\"infinity\"");
