@@ -41,7 +41,10 @@ void writeAtomically(const fs::path& path, const std::string& content, bool sync
   fs::path tmp = path;
   tmp += ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throwWriteError("cannot create " + tmp.string(), errno);
+  if (fd < 0) {
+    const int error = errno;
+    throwWriteError("cannot create " + tmp.string(), error);
+  }
   // A failed attempt leaves no partial file behind: the retry (or a restart) starts clean.
   auto fail = [&](const std::string& what, int error) {
     ::close(fd);
@@ -52,12 +55,16 @@ void writeAtomically(const fs::path& path, const std::string& content, bool sync
   while (written < content.size()) {
     ssize_t n = ::write(fd, content.data() + written, content.size() - written);
     if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("cannot write " + tmp.string(), errno);
+      const int error = errno;  // before building the message
+      if (error == EINTR) continue;
+      fail("cannot write " + tmp.string(), error);
     }
     written += static_cast<size_t>(n);
   }
-  if (sync && ::fsync(fd) != 0) fail("fsync " + tmp.string() + " failed", errno);
+  if (sync && ::fsync(fd) != 0) {
+    const int error = errno;
+    fail("fsync " + tmp.string() + " failed", error);
+  }
   ::close(fd);
   std::error_code ec;
   fs::rename(tmp, path, ec);
