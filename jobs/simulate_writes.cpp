@@ -1,6 +1,12 @@
 // The source-side write simulator: random inserts, updates and deletes on public.customers and
-// public.orders, as the original pipeline's producer did. With a fixed --seed and the same
-// starting rows, the sequence of operations is the same.
+// public.orders, as the original pipeline's producer did. With a fixed --seed, the same starting
+// rows and one connection, the sequence of operations is the same.
+//
+// One connection commits a few hundred single-change transactions a second (each waits for its
+// commit). --connections N runs N writers at once, each on its own connection with its share of
+// --rate and --ops, so that concurrent transactions interleave in the WAL as a real application's
+// do. Writer i picks the existing customers with id % N == i (and their orders), so the writers
+// seldom race each other; when they do, the race is handled as one with any other client.
 //
 // Connects with libpq's PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD (or --url).
 // Deleting a customer deletes its orders (ON DELETE CASCADE, see sql/001_source_schema.sql).
@@ -23,6 +29,7 @@
 #include <map>
 #include <random>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -40,6 +47,7 @@ struct Options {
   bool seedGiven = false;
   double rate = 0;  // ops/s; 0: use sleepMs
   int64_t batch = 1;
+  int64_t connections = 1;
   std::string url;
   bool verbose = false;
 };
@@ -47,9 +55,16 @@ struct Options {
 const char* const kCountries[] = {"US", "CA", "DE", "FR", "GB", "BR", "IN", "JP", "AU", "ES"};
 const char* const kStatuses[] = {"pending", "paid", "shipped", "delivered", "cancelled"};
 
+// What a writer did: committed operations by kind, skipped transactions by the race lost.
+struct Report {
+  std::map<std::string, int64_t> counts;
+  std::map<std::string, int64_t> skipped;
+};
+
 class Simulator {
  public:
-  Simulator(const Options& o) : opts_(o), rng_(o.seed) {}
+  // Writer `shard` of `shards`: it picks the existing customers whose id % shards == shard.
+  Simulator(const Options& o, int64_t shard = 0, int64_t shards = 1) : opts_(o), rng_(o.seed), shard_(shard), shards_(shards) {}
 
   void connect() {
     ConnectionConfig config;
@@ -59,7 +74,7 @@ class Simulator {
     loadIds();
   }
 
-  void run() {
+  Report run() {
     auto start = Clock::now();
     int64_t done = 0;
     while (!stopRequested && (opts_.ops == 0 || done < opts_.ops)) {
@@ -90,22 +105,7 @@ class Simulator {
       }
       pace(start, done);
     }
-    double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    int64_t committed = counts_["insert"] + counts_["update"] + counts_["delete"];
-    std::printf("simulate_writes: %lld ops (inserts=%lld updates=%lld deletes=%lld) in %.2f s, %.1f ops/s\n",
-                static_cast<long long>(committed), static_cast<long long>(counts_["insert"]),
-                static_cast<long long>(counts_["update"]), static_cast<long long>(counts_["delete"]), seconds,
-                seconds > 0 ? committed / seconds : 0.0);
-    if (!skipped_.empty()) {
-      std::string detail;
-      int64_t total = 0;
-      for (const auto& [why, n] : skipped_) {
-        detail += (detail.empty() ? "" : ", ") + why + "=" + std::to_string(n);
-        total += n;
-      }
-      std::printf("simulate_writes: skipped %lld transaction(s) that lost a race with another client (%s)\n",
-                  static_cast<long long>(total), detail.c_str());
-    }
+    return {counts_, skipped_};
   }
 
  private:
@@ -203,9 +203,10 @@ class Simulator {
   void loadIds() {
     customers_.clear();
     orders_.clear();
-    auto c = conn_->exec("SELECT id FROM public.customers ORDER BY id");
+    const std::string mine = std::to_string(shards_) + " = " + std::to_string(shard_);
+    auto c = conn_->exec("SELECT id FROM public.customers WHERE id % " + mine + " ORDER BY id");
     for (int i = 0; i < c.rows(); ++i) customers_.push_back(c.int64(i, 0));
-    auto o = conn_->exec("SELECT id, customer_id FROM public.orders ORDER BY id");
+    auto o = conn_->exec("SELECT id, customer_id FROM public.orders WHERE customer_id % " + mine + " ORDER BY id");
     for (int i = 0; i < o.rows(); ++i) orders_[o.int64(i, 0)] = o.int64(i, 1);
   }
 
@@ -234,6 +235,7 @@ class Simulator {
 
   Options opts_;
   std::mt19937_64 rng_;
+  int64_t shard_, shards_;
   std::unique_ptr<Connection> conn_;
   std::vector<int64_t> customers_;
   std::map<int64_t, int64_t> orders_;  // order id -> customer id
@@ -256,6 +258,8 @@ int main(int argc, char** argv) {
   auto* seedOpt = app.add_option("--seed", o.seed, "Random seed: the same seed and starting rows give the same operations");
   app.add_option("--rate", o.rate, "Target operations per second (overrides --sleep-ms)")->default_val(0)->check(CLI::NonNegativeNumber);
   app.add_option("--batch", o.batch, "Operations per transaction")->default_val(1)->check(CLI::PositiveNumber);
+  app.add_option("--connections", o.connections, "Writers on connections of their own, sharing --rate and --ops")
+      ->default_val(1)->check(CLI::Range(int64_t{1}, int64_t{64}));
   app.add_option("--url", o.url, "libpq connection string or URL (default: the PG* environment)");
   app.add_flag("-v,--verbose", o.verbose, "Print each operation");
   CLI11_PARSE(app, argc, argv);
@@ -275,13 +279,62 @@ int main(int argc, char** argv) {
   if (!*seedOpt) o.seed = std::random_device{}();
   std::signal(SIGINT, [](int) { stopRequested = true; });
   std::signal(SIGTERM, [](int) { stopRequested = true; });
+  const int64_t n = o.connections;
+  std::vector<std::unique_ptr<Simulator>> writers;
   try {
-    Simulator sim(o);
-    sim.connect();
-    std::cerr << "simulate_writes: seed " << o.seed << "\n";
-    sim.run();
+    for (int64_t i = 0; i < n; ++i) {
+      Options mine = o;
+      mine.seed = o.seed + static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull;
+      mine.rate = o.rate / static_cast<double>(n);
+      mine.ops = o.ops == 0 ? 0 : o.ops / n + (i < o.ops % n ? 1 : 0);
+      if (o.ops != 0 && mine.ops == 0) continue;  // fewer operations than writers
+      writers.push_back(std::make_unique<Simulator>(mine, i, n));
+      writers.back()->connect();
+    }
   } catch (const dataflow::Error& e) {
     std::cerr << "simulate_writes: " << e.what() << "\n";
+    return 1;
+  }
+  std::cerr << "simulate_writes: seed " << o.seed << (n > 1 ? ", " + std::to_string(n) + " connections" : "") << "\n";
+  const auto start = Clock::now();
+  std::vector<Report> reports(writers.size());
+  std::vector<std::string> errors(writers.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < writers.size(); ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        reports[i] = writers[i]->run();
+      } catch (const dataflow::Error& e) {
+        errors[i] = e.what();
+        stopRequested = true;  // one writer's real problem ends the run
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  Report total;
+  for (const Report& r : reports) {
+    for (const auto& [kind, count] : r.counts) total.counts[kind] += count;
+    for (const auto& [why, count] : r.skipped) total.skipped[why] += count;
+  }
+  const int64_t committed = total.counts["insert"] + total.counts["update"] + total.counts["delete"];
+  std::printf("simulate_writes: %lld ops (inserts=%lld updates=%lld deletes=%lld) in %.2f s, %.1f ops/s\n",
+              static_cast<long long>(committed), static_cast<long long>(total.counts["insert"]),
+              static_cast<long long>(total.counts["update"]), static_cast<long long>(total.counts["delete"]), seconds,
+              seconds > 0 ? committed / seconds : 0.0);
+  if (!total.skipped.empty()) {
+    std::string detail;
+    int64_t skipped = 0;
+    for (const auto& [why, count] : total.skipped) {
+      detail += (detail.empty() ? "" : ", ") + why + "=" + std::to_string(count);
+      skipped += count;
+    }
+    std::printf("simulate_writes: skipped %lld transaction(s) that lost a race with another client (%s)\n",
+                static_cast<long long>(skipped), detail.c_str());
+  }
+  for (const auto& e : errors) {
+    if (e.empty()) continue;
+    std::cerr << "simulate_writes: " << e << "\n";
     return 1;
   }
   return 0;

@@ -12,11 +12,14 @@
 # Nothing may grow without bound: the verdicts (RSS slope after warm-up < 10 MB/h, checkpoint
 # growth < 10 MB/h, no dead letter, slot lag at the end < 16 MB, p99 of the last window within 2x of
 # the first) are printed and kept with the figures in bench/results/soak-latest.{json,md,csv}.
+# The load comes from SOAK_CONNECTIONS writers (default 4; one connection commits only a few hundred
+# single-change transactions a second here).
 #   bench/e2e/soak.sh [MINUTES=30] [RATE=1000] [SAMPLE=10]
 set -euo pipefail
 MINUTES=${1:-30}
 RATE=${2:-1000}
 SAMPLE=${3:-10}
+CONNECTIONS=${SOAK_CONNECTIONS:-4}
 export BENCH_STATE_DIR=${BENCH_STATE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/build/soak-stack}
 source "$(dirname "$0")/lib.sh" stream_customers stream_orders simulate_writes
 JOBS=(stream_customers stream_orders)
@@ -43,8 +46,9 @@ end_offsets() {
 pids_before="$(pid stream_customers) $(pid stream_orders)"
 dlq0=$(q "SELECT count(*) FROM dlq_events")
 t_start=$(q "SELECT now()")
-echo "soak: $MINUTES min at $RATE changes/s, sampling every $SAMPLE s (jobs: pids $pids_before)"
-"$BUILD/jobs/simulate_writes" --rate "$RATE" --ops $((RATE * MINUTES * 60)) --seed 4242 > "$WORK/soak-sim.log" 2>&1 &
+echo "soak: $MINUTES min at $RATE changes/s from $CONNECTIONS connections, sampling every $SAMPLE s (jobs: pids $pids_before)"
+"$BUILD/jobs/simulate_writes" --rate "$RATE" --ops $((RATE * MINUTES * 60)) --seed 4242 --connections "$CONNECTIONS" \
+  > "$WORK/soak-sim.log" 2>&1 &
 sim=$!
 echo "seconds,customers_rss_mb,orders_rss_mb,checkpoint_bytes,dlq_rows,slot_lag_bytes,kafka_end_offsets" > "$CSV"
 s0=$(ms_now)
@@ -55,7 +59,7 @@ while kill -0 "$sim" 2>/dev/null; do
   sleep "$SAMPLE"
 done
 wait "$sim" || { echo "soak: the simulator failed: $(tail -n 3 "$WORK/soak-sim.log")" >&2; exit 1; }
-sim_report=$(tail -n 1 "$WORK/soak-sim.log")
+sim_report=$(grep -E '^simulate_writes: [0-9]+ ops' "$WORK/soak-sim.log" | tail -n 1)
 "$ROOT/scripts/verify-warehouse" --wait 300 || { echo "soak: the warehouse does not match the source" >&2; exit 1; }
 printf '%s,%s,%s,%s,%s,%s,%s\n' "$(( ($(ms_now) - s0) / 1000 ))" "$(rss_mb "$(pid stream_customers)")" \
   "$(rss_mb "$(pid stream_orders)")" "$(checkpoint_bytes)" "$(q "SELECT count(*) FROM dlq_events")" \
@@ -111,7 +115,7 @@ cp "$CSV" "$OUT/soak-latest.csv"
 {
   echo "# Soak, $date: $MINUTES min at $RATE changes/s"
   echo
-  echo "\`bench/e2e/soak.sh $MINUTES $RATE $SAMPLE\` on this machine (2 cores). Simulator: $sim_report"
+  echo "\`bench/e2e/soak.sh $MINUTES $RATE $SAMPLE\` on this machine (2 cores), $CONNECTIONS writer connections. Simulator: $sim_report"
   echo
   echo "| measure | value | bound | verdict |"
   echo "|---|---|---|---|"

@@ -80,6 +80,7 @@ UpsertTableOptions dimCustomers() {
           .valueColumns = {"email", "country", "created_at", "updated_at", "event_time"},
           .versionColumn = "source_lsn",
           .softDeleteColumn = "is_deleted",
+          .changeColumns = {"event_time"},
           .insertOnlyColumns = {"first_seen_at"},
           .touchColumns = {"last_seen_at"}};
 }
@@ -90,6 +91,7 @@ UpsertTableOptions factOrders() {
           .valueColumns = {"customer_id", "amount", "status", "created_at", "updated_at", "event_time"},
           .versionColumn = "source_lsn",
           .softDeleteColumn = "is_deleted",
+          .changeColumns = {"event_time"},
           .insertOnlyColumns = {"first_seen_at"},
           .touchColumns = {"last_seen_at"}};
 }

@@ -149,6 +149,17 @@ case "${1:-}" in
     ((rc == 0)) || fail "the simulator stopped on a race with another client (exit $rc): $(echo "$raced" | tail -n 2)"
     echo "$raced" | grep -Eq "skipped [0-9]+ transaction\(s\) that lost a race with another client \(.*foreign_key=[0-9]+" ||
       fail "no foreign-key race reported: $(echo "$raced" | tail -n 2)"
+    # Several writers at once, each on its own connection: every operation counted once (committed
+    # or skipped), the tables consistent.
+    multi=$(PGDATABASE=simtest "$sim" --ops 400 --connections 3 --sleep-ms 0 --seed 9 2>&1) ||
+      fail "three writers failed: $(echo "$multi" | tail -n 2)"
+    echo "$multi" | grep -q "seed 9, 3 connections" || fail "no writer count: $multi"
+    echo "$multi" | grep -Eq "^simulate_writes: 4[0-9]{2} ops|^simulate_writes: 3[0-9]{2} ops" || fail "no summary: $multi"
+    committed=$(echo "$multi" | sed -n 's/^simulate_writes: \([0-9]*\) ops.*/\1/p')
+    skipped=$(echo "$multi" | sed -n 's/.*skipped \([0-9]*\) transaction.*/\1/p')
+    ((committed + ${skipped:-0} == 400)) || fail "400 operations asked, $committed committed + ${skipped:-0} skipped"
+    fks=$(PGDATABASE=simtest q "SELECT count(*) FROM orders o LEFT JOIN customers c ON c.id = o.customer_id WHERE c.id IS NULL")
+    [[ "$fks" == 0 ]] || fail "$fks orders without a customer after three writers"
     PGDATABASE=postgres q "DROP DATABASE simtest" > /dev/null
     check_flag() {
       local out rc=0; out=$("$sim" "$@" 2>&1) || rc=$?
@@ -160,6 +171,7 @@ case "${1:-}" in
     check_flag --update-p 0.9
     check_flag --rate abc
     check_flag --no-such-flag
+    check_flag --connections 0
     summary=$(PGDATABASE=appdb "$sim" --ops 50 --rate 500 --seed 1 2>&1)
     echo "$summary" | grep -Eq "50 ops \(inserts=[0-9]+ updates=[0-9]+ deletes=[0-9]+\) in [0-9.]+ s, [0-9.]+ ops/s" \
       || fail "no summary line: $summary"

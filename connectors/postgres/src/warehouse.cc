@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace dataflow::postgres {
 namespace {
@@ -158,6 +159,19 @@ UpsertTable::UpsertTable(UpsertTableOptions options) : options_(std::move(option
                                "' is not one of the value columns");
     }
   }
+  for (const auto& c : options_.changeColumns) {
+    auto it = std::find(options_.valueColumns.begin(), options_.valueColumns.end(), c);
+    if (it == options_.valueColumns.end()) {
+      throw ConfigurationError("UpsertTableOptions of " + options_.table + ": change column '" + c +
+                               "' is not one of the value columns");
+    }
+    const size_t column = options_.keyColumns.size() + static_cast<size_t>(it - options_.valueColumns.begin());
+    if (column >= 64) {
+      throw ConfigurationError("UpsertTableOptions of " + options_.table + ": change column '" + c +
+                               "' is past the 64th column");
+    }
+    changeBits_ |= uint64_t{1} << column;
+  }
   if (!options_.accumulateColumns.empty() && (options_.hardDelete || !options_.softDeleteColumn.empty())) {
     throw ConfigurationError("UpsertTableOptions of " + options_.table +
                              ": accumulateColumns add partial results up and cannot be deleted (hardDelete, softDeleteColumn)");
@@ -179,6 +193,11 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   // Bits of UpsertRow::keepStored that name value columns (not keys).
   const uint64_t valueBits = valueColumnBits(width, keys);
   std::unordered_map<size_t, UpsertRow> patched;  // newest changes completed from older ones
+  // Soft deletes that follow a change of their key in this batch. One by one, the change would
+  // have set the row's values and the delete kept them: such a delete carries that change's values
+  // (and its kept columns) instead of keeping the stored row's, so where the batches end does not
+  // change what is written.
+  std::unordered_set<size_t> carries;
   bool anyKept = false;
   size_t accumulated = 0;  // rows of a table that accumulates: all of them are staged
   std::string key;
@@ -211,11 +230,22 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
       keep[i] = 1;
     } else if (rows[it->second].version <= r.version) {
       // A column the newer change did not send has the value of the previous change, unless that
-      // was a delete (which carries only the key; the stored row keeps its last values).
+      // was a plain delete (which carries only the key; the stored row keeps its last values).
       const uint64_t kept = r.keepStored & valueBits;
       const size_t previous = it->second;
       const UpsertRow& older = patched.contains(previous) ? patched.at(previous) : rows[previous];
-      if (kept != 0 && !older.deleted && !r.deleted) {
+      const bool olderHasValues = !older.deleted || carries.contains(previous);
+      if (r.deleted && olderHasValues && !o.softDeleteColumn.empty()) {
+        UpsertRow carrying = r;
+        carrying.keepStored = older.keepStored & valueBits & ~table.changeBits_;
+        for (size_t c = keys; c < width; ++c) {
+          if (c < 64 && (table.changeBits_ >> c) & 1) continue;
+          // A column the earlier change did not send has no value here: stored or unknown.
+          carrying.values[c] = c < 64 && (carrying.keepStored >> c) & 1 ? std::nullopt : older.values[c];
+        }
+        patched[i] = std::move(carrying);
+        carries.insert(i);
+      } else if (kept != 0 && olderHasValues && !r.deleted) {
         UpsertRow merged = r;
         for (size_t c = keys; c < width && c < 64; ++c) {
           const uint64_t bit = uint64_t{1} << c;
@@ -234,11 +264,14 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   if (newest.empty() && accumulated == 0) return 0;
   // The rows to write, in input order (a key's newest change, completed from older ones).
   std::vector<const UpsertRow*> chosen;
+  std::vector<uint8_t> chosenCarries;  // per chosen row: a delete that carries values
   chosen.reserve(newest.size() + accumulated);
+  chosenCarries.reserve(newest.size() + accumulated);
   for (size_t i = 0; i < rows.size(); ++i) {
     if (!keep[i]) continue;
     auto patch = patched.find(i);
     chosen.push_back(patch != patched.end() ? &patch->second : &rows[i]);
+    chosenCarries.push_back(carries.contains(i));
   }
 
   const auto staging = std::chrono::steady_clock::now();
@@ -257,14 +290,16 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   const std::string version = conn_.quoteIdentifier(o.versionColumn);
   std::string stageColumns = keyList + (o.valueColumns.empty() ? "" : ", " + valueList) + ", " + version;
   conn_.exec("CREATE TEMP TABLE IF NOT EXISTS " + stage + " ON COMMIT DELETE ROWS AS SELECT " + stageColumns +
-             ", NULL::boolean AS __dataflow_deleted, NULL::bigint AS __dataflow_keep FROM " + target +
-             " WITH NO DATA");
+             ", NULL::boolean AS __dataflow_deleted, NULL::bigint AS __dataflow_keep, NULL::boolean AS __dataflow_carries FROM " +
+             target + " WITH NO DATA");
 
-  CopyIn copy(conn_, "COPY " + stage + " (" + stageColumns + ", __dataflow_deleted, __dataflow_keep) FROM STDIN");
+  CopyIn copy(conn_, "COPY " + stage + " (" + stageColumns + ", __dataflow_deleted, __dataflow_keep, __dataflow_carries) FROM STDIN");
   std::string& buffer = copy.buffer();
-  for (const UpsertRow* row : chosen) {
-    const UpsertRow& r = *row;
-    const uint64_t kept = r.deleted ? 0 : r.keepStored & valueBits;
+  bool anyCarries = false;
+  for (size_t n = 0; n < chosen.size(); ++n) {
+    const UpsertRow& r = *chosen[n];
+    anyCarries |= chosenCarries[n] != 0;
+    const uint64_t kept = r.deleted && !chosenCarries[n] ? 0 : r.keepStored & valueBits;
     anyKept |= kept != 0;
     for (size_t c = 0; c < r.values.size(); ++c) {
       // A kept column's text is no value (it may not even parse as the column's type).
@@ -274,6 +309,7 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     buffer += std::to_string(r.version);
     buffer += r.deleted ? "\tt\t" : "\tf\t";
     buffer += std::to_string(static_cast<int64_t>(kept));
+    buffer += chosenCarries[n] ? "\tt" : "\tf";
     copy.endRow();
   }
   copy.finish();
@@ -303,16 +339,23 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
   std::string insertColumns = stageColumns;
   std::string select = stageColumns;
   std::string update = version + " = EXCLUDED." + version;
+  std::string carryingUpdate;  // for deletes that carry values: every column from the change
   const bool soft = !o.softDeleteColumn.empty();
   if (soft) {
     std::string sd = conn_.quoteIdentifier(o.softDeleteColumn);
     insertColumns += ", " + sd;
     select += ", __dataflow_deleted";
     update += ", " + sd + " = EXCLUDED." + sd;
-    // A delete keeps the last known values: it only marks the row.
-    for (const auto& v : o.valueColumns) {
-      std::string q = conn_.quoteIdentifier(v);
-      update += ", " + q + " = CASE WHEN EXCLUDED." + sd + " THEN t." + q + " ELSE EXCLUDED." + q + " END";
+    carryingUpdate = update;
+    // A delete keeps the last known values: it only marks the row (and sets the change columns).
+    for (size_t j = 0; j < o.valueColumns.size(); ++j) {
+      std::string q = conn_.quoteIdentifier(o.valueColumns[j]);
+      carryingUpdate += ", " + q + " = EXCLUDED." + q;
+      if (keys + j < 64 && (table.changeBits_ >> (keys + j)) & 1) {
+        update += ", " + q + " = EXCLUDED." + q;
+      } else {
+        update += ", " + q + " = CASE WHEN EXCLUDED." + sd + " THEN t." + q + " ELSE EXCLUDED." + q + " END";
+      }
     }
   } else {
     for (const auto& v : o.valueColumns) {
@@ -320,17 +363,25 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
       update += ", " + q + " = EXCLUDED." + q;
     }
   }
+  std::string carryingColumns = insertColumns, carryingSelect = select;
   appendTimestampColumns(conn_, o, insertColumns, select, update);
   int64_t deleted = 0;
   std::string where;
+  if (anyCarries) {
+    appendTimestampColumns(conn_, o, carryingColumns, carryingSelect, carryingUpdate);
+    deleted = conn_.exec("INSERT INTO " + target + " AS t (" + carryingColumns + ") SELECT " + carryingSelect + " FROM " +
+                         stage + " WHERE __dataflow_carries ON CONFLICT (" + keyList + ") DO UPDATE SET " +
+                         carryingUpdate + " WHERE t." + version + " < EXCLUDED." + version).affected();
+    where = " WHERE NOT __dataflow_carries";
+  }
   if (o.hardDelete) {
     std::string match;
     for (const auto& k : o.keyColumns) {
       std::string q = conn_.quoteIdentifier(k);
       match += " AND s." + q + " = t." + q;
     }
-    deleted = conn_.exec("DELETE FROM " + target + " t USING " + stage + " s WHERE s.__dataflow_deleted" + match +
-                         " AND t." + version + " < s." + version).affected();
+    deleted += conn_.exec("DELETE FROM " + target + " t USING " + stage + " s WHERE s.__dataflow_deleted" + match +
+                          " AND t." + version + " < s." + version).affected();
     where = " WHERE NOT __dataflow_deleted";
   }
   auto result = conn_.exec("INSERT INTO " + target + " AS t (" + insertColumns + ") SELECT " + select + " FROM " + stage +
@@ -413,6 +464,7 @@ std::optional<int64_t> WarehouseTransaction::copyDirect(const UpsertTable& table
     for (const UpsertRow* row : rows) {
       const UpsertRow& r = *row;
       if (r.deleted && o.hardDelete) continue;  // deletes a row that is not there
+      // (A delete that carries values has none for the columns its earlier change did not send.)
       const uint64_t kept = r.deleted ? 0 : r.keepStored & valueBits;
       for (size_t c = 0; c < r.values.size(); ++c) {
         // A kept column of a key never stored: the merge finds no stored value either.

@@ -201,6 +201,88 @@ TEST_F(WarehouseTest, DeleteOfAnUnknownKeyAndReinsertAfterDelete) {
   EXPECT_EQ(readCustomers(*check_)[7], (Customer{"new@x", "SE", false, 200}));
 }
 
+// A soft delete marks the row and keeps its last known values, but the change columns (the
+// source commit time) are the delete's: a row deleted long after its last update shows when.
+TEST_F(WarehouseTest, ASoftDeleteSetsTheChangeColumns) {
+  UpsertTableOptions options = kCustomers;
+  options.valueColumns = {"email", "country", "event_time"};
+  options.changeColumns = {"event_time"};
+  UpsertTable table(options);
+  Warehouse w({.connection = configFor(url_)});
+  auto change = [](int64_t id, std::optional<std::string> email, std::string time, int64_t lsn, bool deleted) {
+    return UpsertRow{{std::to_string(id), std::move(email), std::nullopt, std::move(time)}, lsn, deleted};
+  };
+  w.writeBatch(info(0), [&](WarehouseTransaction& tx) { tx.upsert(table, std::vector{change(1, "a@x", "2026-01-01 10:00:00+00", 100, false)}); });
+  w.writeBatch(info(1), [&](WarehouseTransaction& tx) { tx.upsert(table, std::vector{change(1, std::nullopt, "2026-01-01 11:00:00+00", 200, true)}); });
+  auto r = check_->exec("SELECT email, is_deleted, event_time = '2026-01-01 11:00:00+00' FROM dim_customers WHERE customer_id = 1");
+  EXPECT_EQ(r.value(0, 0), "a@x") << "the last known values are kept";
+  EXPECT_EQ(r.value(0, 1), "t");
+  EXPECT_EQ(r.value(0, 2), "t") << "the delete's commit time";
+  options.changeColumns = {"is_deleted"};
+  EXPECT_THROW(UpsertTable{options}, ConfigurationError) << "a change column must be a value column";
+}
+
+// Where batches end must not change what is written: a random changelog (inserts, updates,
+// columns not sent, soft deletes, deletes of unknown keys, re-inserts) applied one change per
+// batch, in random batches and in one batch, merged or copied straight in, ends row for row equal.
+TEST_F(WarehouseTest, WhereBatchesEndDoesNotChangeTheRows) {
+  UpsertTableOptions options = kCustomers;
+  options.valueColumns = {"email", "country", "event_time"};
+  options.changeColumns = {"event_time"};
+  const std::vector<std::pair<std::string, bool>> targets = {
+      {"one_by_one", true}, {"random_batches", true}, {"random_merged", false}, {"one_batch", true}};
+  std::vector<UpsertTable> tables;
+  for (const auto& [name, direct] : targets) {
+    check_->exec("DROP TABLE IF EXISTS " + name);
+    check_->exec("CREATE TABLE " + name + " (LIKE dim_customers INCLUDING ALL)");
+    options.table = name;
+    options.directInsert = direct;
+    tables.emplace_back(options);
+  }
+  std::mt19937_64 rng(11);
+  std::vector<UpsertRow> log;
+  for (int64_t lsn = 1; lsn <= 600; ++lsn) {
+    const int64_t key = 1 + static_cast<int64_t>(rng() % 25);
+    const bool deleted = rng() % 4 == 0;
+    char time[32];  // the source commit time, a second per change
+    std::snprintf(time, sizeof time, "2026-01-01 %02d:%02d:%02d+00", static_cast<int>(lsn / 3600),
+                  static_cast<int>(lsn / 60 % 60), static_cast<int>(lsn % 60));
+    UpsertRow r{{std::to_string(key), deleted ? std::nullopt : std::optional<std::string>("e" + std::to_string(lsn)),
+                 deleted || rng() % 3 == 0 ? std::nullopt : std::optional<std::string>("C" + std::to_string(lsn % 7)),
+                 std::string(time)},
+                lsn, deleted};
+    if (!deleted && rng() % 4 == 0) r.keepStored = uint64_t{1} << (1 + rng() % 2);  // email or country not sent
+    log.push_back(std::move(r));
+  }
+  Warehouse w({.connection = configFor(url_)});
+  int64_t batch = 0;
+  for (const auto& r : log) {
+    w.writeBatch(info(batch++), [&](WarehouseTransaction& tx) { tx.upsert(tables[0], std::span(&r, 1)); });
+  }
+  for (size_t begin = 0; begin < log.size();) {
+    const size_t end = std::min(log.size(), begin + 1 + rng() % 40);
+    std::span<const UpsertRow> part(log.data() + begin, end - begin);
+    w.writeBatch(info(batch++), [&](WarehouseTransaction& tx) {
+      tx.upsert(tables[1], part);
+      tx.upsert(tables[2], part);
+    });
+    begin = end;
+  }
+  w.writeBatch(info(batch++), [&](WarehouseTransaction& tx) { tx.upsert(tables[3], log); });
+  const std::string columns = "customer_id, email, country, event_time, is_deleted, source_lsn";
+  for (size_t t = 1; t < targets.size(); ++t) {
+    SCOPED_TRACE(targets[t].first);
+    const std::string a = targets[0].first, b = targets[t].first;
+    auto diff = check_->exec("SELECT count(*) FROM ((SELECT " + columns + " FROM " + a + " EXCEPT ALL SELECT " + columns +
+                             " FROM " + b + ") UNION ALL (SELECT " + columns + " FROM " + b + " EXCEPT ALL SELECT " +
+                             columns + " FROM " + a + ")) d");
+    EXPECT_EQ(diff.int64(0, 0), 0);
+  }
+  EXPECT_EQ(check_->exec("SELECT count(*) FROM one_by_one").int64(0, 0), 25);
+  EXPECT_GT(check_->exec("SELECT count(*) FROM one_by_one WHERE is_deleted AND email IS NOT NULL").int64(0, 0), 0)
+      << "the log deletes rows it inserted";
+}
+
 TEST_F(WarehouseTest, HostileValuesAreStoredVerbatim) {
   Warehouse w({.connection = configFor(url_)});
   std::string evil = "\"; DROP TABLE fact_orders; -- 'quoted' \\ back\tslash\nnew line";

@@ -42,6 +42,11 @@ struct UpsertTableOptions {
   // Set true by a delete, false by any other change; empty: deletes are ignored (unless
   // hardDelete). Default: empty.
   std::string softDeleteColumn;
+  // Value columns that describe the change rather than the row, such as the source commit time
+  // (event_time): a soft delete sets them from the delete, while the other value columns keep the
+  // row's last known values. Without it a row deleted long after its last update would still show
+  // that update's time. Each must be a value column. Default: empty.
+  std::vector<std::string> changeColumns;
   // A delete removes the row (when its version is newer than the stored one) instead of marking
   // it. The key's version goes with the row, so an older change replayed afterwards inserts it
   // again: use it where batches are not replayed after their commit (the exactly-once
@@ -93,6 +98,7 @@ class UpsertTable {
  private:
   friend class WarehouseTransaction;
   UpsertTableOptions options_;
+  uint64_t changeBits_ = 0;  // the change columns, as bits of UpsertRow::keepStored
 };
 
 // The open transaction of one batch.
