@@ -1,7 +1,7 @@
 #!/bin/sh
 # PostgreSQL 15 from Debian's packages: on first start, a cluster with logical decoding, the
-# password of POSTGRES_USER, the database POSTGRES_DB and the project's migrations (sql/, the same
-# files scripts/migrate.sh applies); then the server in the foreground, as PID 1's child of tini.
+# password of POSTGRES_USER, the database POSTGRES_DB, the project's migrations (sql/, the same
+# files scripts/migrate.sh applies) and the least-privileged logins (postgres-roles); then the server in the foreground, as PID 1's child of tini.
 set -eu
 bin=/usr/lib/postgresql/15/bin
 data=/var/lib/postgresql/data
@@ -18,6 +18,7 @@ if [ ! -s "$data/PG_VERSION" ]; then
   for f in /opt/sql/[0-9]*.sql; do
     PGOPTIONS="-c client_min_messages=warning" psql -X -q -h /tmp -U "$POSTGRES_USER" -d "$POSTGRES_DB" -v ON_ERROR_STOP=1 -f "$f" > /dev/null
   done
+  postgres-roles  # the logins of Debezium and of the jobs, with only what they need
   "$bin/pg_ctl" -D "$data" -w stop > /dev/null
   echo "postgres: initialized $POSTGRES_DB with $(ls /opt/sql/[0-9]*.sql | wc -l) migrations"
 fi

@@ -13,10 +13,13 @@ compose=(docker compose -f "$ROOT/docker/compose.yml")
 connect=http://127.0.0.1:${ETL_CONNECT_PORT:-8083}
 
 "${compose[@]}" up -d --build --wait postgres kafka connect runner
+docker exec etl_postgres postgres-roles  # a volume made before the roles existed gets them too
 echo "waiting for Kafka Connect"
 for _ in $(seq 1 120); do curl -sf $connect/connectors > /dev/null && break; sleep 1; done
-jq '.config | with_entries(.value |= (gsub("\\${PG_HOST}"; "postgres") | gsub("\\${PG_PORT}"; "5432")
-      | gsub("\\${PG_USER}"; "postgres") | gsub("\\${PG_PASSWORD}"; "postgres") | gsub("\\${PG_DB}"; "appdb")))' \
+# Debezium logs in as cdc_source, which may not create the publication (postgres-roles made it).
+jq --arg pw "${ETL_CDC_SOURCE_PASSWORD:-cdc_source}" '.config | with_entries(.value |= (gsub("\\${PG_HOST}"; "postgres")
+      | gsub("\\${PG_PORT}"; "5432") | gsub("\\${PG_USER}"; "cdc_source") | gsub("\\${PG_PASSWORD}"; $pw)
+      | gsub("\\${PG_DB}"; "appdb"))) | .["publication.autocreate.mode"] = "disabled"' \
    "$ROOT/scripts/cdc/debezium-connector.json" |
   curl -sf -X PUT -H 'Content-Type: application/json' --data @- $connect/connectors/postgres-cdc/config > /dev/null
 for _ in $(seq 1 120); do

@@ -2,6 +2,7 @@
 # Installs the build and test dependencies from Debian bookworm packages. Idempotent: packages that
 # are already installed are skipped, and apt-get is not called at all when nothing is missing.
 # Used by the README's commands, .ci/run (through the test command) and docker/Dockerfile.
+# librdkafka is not among them: the first CMake configure builds it (scripts/librdkafka.sh).
 #
 #   scripts/install-deps.sh            build + test dependencies
 #   scripts/install-deps.sh --stack    also what scripts/stack needs (JRE, Maven, kcat, jq, curl)
@@ -14,7 +15,8 @@ build_packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libtbb-dev libabsl-dev libboost-json1.81-dev libboost1.81-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  librdkafka-dev libpq-dev librocksdb-dev libspdlog-dev libfmt-dev libcli11-dev
+  libssl-dev libsasl2-dev libzstd-dev liblz4-dev zlib1g-dev curl
+  libpq-dev librocksdb-dev libspdlog-dev libfmt-dev libcli11-dev
   python3 python3-jsonschema python3-yaml python3-prometheus-client prometheus-cpp-dev libcpp-httplib-dev
   clang-14 libclang-rt-14-dev chromium
   postgresql-15 postgresql-client-15
@@ -25,11 +27,12 @@ stack_packages=(
 sdk_packages=(
   build-essential cmake ninja-build pkg-config ccache
   libtbb-dev libabsl-dev libboost-json1.81-dev libboost1.81-dev
-  librdkafka-dev libpq-dev librocksdb-dev libspdlog-dev libfmt-dev libcli11-dev
+  libssl-dev libsasl2-dev libzstd-dev liblz4-dev zlib1g-dev curl
+  libpq-dev librocksdb-dev libspdlog-dev libfmt-dev libcli11-dev
   prometheus-cpp-dev libcpp-httplib-dev
 )
 runtime_packages=(
-  libtbb12 libtbbmalloc2 libprometheus-cpp-core1.0 libcpp-httplib0.11 libboost-json1.81.0 librdkafka1 libpq5 librocksdb7.8 libspdlog1.10 libfmt9 ca-certificates
+  libtbb12 libtbbmalloc2 libprometheus-cpp-core1.0 libcpp-httplib0.11 libboost-json1.81.0 libssl3 libsasl2-2 libzstd1 liblz4-1 zlib1g libpq5 librocksdb7.8 libspdlog1.10 libfmt9 ca-certificates
 )
 
 packages=("${build_packages[@]}")

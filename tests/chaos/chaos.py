@@ -239,7 +239,9 @@ class Campaign:
                 raise CampaignError(f"disk_full needs a small filesystem for the checkpoint and mount failed "
                                     f"({r.stderr.strip()}); run as root (or with sudo) or leave disk_full out of --kinds")
             self.mounted = True
-        env = dict(self.stack.env, DATAFLOW_HOME=self.home, DATAFLOW_JOBS_DIR=os.path.join(self.args.build_dir, "jobs"))
+        # The jobs log in as the stack's warehouse role, as scripts/jobs starts them.
+        env = dict(self.stack.env, PG_URL=self.stack.env["JOBS_PG_URL"], DATAFLOW_HOME=self.home,
+                   DATAFLOW_JOBS_DIR=os.path.join(self.args.build_dir, "jobs"))
         self.sup_log = open(os.path.join(self.work, "supervisor.log"), "a")
         self.supervisor = subprocess.Popen([self.dataflow, "supervise"], env=env, stdout=self.sup_log,
                                            stderr=subprocess.STDOUT, start_new_session=True)

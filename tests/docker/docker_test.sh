@@ -65,6 +65,11 @@ wait_jobs_running
 simulate 600 11 > "$LOG/sim1.log" 2>&1 || { tail -n 5 "$LOG/sim1.log" >&2; fail "the simulator failed"; }
 verify 120
 grep -q "batch" <<< "$(docker exec etl_runner dataflow logs stream_orders)" || fail "dataflow logs shows no batch"
+# Least privilege: the jobs and Debezium log in with roles of their own, not as the superuser.
+jobs_users=$(q "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity WHERE application_name IN ('customers-cdc-warehouse', 'orders-cdc-warehouse')")
+[[ "$jobs_users" == etl_jobs ]] || fail "the jobs log in as '$jobs_users', not etl_jobs"
+cdc_users=$(q "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_replication")
+[[ "$cdc_users" == cdc_source ]] || fail "Debezium logs in as '$cdc_users', not cdc_source"
 
 # A job of the user's own: built against the SDK image, copied in, submitted.
 "${compose[@]}" --profile sdk run --rm --no-deps -v "$ROOT/examples/external_job:/job:ro" -v "$LOG:/out" sdk -c \

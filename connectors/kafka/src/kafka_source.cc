@@ -320,7 +320,9 @@ struct KafkaSource::Impl {
       found = options.assign;
     } else {
       const rd_kafka_metadata_t* md = nullptr;
-      detail::check(rd_kafka_metadata(meta.get(), 1, nullptr, &md, timeoutMs()), "metadata request", meta.get());
+      detail::check(detail::untilAnsweredOrRefused(meta.get(), timeoutMs(),
+                                                   [&](int ms) { return rd_kafka_metadata(meta.get(), 1, nullptr, &md, ms); }),
+                    "metadata request", meta.get());
       for (int t = 0; t < md->topic_cnt; ++t) {
         const auto& topic = md->topics[t];
         if (topic.err != RD_KAFKA_RESP_ERR_NO_ERROR) continue;
@@ -340,7 +342,11 @@ struct KafkaSource::Impl {
 
   std::pair<int64_t, int64_t> watermarks(const PartitionId& p) {
     int64_t low = 0, high = 0;
-    detail::check(rd_kafka_query_watermark_offsets(meta.get(), p.topic.c_str(), p.partition, &low, &high, timeoutMs()),
+    detail::check(detail::untilAnsweredOrRefused(meta.get(), timeoutMs(),
+                                                   [&](int ms) {
+                                                     return rd_kafka_query_watermark_offsets(meta.get(), p.topic.c_str(),
+                                                                                             p.partition, &low, &high, ms);
+                                                   }),
                   "watermarks of " + p.toString(), meta.get());
     return {low, high};
   }

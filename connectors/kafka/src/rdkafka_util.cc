@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <chrono>
 #include <mutex>
 #include <string_view>
 #include <unordered_map>
@@ -80,6 +82,18 @@ void check(rd_kafka_resp_err_t err, const std::string& what, const rd_kafka_t* r
                          false);
   }
   throw ConnectorError("Kafka: " + what + ": " + rd_kafka_err2str(err), isRetriable(err));
+}
+
+rd_kafka_resp_err_t untilAnsweredOrRefused(const rd_kafka_t* rk, int timeoutMs,
+                                           const std::function<rd_kafka_resp_err_t(int sliceMs)>& request) {
+  constexpr int kSliceMs = 1000;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeoutMs);
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const rd_kafka_resp_err_t err = request(static_cast<int>(std::clamp<int64_t>(left.count(), 1, kSliceMs)));
+    if (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TRANSPORT) return err;
+    if (refusal(rk) || std::chrono::steady_clock::now() >= deadline) return err;
+  }
 }
 
 namespace {

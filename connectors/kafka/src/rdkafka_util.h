@@ -44,6 +44,13 @@ void check(rd_kafka_resp_err_t err, const std::string& what, const rd_kafka_t* r
 // createHandle record them from their log callback.
 std::optional<std::string> refusal(const rd_kafka_t* rk);
 
+// Runs a blocking request, given as request(timeoutMs), in slices of at most a second until it
+// answers, `timeoutMs` has passed, or the broker refused handle `rk`: a refused login is known
+// within a connection attempt (well under a second), while the request itself would wait out its
+// whole timeout before check() could say why.
+rd_kafka_resp_err_t untilAnsweredOrRefused(const rd_kafka_t* rk, int timeoutMs,
+                                           const std::function<rd_kafka_resp_err_t(int sliceMs)>& request);
+
 // Creates a handle from properties; throws ConfigurationError naming a rejected property. Logs go
 // to spdlog; secrets never appear (librdkafka does not log them, and we never log properties).
 // `configure`, if given, may set callbacks on the configuration before the handle is created.
