@@ -15,6 +15,7 @@ bool isRetriable(rd_kafka_resp_err_t err) {
     case RD_KAFKA_RESP_ERR__TRANSPORT:
     case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
     case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE:  // the request waited for a connection that did not come
     case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
     case RD_KAFKA_RESP_ERR__RESOLVE:
     case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
@@ -91,7 +92,10 @@ rd_kafka_resp_err_t untilAnsweredOrRefused(const rd_kafka_t* rk, int timeoutMs,
   while (true) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     const rd_kafka_resp_err_t err = request(static_cast<int>(std::clamp<int64_t>(left.count(), 1, kSliceMs)));
-    if (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TRANSPORT) return err;
+    if (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE &&
+        err != RD_KAFKA_RESP_ERR__TRANSPORT) {
+      return err;
+    }
     if (refusal(rk) || std::chrono::steady_clock::now() >= deadline) return err;
   }
 }
