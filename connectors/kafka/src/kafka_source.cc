@@ -27,6 +27,10 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// How long a read waits for records that exist before it reads on a new connection (fetch
+// restarts on the old one come first; a fetch backing off takes about a second).
+constexpr auto kRenewReaderAfter = std::chrono::seconds(5);
+
 std::vector<std::string> splitCommas(const std::string& s) {
   std::vector<std::string> out;
   size_t start = 0;
@@ -362,6 +366,15 @@ struct KafkaSource::Impl {
     return *slot;
   }
 
+  // A new handle for a reader whose fetch stays stuck: after a broker stall (SIGSTOP, a long GC
+  // pause) librdkafka 2.12 can keep a connection whose requests time out in its queue, and
+  // restarting the fetch on it does not help; a fresh connection does.
+  void renew(Reader& r, const PartitionId& p, int64_t offset) {
+    r.rk = detail::createHandle(RD_KAFKA_CONSUMER, consumerProperties("dataflow-reader-" + randomSuffix()));
+    rd_kafka_poll_set_consumer(r.rk.get());
+    seek(r, p, offset);
+  }
+
   void seek(Reader& r, const PartitionId& p, int64_t offset) {
     PartitionList list(rd_kafka_topic_partition_list_new(1));
     rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), p.partition)->offset = offset;
@@ -562,6 +575,7 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
   auto deadline = Clock::now() + impl_->options.pollTimeout;
   int emptyPolls = 0;
   int stallLimit = 3;  // empty polls of 10 ms before the fetch is restarted
+  auto lastMessage = Clock::now();
   while (expected < until) {
     Message m(rd_kafka_consumer_poll(r.rk.get(), 10));
     if (!m) {
@@ -579,7 +593,15 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
       // records/s before, about 1 M after.
       // A restart discards a fetch in flight, so each further one waits twice as long: a broker
       // that is merely slow (a cold segment) still gets to answer.
-      if (++emptyPolls == stallLimit) {
+      if (Clock::now() - lastMessage > kRenewReaderAfter) {
+        spdlog::info("Kafka: no record of {} for {} s though offsets [{}, {}) exist; reading it on a new connection",
+                     partition.toString(), std::chrono::duration_cast<std::chrono::seconds>(kRenewReaderAfter).count(),
+                     expected, until);
+        impl_->renew(r, partition, expected);
+        lastMessage = Clock::now();
+        emptyPolls = 0;
+        stallLimit = 3;
+      } else if (++emptyPolls == stallLimit) {
         impl_->seek(r, partition, expected);
         emptyPolls = 0;
         stallLimit = std::min(stallLimit * 2, 100);
@@ -593,6 +615,7 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
       continue;
     }
     emptyPolls = 0;
+    lastMessage = Clock::now();
     if (m->err) {
       if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET || m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
         auto [low, high] = impl_->watermarks(partition);

@@ -53,6 +53,8 @@ class MockKafka {
   void flush() { ASSERT_EQ(rd_kafka_flush(producer_, 10000), RD_KAFKA_RESP_ERR_NO_ERROR); }
   void brokerDown() { rd_kafka_mock_broker_set_down(cluster_, 1); }
   void brokerUp() { rd_kafka_mock_broker_set_up(cluster_, 1); }
+  // The broker answers only after `rtt` (a stalled broker: SIGSTOP, a long GC pause).
+  void brokerRtt(std::chrono::milliseconds rtt) { rd_kafka_mock_broker_set_rtt(cluster_, 1, static_cast<int>(rtt.count())); }
 
  private:
   rd_kafka_t* handle_;
@@ -213,7 +215,9 @@ TEST(KafkaSource, RestartAfterAFailedBatchReadsExactlyTheSameRange) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(KafkaSource, SurvivesABrokerOutageWithoutLossOrDuplicates) {
+// Runs a query over 50 records, then `interrupt` (which produces the records 50..79 at some
+// point), and expects the query to have stayed up and read all 80 records exactly once.
+void expectEveryRecordOnceAcross(const std::function<void(MockKafka&, const StreamingQuery&)>& interrupt) {
   MockKafka kafka;
   kafka.createTopic("events", 1);
   for (int i = 0; i < 50; ++i) kafka.produce("events", 0, "k", "v" + std::to_string(i));
@@ -226,18 +230,40 @@ TEST(KafkaSource, SurvivesABrokerOutageWithoutLossOrDuplicates) {
                .option("retry.initialBackoffMs", "50").option("retry.maxBackoffMs", "200").option("retry.maxAttempts", "100")
                .sink(sink).start();
   q.processAllAvailable();
-  kafka.brokerDown();
-  std::this_thread::sleep_for(1500ms);
-  EXPECT_TRUE(q.isActive());
-  kafka.brokerUp();
-  for (int i = 50; i < 80; ++i) kafka.produce("events", 0, "k", "v" + std::to_string(i));
+  interrupt(kafka, q);
   kafka.flush();
-  for (int i = 0; i < 100 && sink->rows().size() < 80; ++i) std::this_thread::sleep_for(100ms);
+  for (int i = 0; i < 300 && sink->rows().size() < 80; ++i) std::this_thread::sleep_for(100ms);
   q.stop();
   EXPECT_EQ(q.exception(), nullptr);
   auto rows = sink->rows();
   ASSERT_EQ(rows.size(), 80u);
   for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(rows[i].offset, static_cast<int64_t>(i));
+}
+
+void produceTheRest(MockKafka& kafka) {
+  for (int i = 50; i < 80; ++i) kafka.produce("events", 0, "k", "v" + std::to_string(i));
+}
+
+TEST(KafkaSource, SurvivesABrokerOutageWithoutLossOrDuplicates) {
+  expectEveryRecordOnceAcross([](MockKafka& kafka, const StreamingQuery& q) {
+    kafka.brokerDown();
+    std::this_thread::sleep_for(1500ms);
+    EXPECT_TRUE(q.isActive());
+    kafka.brokerUp();
+    produceTheRest(kafka);
+  });
+}
+
+// A broker that stops answering for longer than the request timeouts and then answers again (as
+// after SIGSTOP/SIGCONT): the query keeps going and reads every record once.
+TEST(KafkaSource, SurvivesAStalledBrokerWithoutLossOrDuplicates) {
+  expectEveryRecordOnceAcross([](MockKafka& kafka, const StreamingQuery& q) {
+    kafka.brokerRtt(8000ms);
+    produceTheRest(kafka);
+    std::this_thread::sleep_for(3000ms);
+    EXPECT_TRUE(q.isActive());
+    kafka.brokerRtt(0ms);
+  });
 }
 
 TEST(KafkaSource, SubscribePatternPicksUpTopicsCreatedLater) {
