@@ -8,16 +8,7 @@ set -eu
 : "${POSTGRES_USER:=postgres}" "${POSTGRES_DB:=appdb}" "${CDC_SOURCE_PASSWORD:?set CDC_SOURCE_PASSWORD}" \
   "${ETL_JOBS_PASSWORD:?set ETL_JOBS_PASSWORD}"
 run() { psql -X -q -h /tmp -U "$POSTGRES_USER" -d "$POSTGRES_DB" -v ON_ERROR_STOP=1 "$@" > /dev/null; }
-login() {
-  run -v role="$1" -v pw="$2" <<'SQL'
-SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') AS create_role \gset
-\if :create_role
-  CREATE ROLE :"role" LOGIN PASSWORD :'pw' NOSUPERUSER NOCREATEDB NOCREATEROLE;
-\else
-  ALTER ROLE :"role" PASSWORD :'pw';
-\endif
-SQL
-}
+login() { run -v role="$1" -v pw="$2" -f /opt/sql/grants/login_role.sql; }
 login cdc_source "$CDC_SOURCE_PASSWORD"
 login etl_jobs "$ETL_JOBS_PASSWORD"
 PGOPTIONS="-c client_min_messages=warning" run -v role=cdc_source -v publication=dataflow_cdc -f /opt/sql/grants/debezium_source.sql
