@@ -271,7 +271,7 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     if (!keep[i]) continue;
     auto patch = patched.find(i);
     chosen.push_back(patch != patched.end() ? &patch->second : &rows[i]);
-    chosenCarries.push_back(carries.contains(i));
+    chosenCarries.push_back(!carries.empty() && carries.contains(i));  // no hashing in the common case
   }
 
   const auto staging = std::chrono::steady_clock::now();
