@@ -10,6 +10,9 @@
 #                       running broker is kept; a port named by STACK_*_PORT is never moved
 #   broker_killed       the broker killed while it starts: `up` fails naming Kafka, the signal and
 #                       the log file
+#   pipeline_direct     the README's `scripts/run-pipeline --direct` (no JVM) with this build's jobs:
+#                       a short simulator run, then Ctrl-C; the warehouse matches the source and
+#                       the jobs read as the source's owner but write as etl_jobs
 # DATAFLOW_BUILD_DIR is set by ctest (the jobs are taken from that build).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -123,6 +126,46 @@ case "${1:-}" in
     # (A zombie is no process left running: this sandbox's init may not reap the server.)
     ps -u "$user" -o stat= | grep -qv '^Z' && { ps -fu "$user" >&2; fail "a process of $user is left"; }
     echo "private_clone_user: ok"
+    ;;
+
+  pipeline_direct)
+    export DATAFLOW_STATE_DIR=$BUILD/firstrun-direct DATAFLOW_BUILD_DIR=$BUILD
+    log=$BUILD/firstrun-direct.log
+    pipeline=""
+    cleanup() {
+      [[ -n "$pipeline" ]] && kill -TERM "$pipeline" 2>/dev/null && wait "$pipeline" 2>/dev/null
+      "$ROOT/scripts/jobs" stop > /dev/null 2>&1 || true
+      "$ROOT/scripts/stack" reset > /dev/null 2>&1 || true
+    }
+    trap cleanup EXIT
+    "$ROOT/scripts/stack" reset > /dev/null 2>&1 || true
+    "$ROOT/scripts/run-pipeline" --direct --ops 400 --rate 200 --seed 11 > "$log" 2>&1 &
+    pipeline=$!
+    for _ in $(seq 1 900); do
+      grep -q "simulator finished" "$log" && break
+      kill -0 "$pipeline" 2>/dev/null || { cat "$log" >&2; pipeline=""; fail "run-pipeline --direct exited before the simulator finished"; }
+      sleep 0.2
+    done
+    grep -q "simulator finished" "$log" || { tail -n 30 "$log" >&2; fail "the simulator did not finish within 180 s"; }
+    eval "$("$ROOT/scripts/stack" env)"
+    # While it runs: both jobs read the replication stream, each from a slot of its own, and write
+    # to the warehouse as etl_jobs.
+    slots=$(psql -X -tAc "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'dataflow_%'")
+    ((slots >= 2)) || fail "$slots active slots of the jobs, expected 2"
+    writers=$(psql -X -tAc "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity
+                             WHERE application_name IN ('customers-cdc-warehouse', 'orders-cdc-warehouse') AND backend_type = 'client backend'")
+    [[ "$writers" == etl_jobs ]] || fail "the jobs write as '$writers', not etl_jobs"
+    kill -TERM "$pipeline"  # as Ctrl-C (a background job of a script ignores SIGINT)
+    for _ in $(seq 1 300); do kill -0 "$pipeline" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pipeline" 2>/dev/null && { tail -n 30 "$log" >&2; fail "run-pipeline did not stop within 60 s of SIGTERM"; }
+    rc=0; wait "$pipeline" || rc=$?
+    pipeline=""
+    ((rc == 0)) || { tail -n 30 "$log" >&2; fail "run-pipeline exited with $rc after SIGTERM"; }
+    grep -q "verify-warehouse: orders: .* warehouse matches" "$log" || { tail -n 30 "$log" >&2; fail "the warehouse does not match the source"; }
+    grep -q "verify-warehouse: customers: .* warehouse matches" "$log" || { tail -n 30 "$log" >&2; fail "the warehouse does not match the source"; }
+    [[ $(psql -X -tAc "SELECT count(*) FROM dlq_events") == 0 ]] || fail "dead letters on a clean run"
+    grep -qi "kafka\|connect" <<< "$("$ROOT/scripts/stack" status 2>&1 | grep running)" && fail "the direct pipeline started a JVM component"
+    echo "pipeline_direct: ok"
     ;;
 
   port_taken)
