@@ -194,6 +194,78 @@ TEST(MicroBatchExecution, StopDuringBatchLetsItCommit) {
   EXPECT_EQ(store->latestOffsets()->batchId, 0);
 }
 
+// A source whose records from offset 3 on exist but cannot be fetched (a stalled broker): its
+// read waits until interrupted, with no timeout of its own.
+class StallingSource final : public TypedSource<int> {
+ public:
+  std::string description() const override { return "StallingSource"; }
+  void open() override {
+    std::lock_guard lock(mu);
+    interrupted = false;
+  }
+  Offsets initialOffsets() override { return Offsets({{{"s", 0}, 0}}); }
+  Offsets latestOffsets() override { return Offsets({{{"s", 0}, 6}}); }
+  std::optional<int64_t> maxRecordsPerBatch() const override { return 3; }
+  void read(const PartitionId&, int64_t from, int64_t until, std::vector<int>& out) override {
+    std::unique_lock lock(mu);
+    if (until > 3 && stall) {
+      waiting = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return interrupted; });
+      throw ReadInterrupted("StallingSource: read interrupted");
+    }
+    for (int64_t i = from; i < until; ++i) out.push_back(static_cast<int>(i));
+  }
+  void interrupt() override {
+    std::lock_guard lock(mu);
+    interrupted = true;
+    cv.notify_all();
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stall = true, waiting = false, interrupted = false;
+};
+
+TEST(MicroBatchExecution, StopInterruptsAReadWaitingOnItsSource) {
+  // stop() must not wait for a stalled source's timeout (minutes for a broker): the read is
+  // interrupted, the batch abandoned uncommitted, and the next run replays it.
+  Session session;
+  auto src = std::make_shared<StallingSource>();
+  auto store = memoryCheckpoint();
+  auto sink = std::make_shared<RecordingSink>();
+  auto q = session.readStream(src).writeStream().checkpoint(store).sink(sink).start();
+  {
+    std::unique_lock lock(src->mu);
+    ASSERT_TRUE(src->cv.wait_for(lock, 30s, [&] { return src->waiting; })) << "the second batch never read";
+  }
+  std::thread stopper([&] { q.stop(); });
+  bool ended = q.awaitTermination(30s);
+  stopper.join();
+  ASSERT_TRUE(ended) << "stop() waited for the stalled read";
+  EXPECT_EQ(q.exception(), nullptr) << "an interrupted read is no failure";
+  // Every batch up to offset 3 was committed (ramp-up may cut them smaller); the stalled one was
+  // logged, not committed.
+  const size_t before = sink->snapshot().size();
+  ASSERT_GE(before, 1u);
+  ASSERT_TRUE(store->latestCommit().has_value());
+  EXPECT_EQ(store->latestCommit()->batchId, static_cast<int64_t>(before) - 1);
+  EXPECT_EQ(store->latestOffsets()->batchId, static_cast<int64_t>(before)) << "the stalled batch was not logged";
+
+  // The source answers again: the next run replays the abandoned batch (same id), then the rest.
+  {
+    std::lock_guard lock(src->mu);
+    src->stall = false;
+  }
+  auto q2 = session.readStream(src).writeStream().checkpoint(store).sink(sink).trigger(Trigger::availableNow()).start();
+  q2.awaitTermination();
+  auto attempts = sink->snapshot();
+  ASSERT_GT(attempts.size(), before);
+  EXPECT_EQ(attempts[before].batchId, static_cast<int64_t>(before));
+  std::vector<int> rows;
+  for (const auto& a : attempts) rows.insert(rows.end(), a.rows.begin(), a.rows.end());
+  EXPECT_EQ(rows, range(0, 6)) << "each record exactly once across the stop";
+}
+
 // A sink failure after the offsets log was written must replay the same batch id and offsets,
 // whatever arrived in between; both stores behave alike.
 class ReplayTest : public ::testing::TestWithParam<std::string> {

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cstring>
 #include <mutex>
@@ -174,6 +175,13 @@ struct KafkaSource::Impl {
   std::vector<PartitionId> partitions;
   Clock::time_point lastDiscovery{};
   RecordSizeEstimate recordSizes;  // of the records read, for maxBytesPerTrigger
+  std::atomic<bool> interrupted{false};  // interrupt(): the query is stopping
+
+  void throwIfInterrupted(const std::string& what) const {
+    if (interrupted.load(std::memory_order_relaxed)) {
+      throw ReadInterrupted("Kafka: " + what + " interrupted: the query is stopping");
+    }
+  }
 
   // Scale-out: the consumer-group member and what the group assigned it. Touched by the driver
   // thread only (the rebalance callback runs inside its polls), under assignmentMu for metrics.
@@ -324,9 +332,11 @@ struct KafkaSource::Impl {
       found = options.assign;
     } else {
       const rd_kafka_metadata_t* md = nullptr;
-      detail::check(detail::untilAnsweredOrRefused(meta.get(), timeoutMs(),
-                                                   [&](int ms) { return rd_kafka_metadata(meta.get(), 1, nullptr, &md, ms); }),
-                    "metadata request", meta.get());
+      auto err = detail::untilAnsweredOrRefused(
+          meta.get(), timeoutMs(), [&](int ms) { return rd_kafka_metadata(meta.get(), 1, nullptr, &md, ms); },
+          &interrupted);
+      throwIfInterrupted("metadata request");
+      detail::check(err, "metadata request", meta.get());
       for (int t = 0; t < md->topic_cnt; ++t) {
         const auto& topic = md->topics[t];
         if (topic.err != RD_KAFKA_RESP_ERR_NO_ERROR) continue;
@@ -346,12 +356,12 @@ struct KafkaSource::Impl {
 
   std::pair<int64_t, int64_t> watermarks(const PartitionId& p) {
     int64_t low = 0, high = 0;
-    detail::check(detail::untilAnsweredOrRefused(meta.get(), timeoutMs(),
-                                                   [&](int ms) {
-                                                     return rd_kafka_query_watermark_offsets(meta.get(), p.topic.c_str(),
-                                                                                             p.partition, &low, &high, ms);
-                                                   }),
-                  "watermarks of " + p.toString(), meta.get());
+    auto err = detail::untilAnsweredOrRefused(
+        meta.get(), timeoutMs(),
+        [&](int ms) { return rd_kafka_query_watermark_offsets(meta.get(), p.topic.c_str(), p.partition, &low, &high, ms); },
+        &interrupted);
+    throwIfInterrupted("watermarks of " + p.toString());
+    detail::check(err, "watermarks of " + p.toString(), meta.get());
     return {low, high};
   }
 
@@ -445,7 +455,10 @@ std::string KafkaSource::description() const {
   return "KafkaV2[" + inner + "]]";
 }
 
+void KafkaSource::interrupt() { impl_->interrupted.store(true, std::memory_order_relaxed); }
+
 void KafkaSource::open() {
+  impl_->interrupted.store(false, std::memory_order_relaxed);
   impl_->meta = detail::createHandle(RD_KAFKA_CONSUMER, impl_->consumerProperties("dataflow-meta-" + randomSuffix()));
   if (!impl_->options.consumerGroup.empty()) {
     auto props = impl_->consumerProperties(impl_->options.consumerGroup);
@@ -577,6 +590,10 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
   int stallLimit = 3;  // empty polls of 10 ms before the fetch is restarted
   auto lastMessage = Clock::now();
   while (expected < until) {
+    if (impl_->interrupted.load(std::memory_order_relaxed)) {
+      r.next = -1;  // the fetch stands somewhere in the range: the next read seeks
+      impl_->throwIfInterrupted("reading " + partition.toString());
+    }
     Message m(rd_kafka_consumer_poll(r.rk.get(), 10));
     if (!m) {
       // Offsets can be missing for good (transaction markers, compaction): the fetch position

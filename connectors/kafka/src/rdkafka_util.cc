@@ -86,10 +86,12 @@ void check(rd_kafka_resp_err_t err, const std::string& what, const rd_kafka_t* r
 }
 
 rd_kafka_resp_err_t untilAnsweredOrRefused(const rd_kafka_t* rk, int timeoutMs,
-                                           const std::function<rd_kafka_resp_err_t(int sliceMs)>& request) {
+                                           const std::function<rd_kafka_resp_err_t(int sliceMs)>& request,
+                                           const std::atomic<bool>* interrupted) {
   constexpr int kSliceMs = 1000;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeoutMs);
   while (true) {
+    if (interrupted && interrupted->load(std::memory_order_relaxed)) return RD_KAFKA_RESP_ERR__INTR;
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     const rd_kafka_resp_err_t err = request(static_cast<int>(std::clamp<int64_t>(left.count(), 1, kSliceMs)));
     if (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE &&

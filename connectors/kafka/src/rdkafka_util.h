@@ -4,6 +4,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -47,9 +48,11 @@ std::optional<std::string> refusal(const rd_kafka_t* rk);
 // Runs a blocking request, given as request(timeoutMs), in slices of at most a second until it
 // answers, `timeoutMs` has passed, or the broker refused handle `rk`: a refused login is known
 // within a connection attempt (well under a second), while the request itself would wait out its
-// whole timeout before check() could say why.
+// whole timeout before check() could say why. Also stops, answering RD_KAFKA_RESP_ERR__INTR,
+// once `interrupted` (if given) is set: the query is stopping.
 rd_kafka_resp_err_t untilAnsweredOrRefused(const rd_kafka_t* rk, int timeoutMs,
-                                           const std::function<rd_kafka_resp_err_t(int sliceMs)>& request);
+                                           const std::function<rd_kafka_resp_err_t(int sliceMs)>& request,
+                                           const std::atomic<bool>* interrupted = nullptr);
 
 // Creates a handle from properties; throws ConfigurationError naming a rejected property. Logs go
 // to spdlog; secrets never appear (librdkafka does not log them, and we never log properties).

@@ -143,6 +143,7 @@ struct ReplicationSource::Impl {
   // What the streaming thread shares with the driver.
   std::mutex mu;
   std::condition_variable changed;
+  bool interrupted = false;  // interrupt(): the query is stopping (under mu)
   std::deque<Transaction> transactions;  // received, not yet committed, in commit order
   int64_t bufferedBytes = 0;
   uint64_t dataFrontier = 0;       // end LSN of the last transaction received
@@ -827,6 +828,10 @@ struct ReplicationSource::Impl {
     auto deadline = Clock::now() + options.readTimeout;
     while (!ready()) {
       throwIfFatal();
+      if (interrupted) {
+        throw ReadInterrupted("postgres source: slot " + options.slotName + ": " + waitingFor +
+                              " interrupted: the query is stopping");
+      }
       if (changed.wait_until(lock, deadline) == std::cv_status::timeout) {
         throw ConnectorError("postgres source: slot " + options.slotName + ": " + waitingFor + " (waited " +
                                  std::to_string(options.readTimeout.count()) + " ms)" +
@@ -866,7 +871,21 @@ std::string ReplicationSource::description() const {
          ", tables=" + tables + "]";
 }
 
-void ReplicationSource::open() { impl_->checkServer(); }
+void ReplicationSource::open() {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->interrupted = false;
+  }
+  impl_->checkServer();
+}
+
+void ReplicationSource::interrupt() {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->interrupted = true;
+  }
+  impl_->changed.notify_all();
+}
 
 Offsets ReplicationSource::initialOffsets() { return impl_->initial(); }
 

@@ -35,6 +35,13 @@ class ConnectorError : public Error {
   bool retriable_;
 };
 
+// A source's read, or its wait for data, gave up because the query is stopping
+// (Source::interrupt). Not a failure: the batch stays uncommitted and the next run replays it.
+class ReadInterrupted : public ConnectorError {
+ public:
+  explicit ReadInterrupted(const std::string& what) : ConnectorError(what, true) {}
+};
+
 // A checkpoint that cannot be read, is corrupt, or belongs to a different query.
 class CheckpointError : public Error {
  public:

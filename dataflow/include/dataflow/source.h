@@ -80,6 +80,15 @@ class Source {
 
   // Extra metrics for the progress record, computed after a batch.
   virtual SourceMetrics metrics(const Offsets& /*end*/, const Offsets& /*latest*/) { return {}; }
+
+  // The query is stopping (StreamingQuery::stop, from another thread): a call of this source that
+  // waits on an external system (a read of records known to exist while the broker stalls, a
+  // metadata request) should give up soon by throwing ReadInterrupted, rather than at its
+  // timeout, so that a stop takes moments, not minutes. The batch is then abandoned uncommitted.
+  // Calls after this one may throw ReadInterrupted at once, until open() starts a new run. Must
+  // be safe to call concurrently with any other method; a source whose calls never wait long
+  // need not override it.
+  virtual void interrupt() {}
 };
 
 // A source of records of type T.

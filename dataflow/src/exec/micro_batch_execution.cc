@@ -53,9 +53,11 @@ std::string joined(const std::vector<std::string>& items) {
 }
 
 
-// Thrown inside the driver when stop() interrupts a retry backoff: the batch is abandoned
-// uncommitted (it will be replayed) and the query ends without error.
-struct StopDuringBackoff {};
+// Thrown inside the driver when stop() interrupts a retry backoff or a source's read: the batch
+// is abandoned uncommitted (it will be replayed) and the query ends without error.
+struct StoppedMidBatch {
+  const char* during;
+};
 
 }  // namespace
 
@@ -487,6 +489,8 @@ bool MicroBatchExecution::runBatch() {
       durations["walCommit"] = elapsedMs(t);
     }
     planFailures_ = 0;
+  } catch (const ReadInterrupted&) {
+    throw;  // the query is stopping: no retry
   } catch (const ConnectorError& e) {
     // A source or the checkpoint store is unreachable before anything was read: nothing to undo.
     // Retry on a later trigger, after a backoff, up to maxBatchAttempts times in a row.
@@ -585,12 +589,14 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
         result = plan_.root->deliver(*prepared, ctx);
         ctx.info.sinkPhasesMicros = nullptr;
         break;
+      } catch (const ReadInterrupted&) {
+        throw StoppedMidBatch{"a read"};  // stop() interrupted a source
       } catch (const ConnectorError& e) {
         if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
         spdlog::warn("query {} batch {}: attempt {}/{} failed, retrying in {} ms: {}", options_.name,
                      entry.batchId, attempt, options_.maxBatchAttempts, backoff.count(), e.what());
         std::unique_lock lock(mu_);
-        if (cv_.wait_for(lock, backoff, [&] { return stopRequested_; })) throw StopDuringBackoff{};
+        if (cv_.wait_for(lock, backoff, [&] { return stopRequested_; })) throw StoppedMidBatch{"a retry backoff"};
         backoff = std::min(backoff * 2, options_.maxBackoff);
       }
     }
@@ -615,7 +621,9 @@ void MicroBatchExecution::executeBatch(PlannedBatch batch, std::map<std::string,
         if (!e.retriable() || attempt >= options_.maxBatchAttempts) throw;
         spdlog::warn("query {} batch {}: writing the commit failed, retrying: {}", options_.name, entry.batchId, e.what());
         std::unique_lock lock(mu_);
-        if (cv_.wait_for(lock, options_.initialBackoff * attempt, [&] { return stopRequested_; })) throw StopDuringBackoff{};
+        if (cv_.wait_for(lock, options_.initialBackoff * attempt, [&] { return stopRequested_; })) {
+          throw StoppedMidBatch{"a retry backoff"};
+        }
       }
     }
   } catch (const PartitionsFencedError& e) {
@@ -784,8 +792,10 @@ void MicroBatchExecution::driverLoop() {
         sleepUntil(triggerStart + trigger.interval());
       }
     }
-  } catch (const StopDuringBackoff&) {
-    spdlog::info("query {}: stopped during a retry backoff; the batch will be replayed", options_.name);
+  } catch (const StoppedMidBatch& stopped) {
+    spdlog::info("query {}: stopped during {}; the batch will be replayed", options_.name, stopped.during);
+  } catch (const ReadInterrupted& e) {  // stop() interrupted a source outside a batch (planning, start)
+    spdlog::info("query {}: stopped while waiting for a source: {}", options_.name, e.what());
   } catch (...) {
     error = std::current_exception();
   }
@@ -842,6 +852,8 @@ void MicroBatchExecution::stop() {
     stopRequested_ = true;
   }
   cv_.notify_all();
+  // A batch waiting on a source (a stalled broker) would otherwise finish its wait first.
+  for (const auto& source : plan_.sources) source->interrupt();
   if (driver_.joinable() && driver_.get_id() != std::this_thread::get_id()) driver_.join();
 }
 

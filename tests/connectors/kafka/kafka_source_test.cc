@@ -266,6 +266,33 @@ TEST(KafkaSource, SurvivesAStalledBrokerWithoutLossOrDuplicates) {
   });
 }
 
+// A read of records that exist while the broker is away waits for them up to its poll timeout;
+// interrupt() (the query is stopping) ends it at once with ReadInterrupted.
+TEST(KafkaSource, InterruptEndsAReadWaitingOnAnUnreachableBroker) {
+  MockKafka kafka;
+  kafka.createTopic("events", 1);
+  for (int i = 0; i < 20; ++i) kafka.produce("events", 0, "k", "v" + std::to_string(i));
+  kafka.flush();
+  auto options = optionsFor(kafka, {"events"});
+  options.pollTimeout = 600s;  // far beyond the bound below: only the interrupt can end the read
+  KafkaSource source(options);
+  source.open();
+  ASSERT_EQ(source.latestOffsets().get({"events", 0}, -1), 20);
+  kafka.brokerDown();
+  std::vector<KafkaRecord> out;
+  std::thread interrupter([&] {
+    std::this_thread::sleep_for(500ms);
+    source.interrupt();
+  });
+  auto started = std::chrono::steady_clock::now();
+  EXPECT_THROW(source.read({"events", 0}, 0, 20, out), ReadInterrupted);
+  interrupter.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 60s) << "the read ran into its timeout";
+  EXPECT_THROW(source.latestOffsets(), ReadInterrupted) << "a stopping query's source waits no more";
+  kafka.brokerUp();
+  source.close();
+}
+
 TEST(KafkaSource, SubscribePatternPicksUpTopicsCreatedLater) {
   MockKafka kafka;
   kafka.createTopic("dbserver1.public.customers", 1);

@@ -96,6 +96,9 @@ class KafkaSource final : public TypedSource<KafkaRecord> {
   std::string description() const override;
   void open() override;
   void close() override;
+  // A read waiting for records, or a metadata request waiting for the broker, throws ReadInterrupted
+  // within one poll (10 ms) or one request slice (1 s).
+  void interrupt() override;
   Offsets initialOffsets() override;
   Offsets latestOffsets() override;
   int64_t startOfNewPartition(const PartitionId& partition) override;

@@ -97,6 +97,8 @@ class ReplicationSource final : public TypedSource<LogRecord> {
   void open() override;
   void resumeFrom(const Offsets& next) override;
   void close() override;
+  // A batch waiting for changes it knows exist throws ReadInterrupted at once.
+  void interrupt() override;
   // Creates the slot when missing (with an exported snapshot) and starts streaming.
   Offsets initialOffsets() override;
   Offsets latestOffsets() override;
