@@ -485,6 +485,31 @@ TEST_F(ReplicationSourceTest, ARangeReadTwiceGivesTheSameRecords) {
   source.close();
 }
 
+// A batch waiting for changes it knows exist (here a range the stream has not reached) waits up to
+// readTimeout; interrupt() (the query is stopping) ends the wait at once with ReadInterrupted.
+TEST_F(ReplicationSourceTest, InterruptEndsAReadWaitingForTheStream) {
+  db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
+  auto o = options({"public.items"});
+  o.readTimeout = std::chrono::minutes(10);  // far beyond the bound below: only the interrupt ends the wait
+  ReplicationSource source(o);
+  source.open();
+  Offsets start = source.initialOffsets();
+  const PartitionId& p = source.streamPartition();
+  const int64_t from = start.get(p, 0);
+  const int64_t beyond = from + (int64_t{1} << 30);  // 1 GiB of WAL ahead of the stream
+  std::vector<LogRecord> out;
+  std::thread interrupter([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    source.interrupt();
+  });
+  auto started = std::chrono::steady_clock::now();
+  EXPECT_THROW(source.read(p, from, beyond, out), ReadInterrupted);
+  interrupter.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(60)) << "the read ran into its timeout";
+  EXPECT_TRUE(out.empty());
+  source.close();
+}
+
 TEST_F(ReplicationSourceTest, ADroppedSlotIsReportedClearly) {
   db_->exec("CREATE TABLE public.items (id bigint PRIMARY KEY, val bigint NOT NULL)");
   auto o = options({"public.items"});
