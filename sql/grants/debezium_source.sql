@@ -1,7 +1,8 @@
 -- The least a role needs to be Debezium's source login (pgoutput): REPLICATION (a slot and the
 -- replication stream), SELECT on the captured tables (the initial snapshot) and writing its
--- heartbeat row (below); nothing else (no superuser, no CREATE, no other table). The publication is made here, by an owner of the tables,
--- so the connector runs with publication.autocreate.mode=disabled and never needs ownership.
+-- heartbeat row (below); nothing else (no superuser, no CREATE, no other table). The publication
+-- is made here, by an owner of the tables, so the connector runs with
+-- publication.autocreate.mode=disabled and never needs ownership.
 -- Not applied by scripts/migrate.sh: run it as a superuser for the role Debezium logs in as, e.g.
 --   psql -v role=cdc_source -v publication=dataflow_cdc -f sql/grants/debezium_source.sql
 -- (tests/e2e: e2e.source_role). Re-runnable.
