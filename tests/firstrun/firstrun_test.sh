@@ -11,8 +11,8 @@
 #   broker_killed       the broker killed while it starts: `up` fails naming Kafka, the signal and
 #                       the log file
 #   pipeline_direct     the README's `scripts/run-pipeline --direct` (no JVM) with this build's jobs:
-#                       a short simulator run, then Ctrl-C; the warehouse matches the source and
-#                       the jobs read as the source's owner but write as etl_jobs
+#                       a short simulator run while both jobs read their slots and write as
+#                       etl_jobs, then SIGTERM (as Ctrl-C); the warehouse matches the source
 # DATAFLOW_BUILD_DIR is set by ctest (the jobs are taken from that build).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
