@@ -370,18 +370,23 @@ struct KafkaSource::Impl {
     auto& slot = readers[p];
     if (!slot) {
       slot = std::make_unique<Reader>();
-      slot->rk = detail::createHandle(RD_KAFKA_CONSUMER, consumerProperties("dataflow-reader-" + randomSuffix()));
-      rd_kafka_poll_set_consumer(slot->rk.get());
+      slot->rk = readerHandle();
     }
     return *slot;
+  }
+
+  // A partition reader's own consumer handle (assigned, never subscribed).
+  Handle readerHandle() const {
+    Handle rk = detail::createHandle(RD_KAFKA_CONSUMER, consumerProperties("dataflow-reader-" + randomSuffix()));
+    rd_kafka_poll_set_consumer(rk.get());
+    return rk;
   }
 
   // A new handle for a reader whose fetch stays stuck: after a broker stall (SIGSTOP, a long GC
   // pause) librdkafka 2.12 can keep a connection whose requests time out in its queue, and
   // restarting the fetch on it does not help; a fresh connection does.
   void renew(Reader& r, const PartitionId& p, int64_t offset) {
-    r.rk = detail::createHandle(RD_KAFKA_CONSUMER, consumerProperties("dataflow-reader-" + randomSuffix()));
-    rd_kafka_poll_set_consumer(r.rk.get());
+    r.rk = readerHandle();
     seek(r, p, offset);
   }
 
