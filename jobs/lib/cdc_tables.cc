@@ -67,7 +67,7 @@ Result<dbz::ChangeEvent<Row>> decode(const dbz::TableMapping<Row>& mapping, cons
     return parseError("record_too_large", "the change event is " + std::to_string(record.value.size()) +
                                               " bytes, over the limit of " + std::to_string(limit) + " (--max-record-bytes)");
   }
-  return mapping.decode(record.value);
+  return mapping.decode(record);
 }
 
 }  // namespace
@@ -268,7 +268,7 @@ Result<OrderCreated> orderCreated(const KafkaRecord& record) {
   out.amountCents = figures.value().first;
   out.createdAtMs = figures.value().second / 1000;
   out.key = record.key;
-  out.payload = record.value;
+  out.payload = record.valueBytes();
   return out;
 }
 

@@ -26,8 +26,10 @@ case "$TARGET" in
     ;;
   pgoutput)
     clang++-14 "${flags[@]}" -I"$ROOT/connectors/postgres/include" -I"$ROOT/connectors/postgres/src" \
+      -I"$ROOT/connectors/debezium/include" \
       "$ROOT/tests/fuzz/pgoutput_fuzzer.cc" "$ROOT/connectors/postgres/src/pgoutput.cc" \
-      "$ROOT/connectors/postgres/src/debezium_json.cc" -lboost_json -o "$OUT/pgoutput_fuzzer"
+      "$ROOT/connectors/postgres/src/debezium_json.cc" "$ROOT/connectors/debezium/src/change_event.cc" \
+      -lboost_json -o "$OUT/pgoutput_fuzzer"
     /usr/bin/python3 "$ROOT/tests/fuzz/pgoutput_seeds.py" "$CORPUS"
     cp "$ROOT"/tests/fuzz/pgoutput-regressions/* "$CORPUS"/  # inputs that once crashed it
     ;;

@@ -53,20 +53,6 @@ void civilFromDays(int64_t z, int64_t& y, unsigned& m, unsigned& d) {
   y += m <= 2;
 }
 
-bool validUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    if (len == 0 || i + len > s.size()) return false;
-    for (size_t k = 1; k < len; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
-    }
-    i += len;
-  }
-  return true;
-}
-
 bool base64Decode(std::string_view in, std::string& out) {
   static constexpr std::array<int8_t, 256> kTable = [] {
     std::array<int8_t, 256> t{};
@@ -254,29 +240,6 @@ namespace detail {
 
 // ------------------------------------------------------------------------------------------
 // What the streaming parser keeps of an event: only the parts a decoder can ask for.
-
-struct Value {
-  enum class Kind : uint8_t { kNull, kBool, kInt, kUint, kDouble, kString, kObject, kArray };
-  Kind kind = Kind::kNull;
-  bool b = false;
-  int64_t i = 0;
-  uint64_t u = 0;
-  double d = 0;
-  std::string_view s;
-  // kObject: a Debezium VariableScaleDecimal {"scale": 4, "value": "<base64>"}.
-  std::optional<int64_t> scale;
-  std::optional<std::string_view> scaledValue;
-};
-
-struct RowImage {
-  std::vector<std::pair<std::string_view, Value>> fields;
-  const Value* find(std::string_view key) const {
-    for (const auto& [k, v] : fields) {
-      if (k == key) return &v;
-    }
-    return nullptr;
-  }
-};
 
 struct FieldSchema {
   std::string_view field, type, name;
@@ -756,6 +719,37 @@ ParseError wrongType(std::string_view column, std::string_view expected, const V
 }
 
 }  // namespace
+
+bool validUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t n;
+    uint32_t cp;
+    if ((c & 0xE0) == 0xC0) n = 2, cp = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0) n = 3, cp = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0) n = 4, cp = c & 0x07;
+    else return false;
+    if (i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k) {
+      auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = cp << 6 | (cc & 0x3F);
+    }
+    // Overlong forms, surrogates and code points past U+10FFFF are not UTF-8 (RFC 3629), and the
+    // JSON parser refuses them too.
+    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return false;
+    }
+    i += n;
+  }
+  return true;
+}
 
 Result<Envelope> parseEnvelope(std::string_view payload) {
   if (payload.empty()) return parseError("empty_payload", "the record value is empty");

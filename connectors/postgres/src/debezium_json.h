@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "dataflow/debezium/change_event.h"
 #include "dataflow/postgres/pgoutput.h"
 
 namespace dataflow::postgres::detail {
@@ -50,5 +51,32 @@ void appendTruncateJson(const TableShape& shape, const EventSource& source, std:
 
 // One column's value as Debezium's JSON (exposed for the unit tests): text form in, JSON out.
 void appendColumnJson(const pgoutput::Column& column, const pgoutput::Value& value, std::string& out);
+
+// ---------------------------------------------------------------------------------------------
+// The compact form (ReplicationSourceOptions::compactValues): a change kept as pgoutput gave it,
+// its tuples' bytes after a fixed header that points at the change's TableShape, which must stay
+// alive and unchanged while records of it exist. Dead letters render it into the JSON above; a
+// Debezium TableMapping reads it through CompactEventCodec::envelope without JSON, with the
+// values the JSON would have given.
+
+// Appends the compact form of the event appendValueJson would write.
+void appendCompactValue(char op, const TableShape& shape, const Tuple* before, const Tuple* after,
+                        const EventSource& source, std::string& out);
+
+class CompactEventCodec final : public debezium::EventCodec {
+ public:
+  // The parts of EventSource that every event of a source shares.
+  CompactEventCodec(std::string connectorName, std::string database)
+      : connectorName_(std::move(connectorName)), database_(std::move(database)) {}
+
+  std::string name() const override { return "pgoutput-compact"; }
+  // Exactly the bytes appendValueJson writes for the change.
+  void render(const LogRecord& record, std::string& out) const override;
+  dataflow::Result<debezium::detail::Envelope> envelope(const LogRecord& record) const override;
+
+ private:
+  std::string connectorName_;
+  std::string database_;
+};
 
 }  // namespace dataflow::postgres::detail

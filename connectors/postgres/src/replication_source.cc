@@ -139,6 +139,37 @@ struct ReplicationSource::Impl {
     std::lock_guard lock(topicsMu);
     return *topics.insert(topic).first;
   }
+  // Table shapes, kept while the source lives: a compact record points at its shape. An equal
+  // shape is reused, so reconnecting (which sends every Relation again) adds none.
+  std::mutex shapesMu;
+  std::deque<TableShape> shapes;
+  const TableShape* internShape(TableShape shape) {
+    std::lock_guard lock(shapesMu);
+    auto sameColumns = [](const std::vector<pgoutput::Column>& a, const std::vector<pgoutput::Column>& b) {
+      return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
+        return x.key == y.key && x.name == y.name && x.typeOid == y.typeOid && x.typeModifier == y.typeModifier;
+      });
+    };
+    for (const TableShape& s : shapes) {
+      if (s.topic == shape.topic && sameColumns(s.columns, shape.columns)) return &s;
+    }
+    shape.internedTopic = intern(shape.topic);
+    return &shapes.emplace_back(std::move(shape));
+  }
+  // Set with the database's name, before the first record (ReplicationSourceOptions::compactValues).
+  std::unique_ptr<detail::CompactEventCodec> codec;
+
+  // A change's value: Debezium JSON, or the compact form.
+  void appendValue(LogRecord& rec, char op, const TableShape& shape, const detail::Tuple* before,
+                   const detail::Tuple* after, const detail::EventSource& source) const {
+    if (codec) {
+      detail::appendCompactValue(op, shape, before, after, source, rec.value);
+      rec.codec = codec.get();
+    } else {
+      detail::appendValueJson(op, shape, before, after, source, rec.value);
+    }
+    rec.hasValue = true;
+  }
 
   // What the streaming thread shares with the driver.
   std::mutex mu;
@@ -161,7 +192,7 @@ struct ReplicationSource::Impl {
   std::thread thread;
 
   // Streaming thread only.
-  std::unordered_map<uint32_t, TableShape> relations;
+  std::unordered_map<uint32_t, const TableShape*> relations;
   pgoutput::Message message;
   std::optional<Transaction> open;
   uint32_t openXid = 0;
@@ -178,7 +209,7 @@ struct ReplicationSource::Impl {
   bool snapshotOpen = false;         // a REPEATABLE READ transaction holds the snapshot
   size_t snapshotTable = 0;          // the table being read
   bool cursorOpen = false;
-  TableShape snapshotShape;
+  const TableShape* snapshotShape = nullptr;
   uint64_t snapshotVersion = 0;
   int64_t snapshotStartedMs = 0;
   int64_t snapshotBase = 0;          // ordinal of snapshotRows.front()
@@ -222,6 +253,7 @@ struct ReplicationSource::Impl {
                                " may not read the replication stream: ALTER ROLE " + user + " REPLICATION;");
     }
     database = std::string(role.value(0, 2));
+    if (options.compactValues && !codec) codec = std::make_unique<detail::CompactEventCodec>(options.topicPrefix, database);
     for (const auto& [schema, name] : tables) {
       auto r = c.execParams("SELECT to_regclass($1) IS NOT NULL", {c.quoteIdentifier(schema) + "." + c.quoteIdentifier(name)});
       if (r.value(0, 0) != "t") throw ConfigurationError("ReplicationSource: table " + schema + "." + name + " does not exist in " + database);
@@ -431,7 +463,7 @@ struct ReplicationSource::Impl {
         c.exec("DECLARE dataflow_snapshot NO SCROLL CURSOR FOR SELECT * FROM " + c.quoteIdentifier(schema) + "." +
                c.quoteIdentifier(name));
         cursorOpen = true;
-        snapshotShape = {};
+        snapshotShape = nullptr;
       }
       Result r = c.exec("FETCH FORWARD " + std::to_string(options.snapshotFetchRows) + " FROM dataflow_snapshot");
       if (r.rows() == 0) {
@@ -440,7 +472,7 @@ struct ReplicationSource::Impl {
         ++snapshotTable;
         continue;
       }
-      if (snapshotShape.columns.empty()) snapshotShape = shapeOf(r, schema, name);
+      if (!snapshotShape) snapshotShape = internShape(shapeOf(r, schema, name));
       detail::EventSource source{options.topicPrefix, database, snapshotStartedMs, 0, snapshotVersion, snapshotVersion, "true",
                                  snapshotStartedMs};
       detail::Tuple tuple(r.columns());
@@ -450,15 +482,14 @@ struct ReplicationSource::Impl {
                                           : pgoutput::Value{pgoutput::Value::Kind::kText, r.value(row, col)};
         }
         LogRecord rec;
-        rec.topic = snapshotShape.internedTopic;
+        rec.topic = snapshotShape->internedTopic;
         rec.partition = -1;  // snapshot rows: offset is the row's ordinal in the snapshot
         rec.offset = snapshotBase + static_cast<int64_t>(snapshotRows.size());
         rec.timestamp = snapshotStartedMs;
         rec.timestampType = TimestampType::kCreateTime;
-        detail::appendKeyJson(snapshotShape, tuple, rec.key);
+        detail::appendKeyJson(*snapshotShape, tuple, rec.key);
         rec.hasKey = true;
-        detail::appendValueJson('r', snapshotShape, nullptr, &tuple, source, rec.value);
-        rec.hasValue = true;
+        appendValue(rec, 'r', *snapshotShape, nullptr, &tuple, source);
         snapshotRows.push_back(std::move(rec));
       }
       return;
@@ -708,8 +739,7 @@ struct ReplicationSource::Impl {
         shape.table = message.relation.name;
         shape.topic = options.topicPrefix + "." + shape.schema + "." + shape.table;
         shape.columns = message.relation.columns;
-        shape.internedTopic = intern(shape.topic);
-        relations[message.relation.oid] = std::move(shape);
+        relations[message.relation.oid] = internShape(std::move(shape));
         break;
       }
       case Type::kInsert:
@@ -721,8 +751,7 @@ struct ReplicationSource::Impl {
         for (uint32_t oid : message.truncatedRelations) {
           const TableShape& shape = relation(oid);
           LogRecord& rec = newRecord(shape, frame.walStart);
-          detail::appendTruncateJson(shape, eventSource(frame.walStart), rec.value);
-          rec.hasValue = true;
+          appendValue(rec, 't', shape, nullptr, nullptr, eventSource(frame.walStart));
           open->bytes += static_cast<int64_t>(rec.value.size());
         }
         break;
@@ -752,7 +781,7 @@ struct ReplicationSource::Impl {
   const TableShape& relation(uint32_t oid) const {
     auto it = relations.find(oid);
     if (it == relations.end()) throw pgoutput::ProtocolError("pgoutput: change for relation " + std::to_string(oid) + " before its Relation message");
-    return it->second;
+    return *it->second;
   }
 
   detail::EventSource eventSource(uint64_t lsn) const {
@@ -780,8 +809,7 @@ struct ReplicationSource::Impl {
     const detail::Tuple& keyTuple = after ? *after : *before;
     detail::appendKeyJson(shape, keyTuple, rec.key);
     rec.hasKey = true;
-    detail::appendValueJson(op, shape, before, after, eventSource(lsn), rec.value);
-    rec.hasValue = true;
+    appendValue(rec, op, shape, before, after, eventSource(lsn));
     open->bytes += static_cast<int64_t>(rec.key.size() + rec.value.size() + sizeof(LogRecord));
   }
 

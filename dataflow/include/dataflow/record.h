@@ -16,6 +16,23 @@ namespace dataflow {
 
 enum class TimestampType : int8_t { kNone, kCreateTime, kLogAppendTime };
 
+struct LogRecord;
+
+// A source's own compact form of its records' values. A source that has already taken a record
+// apart (the direct PostgreSQL source decodes pgoutput) may keep that form in `LogRecord::value`
+// instead of rendering the bytes a log would hold (Debezium JSON), and name its codec: a parser
+// that knows the codec reads the compact form without decoding bytes, and everything else asks
+// for the bytes, rendered on demand (a dead letter's payload). Type erasure at the record's edge:
+// parsers check the codec once per record, never per field.
+class RecordCodec {
+ public:
+  virtual ~RecordCodec() = default;
+  // For messages ("pgoutput-compact").
+  virtual std::string name() const = 0;
+  // Appends the bytes the record stands for (what `value` would hold without the codec).
+  virtual void render(const LogRecord& record, std::string& out) const = 0;
+};
+
 // The batch owns the record: payloads are copied once out of the source's buffers. `topic` points
 // at a name interned by the source and stays valid while the source lives.
 struct LogRecord {
@@ -29,6 +46,17 @@ struct LogRecord {
   std::string value;
   bool hasValue = false;  // false: a null value (a tombstone)
   std::vector<std::pair<std::string, std::optional<std::string>>> headers;  // only when a source is asked for them
+  // Null: `value` holds the record's bytes. Otherwise `value` holds the codec's compact form
+  // (RecordCodec); the codec outlives the record, as `topic` does.
+  const RecordCodec* codec = nullptr;
+
+  // The value's bytes: `value` itself, or rendered by the codec.
+  std::string valueBytes() const {
+    if (!codec) return value;
+    std::string out;
+    codec->render(*this, out);
+    return out;
+  }
 
   // Position and raw bytes for a dead letter.
   void fillDeadLetter(DeadLetter& out) const {
@@ -37,7 +65,7 @@ struct LogRecord {
     out.offset = offset;
     out.key = key;
     out.hasKey = hasKey;
-    out.payload = value;
+    out.payload = hasValue ? valueBytes() : std::string();
     out.hasPayload = hasValue;
   }
 };

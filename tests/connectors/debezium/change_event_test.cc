@@ -192,6 +192,13 @@ TEST(ChangeEventErrors, EachMalformedInputHasItsOwnKind) {
   std::string latin1 = good;
   latin1.replace(latin1.find("golden"), 1, "\xe9");
   EXPECT_EQ(kindOf(latin1), "invalid_utf8");
+  // Well-formed sequences that are still not UTF-8 (found by fuzz.pgoutput: they were reported as
+  // malformed JSON): a code point past U+10FFFF, an overlong form, a surrogate.
+  for (std::string bad : {"\xf6\xa3\x87\x9b", "\xc0\xaf", "\xed\xa0\x80"}) {
+    std::string event = good;
+    event.replace(event.find("golden"), 1, bad);
+    EXPECT_EQ(kindOf(event), "invalid_utf8");
+  }
   EXPECT_EQ(kindOf("[1, 2]"), "malformed_envelope");
   EXPECT_EQ(kindOf(R"({"schema": {}, "payload": null})"), "malformed_envelope");
   EXPECT_EQ(kindOf(R"({"after": {"id": 1, "email": "x"}, "source": {"lsn": 1}})"), "missing_field");

@@ -213,6 +213,126 @@ TEST(DebeziumJson, EventsReadBackThroughTheJobsParser) {
   EXPECT_EQ(deleted.value().row.id, 8);
 }
 
+// The compact form (ReplicationSourceOptions::compactValues) must give, field by field, the
+// envelope that parsing its rendered JSON gives, and render exactly the JSON the source writes
+// without it.
+void expectSameValue(const debezium::detail::Value& a, const debezium::detail::Value& b, const std::string& where) {
+  EXPECT_EQ(static_cast<int>(a.kind), static_cast<int>(b.kind)) << where;
+  EXPECT_EQ(a.b, b.b) << where;
+  EXPECT_EQ(a.i, b.i) << where;
+  EXPECT_EQ(a.u, b.u) << where;
+  EXPECT_EQ(a.d, b.d) << where;
+  EXPECT_EQ(a.s, b.s) << where;
+}
+
+void expectSameImage(const debezium::detail::RowImage* a, const debezium::detail::RowImage* b, const std::string& which) {
+  ASSERT_EQ(a == nullptr, b == nullptr) << which;
+  if (!a) return;
+  ASSERT_EQ(a->fields.size(), b->fields.size()) << which;
+  for (size_t i = 0; i < a->fields.size(); ++i) {
+    EXPECT_EQ(a->fields[i].first, b->fields[i].first) << which;
+    expectSameValue(a->fields[i].second, b->fields[i].second, which + "." + std::string(a->fields[i].first));
+  }
+}
+
+// Compares the compact record's envelope with the parsed JSON's; returns the JSON.
+std::string expectCompactMatchesJson(char op, const detail::TableShape& shape, const detail::Tuple* before,
+                                     const detail::Tuple* after, const detail::EventSource& source) {
+  std::string json;
+  detail::appendValueJson(op, shape, before, after, source, json);
+  detail::CompactEventCodec codec(std::string(source.connectorName), std::string(source.database));
+  LogRecord rec;
+  detail::appendCompactValue(op, shape, before, after, source, rec.value);
+  rec.codec = &codec;
+  rec.hasValue = true;
+  EXPECT_EQ(rec.valueBytes(), json);
+  EXPECT_LT(rec.value.size(), json.size());
+  auto compact = codec.envelope(rec);
+  auto parsed = debezium::detail::parseEnvelope(json);
+  EXPECT_EQ(compact.ok(), parsed.ok()) << json;
+  if (!compact.ok() || !parsed.ok()) {
+    if (!compact.ok() && !parsed.ok()) {
+      EXPECT_EQ(compact.error().kind, parsed.error().kind);
+    }
+    return json;
+  }
+  // Copies: each envelope lives in a per-thread buffer of its own (the codec's, the parser's).
+  const auto& c = compact.value();
+  const auto& p = parsed.value();
+  EXPECT_EQ(c.op, p.op);
+  EXPECT_EQ(c.tsMs, p.tsMs);
+  EXPECT_EQ(c.source.connector, p.source.connector);
+  EXPECT_EQ(c.source.name, p.source.name);
+  EXPECT_EQ(c.source.db, p.source.db);
+  EXPECT_EQ(c.source.schema, p.source.schema);
+  EXPECT_EQ(c.source.table, p.source.table);
+  EXPECT_EQ(c.source.tsMs, p.source.tsMs);
+  EXPECT_EQ(c.source.txId, p.source.txId);
+  EXPECT_EQ(c.source.lsn, p.source.lsn);
+  EXPECT_EQ(c.source.snapshot, p.source.snapshot);
+  EXPECT_EQ(c.source.sequence, p.source.sequence);
+  expectSameImage(c.before, p.before, "before");
+  expectSameImage(c.after, p.after, "after");
+  return json;
+}
+
+TEST(DebeziumJson, CompactEventsGiveTheEnvelopeOfTheirJson) {
+  detail::TableShape shape{"public", "things", "dbserver1.public.things", {}, {}};
+  shape.columns = {{true, "id", 20, -1},     {false, "ok", 16, -1},        {false, "f", 701, -1},
+                   {false, "whole", 701, -1}, {false, "big", 701, -1},     {false, "amount", 1700, -1},
+                   {false, "day", 1082, -1},  {false, "at", 1184, -1},     {false, "local", 1114, 3},
+                   {false, "raw", 17, -1},    {false, "note", 25, -1},     {false, "tags", 1007, -1},
+                   {false, "nan", 701, -1},   {false, "bad_day", 1082, -1}, {false, "toasted", 25, -1}};
+  detail::EventSource source{"dbserver1", "appdb", 1700000000000, 742, 0x1A2B3C4D, 0x1A2B3C7F, "false", 1700000000100};
+  auto text = [](std::string_view s) { return Value{Value::Kind::kText, s}; };
+  detail::Tuple row{text("8"),      text("t"),     text("0.25"),  text("3"),
+                    text("1e300"),  text("30.50"), text("2024-02-29"), text("2024-02-29 11:45:30.123456+00"),
+                    text("2024-02-29 13:45:30.123"), text("\\xdeadbeef"), text("a\"b\\c\n\x01 ü"), text("{1,2}"),
+                    text("NaN"),    text("infinity"), {Value::Kind::kUnchangedToast, {}}};
+  detail::Tuple keyOnly(row.size(), Value{Value::Kind::kNull, {}});
+  keyOnly[0] = text("8");
+  expectCompactMatchesJson('c', shape, nullptr, &row, source);
+  expectCompactMatchesJson('u', shape, &row, &row, source);
+  expectCompactMatchesJson('d', shape, &keyOnly, nullptr, source);
+  expectCompactMatchesJson('t', shape, nullptr, nullptr, source);
+  detail::EventSource snapshot = source;
+  snapshot.snapshot = "true";
+  expectCompactMatchesJson('r', shape, nullptr, &row, snapshot);
+  // Fewer values than columns (a relation that grew since): only the values sent.
+  detail::Tuple shorter(row.begin(), row.begin() + 3);
+  expectCompactMatchesJson('c', shape, nullptr, &shorter, source);
+  // Text that is not UTF-8 (a SQL_ASCII database) fails the event as its JSON does.
+  detail::Tuple latin1 = row;
+  latin1[10] = text("caf\xe9");
+  EXPECT_FALSE(debezium::detail::parseEnvelope(expectCompactMatchesJson('c', shape, nullptr, &latin1, source)).ok());
+
+  // Through a mapping, as the jobs read it: the same typed event from either form.
+  detail::TableShape orders{"public", "orders", "dbserver1.public.orders", {}, {}};
+  orders.columns = {{true, "id", 20, -1}, {false, "amount", 1700, -1}, {false, "note", 25, -1}};
+  detail::Tuple after{text("8"), text("1.00"), {Value::Kind::kUnchangedToast, {}}};
+  detail::CompactEventCodec codec("dbserver1", "appdb");
+  LogRecord compact, json;
+  detail::appendCompactValue('u', orders, nullptr, &after, source, compact.value);
+  compact.codec = &codec;
+  compact.hasValue = true;
+  detail::appendValueJson('u', orders, nullptr, &after, source, json.value);
+  json.hasValue = true;
+  auto a = kOrders.decode(compact);
+  auto b = kOrders.decode(json);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a.value().row.id, b.value().row.id);
+  EXPECT_EQ(a.value().row.amount, b.value().row.amount);
+  EXPECT_EQ(a.value().row.note, b.value().row.note);
+  EXPECT_EQ(a.value().unavailable, uint64_t{1} << 2);
+  EXPECT_EQ(a.value().unavailable, b.value().unavailable);
+  EXPECT_EQ(a.value().source.lsn, b.value().source.lsn);
+  EXPECT_EQ(a.value().source.sequence, b.value().source.sequence);
+  // A dead letter of the compact record carries the JSON bytes.
+  DeadLetter letter;
+  compact.fillDeadLetter(letter);
+  EXPECT_EQ(letter.payload, json.value);
+}
+
 TEST(ReplicationSourceOptions, BadSettingsAreNamed) {
   ReplicationSourceOptions o;
   o.slotName = "ok_slot";

@@ -9,10 +9,15 @@
 //       .column("email", &Customer::email)        // non-optional member: required
 //       .column("country", &Customer::country)    // optional member: null or absent is fine
 //       .column("updated_at", &Customer::updatedAt);
-//   dataflow::Result<debezium::ChangeEvent<Customer>> e = customers.decode(record.value);
+//   dataflow::Result<debezium::ChangeEvent<Customer>> e = customers.decode(record);
+//
+// decode(record) reads a LogRecord's JSON value, or, when its source kept the change in a compact
+// form of its own (an EventCodec: the direct PostgreSQL source), that form without any JSON; the
+// typed events are the same either way.
 //
 // Error kinds: empty_payload, invalid_utf8, truncated_json, malformed_json, malformed_envelope,
-// missing_field, wrong_type, unknown_operation.
+// missing_field, wrong_type, unknown_operation; unknown_encoding (a compact value of a codec that is
+// not an EventCodec).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +29,7 @@
 #include <variant>
 #include <vector>
 
+#include "dataflow/record.h"
 #include "dataflow/result.h"
 
 namespace dataflow::debezium {
@@ -109,9 +115,34 @@ struct ChangeEvent {
 
 namespace detail {
 
-// A row image (`before` or `after`) and the embedded schema of its columns, as the streaming
-// parser extracted them; defined in change_event.cc.
-struct RowImage;
+// One JSON value of an event as the streaming parser keeps it (scalars only; objects and arrays
+// are marked by their kind). Strings are unescaped and point into the payload or a buffer that
+// lives as long as the Envelope.
+struct Value {
+  enum class Kind : uint8_t { kNull, kBool, kInt, kUint, kDouble, kString, kObject, kArray };
+  Kind kind = Kind::kNull;
+  bool b = false;
+  int64_t i = 0;
+  uint64_t u = 0;
+  double d = 0;
+  std::string_view s;
+  // kObject: a Debezium VariableScaleDecimal {"scale": 4, "value": "<base64>"}.
+  std::optional<int64_t> scale;
+  std::optional<std::string_view> scaledValue;
+};
+
+// A row image (`before` or `after`): its fields in the event's order.
+struct RowImage {
+  std::vector<std::pair<std::string_view, Value>> fields;
+  const Value* find(std::string_view key) const {
+    for (const auto& [k, v] : fields) {
+      if (k == key) return &v;
+    }
+    return nullptr;
+  }
+};
+
+// The embedded schema of a row's columns (schemas.enable=true); defined in change_event.cc.
 struct RowSchema;
 
 // The parsed envelope, borrowed from a per-thread buffer that is reused for the next record.
@@ -127,6 +158,23 @@ struct Envelope {
 // Parses `payload` on this thread's reusable parser; the Envelope is valid until the next call on
 // the same thread.
 Result<Envelope> parseEnvelope(std::string_view payload);
+
+// Whether `s` is UTF-8 as RFC 3629 defines it (what the JSON parser accepts in a string).
+bool validUtf8(std::string_view s);
+
+}  // namespace detail
+
+// A RecordCodec whose compact form is a Debezium change event already taken apart: it gives the
+// Envelope that parsing the rendered JSON would give (the same values, field by field), without
+// the JSON. Implemented by sources that decode changes themselves.
+class EventCodec : public RecordCodec {
+ public:
+  // The record's envelope, valid until the next call on the same thread; or the ParseError that
+  // parsing the rendered JSON would give.
+  virtual Result<detail::Envelope> envelope(const LogRecord& record) const = 0;
+};
+
+namespace detail {
 
 template <class T>
 inline constexpr bool kIsOptional = false;
@@ -169,7 +217,24 @@ class TableMapping {
   Result<ChangeEvent<Row>> decode(std::string_view payload) const {
     auto parsed = detail::parseEnvelope(payload);
     if (!parsed.ok()) return std::move(parsed).error();
-    detail::Envelope& env = parsed.value();
+    return decode(parsed.value());
+  }
+
+  // The record's value: its JSON, or its source's compact form (EventCodec).
+  Result<ChangeEvent<Row>> decode(const LogRecord& record) const {
+    if (!record.codec) return decode(std::string_view(record.value));
+    const auto* codec = dynamic_cast<const EventCodec*>(record.codec);
+    if (!codec) {
+      return parseError("unknown_encoding", "the record's value is in the compact form of " + record.codec->name() +
+                                                ", which is not a Debezium change event");
+    }
+    auto parsed = codec->envelope(record);
+    if (!parsed.ok()) return std::move(parsed).error();
+    return decode(parsed.value());
+  }
+
+  // A parsed envelope (detail::parseEnvelope, EventCodec::envelope).
+  Result<ChangeEvent<Row>> decode(detail::Envelope& env) const {
     ChangeEvent<Row> event;
     event.op = env.op;
     event.source = std::move(env.source);

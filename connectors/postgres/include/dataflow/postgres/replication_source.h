@@ -53,6 +53,12 @@ struct ReplicationSourceOptions {
   // Read the existing rows first when a new query starts (Debezium's snapshot.mode=initial);
   // false streams changes only. Default: true.
   bool snapshot = true;
+  // Keep each change in a compact form (pgoutput's tuple bytes, LogRecord::codec) instead of
+  // rendering it as Debezium JSON: a debezium::TableMapping decodes it without any JSON, into the
+  // same typed event, and a dead letter gets the JSON rendered. For jobs that parse records only
+  // through debezium::TableMapping::decode(record) (or LogRecord::valueBytes()); code that reads
+  // `value` as JSON needs false. Default: false.
+  bool compactValues = false;
   // Rows per FETCH while snapshotting. Default: 10 000.
   int snapshotFetchRows = 10000;
   // Records per batch; whole transactions, so a larger transaction makes a larger batch. 0: no
