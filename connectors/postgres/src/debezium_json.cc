@@ -446,6 +446,14 @@ void appendCompactValue(char op, const TableShape& shape, const Tuple* before, c
                         const EventSource& source, std::string& out) {
   CompactHeader h{&shape, source.commitTimeMs, source.lsn, source.commitLsn, source.processedMs, source.xid, op,
                   source.snapshot == "true", before != nullptr, after != nullptr};
+  // One allocation for the record, not a growth per part.
+  size_t size = out.size() + sizeof h;
+  for (const Tuple* t : {before, after}) {
+    if (!t) continue;
+    size += sizeof(uint32_t) + t->size() * (1 + sizeof(uint32_t));
+    for (const auto& v : *t) size += v.bytes.size();
+  }
+  out.reserve(size);
   appendRaw(h, out);
   if (before) appendCompactTuple(shape, *before, out);
   if (after) appendCompactTuple(shape, *after, out);
