@@ -342,7 +342,8 @@ TEST(ScaleOut, AFencedProcessCommitsNeitherOutputNorState) {
   EXPECT_EQ(f.counts(), f.expected());
 }
 
-// Keeps a count per key: its timers follow batch time, not partitions.
+// Keeps a count per key; with TimeMode::kProcessingTime its timers would follow batch time, not
+// partitions.
 struct CountingProcessor {
   using Output = int64_t;
   ValueState<int64_t> seen;
@@ -362,12 +363,12 @@ TEST(ScaleOut, StateThatCannotFollowItsPartitionIsRefused) {
     session.readStream(std::make_shared<GroupMember>(log, 0))
         .withWatermark([](int v) { return static_cast<int64_t>(v); }, 1s)
         .groupByKey([](int v) { return v % 3; })
-        .transformWithState([] { return CountingProcessor{}; })
+        .transformWithState([] { return CountingProcessor{}; }, TimeMode::kProcessingTime)
         .writeStream().outputMode(OutputMode::kUpdate).checkpoint(memoryCheckpoint())
         .foreachBatch([](const auto&, const BatchInfo&) {}).start();
-    FAIL() << "transformWithState was accepted scaled out";
+    FAIL() << "transformWithState with processing-time timers was accepted scaled out";
   } catch (const ConfigurationError& e) {
-    EXPECT_NE(std::string(e.what()).find("cannot run scaled out"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("transformWithStateExec cannot run scaled out"), std::string::npos) << e.what();
   }
   // A table aggregation regroups rows across partitions: refused too, by name.
   try {
@@ -408,6 +409,68 @@ TEST(ScaleOut, StoresWithoutPerPartitionOffsetsAreRefused) {
 }
 
 
+// Counts per key in a value state that expires 1 ms after its last update.
+struct ExpiringCounter {
+  using Output = std::pair<int, int64_t>;
+  ValueState<int64_t> seen;
+  void init(ProcessorHandle<int>& h) { seen = h.valueState<int64_t>("seen", {.ttl = 1ms}); }
+  void handleInputRows(const int& key, std::span<const int> rows, TimerValues, Collector<Output>& out) {
+    int64_t n = (seen.exists() ? *seen.get() : 0) + static_cast<int64_t>(rows.size());
+    seen.update(n);
+    out.emit({key, n});
+  }
+};
+
+// Scaled out, a partition's expired state is dropped only in a batch that reads the partition
+// (its state's version is its offset): a batch of partition 0 leaves partition 1's expired
+// entries alone, and partition 1's next records find them gone.
+TEST(ScaleOut, TransformWithStateExpiresAPartitionsStateWithItsRecords) {
+  Session session;
+  auto log = std::make_shared<SharedLog>();
+  log->partitions.resize(2);
+  log->assign(0, 0);
+  log->assign(1, 0);
+  log->append(0, 0, 3);  // keys 0, 1, 2
+  log->append(1, 0, 3);
+  std::mutex mu;
+  std::vector<std::tuple<int32_t, int, int64_t>> out;  // partition, key, count
+  auto query = session.readStream(std::make_shared<GroupMember>(log, 0))
+                   .groupByKey([](int v) { return v % 3; })
+                   .transformWithState([] { return ExpiringCounter{}; })
+                   .writeStream().outputMode(OutputMode::kUpdate).checkpoint(memoryCheckpoint())
+                   .foreachBatch([&](const Batch<std::pair<int, int64_t>>& batch, const BatchInfo&) {
+                     std::lock_guard lock(mu);
+                     for (const auto& part : batch.partitions()) {
+                       for (const auto& [k, n] : part.rows) out.emplace_back(part.id.partition, k, n);
+                     }
+                   })
+                   .start();
+  query.processAllAvailable();
+  std::this_thread::sleep_for(20ms);  // every count expires
+  log->append(0, 3, 6);  // a batch of partition 0 only
+  query.processAllAvailable();
+  log->append(1, 3, 6);
+  query.processAllAvailable();
+  if (auto e = query.exception()) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      FAIL() << x.what();
+    }
+  }
+  query.stop();
+  std::lock_guard lock(mu);
+  std::multiset<std::tuple<int32_t, int, int64_t>> got(out.begin(), out.end());
+  std::multiset<std::tuple<int32_t, int, int64_t>> want;
+  for (int32_t p = 0; p < 2; ++p) {
+    for (int k = 0; k < 3; ++k) {
+      want.emplace(p, k, 1);  // first records
+      want.emplace(p, k, 1);  // after expiry: counting starts again
+    }
+  }
+  EXPECT_EQ(got, want);
+}
+
 // Event time scaled out: windows per (partition, key), each partition on its own watermark
 // (partition_watermarks.h). A record's value is its event time in ms; its key is value % 5.
 using WindowRow = KeyValue<Windowed<int>, int64_t>;
@@ -416,7 +479,36 @@ struct WindowTable {
   std::vector<std::tuple<int32_t, int64_t, int64_t, int, int64_t>> rows;  // partition, start, end, key, count
 };
 
-enum class EventWindowKind { kTumbling, kSession };
+enum class EventWindowKind { kTumbling, kSession, kTransformWithState };
+
+// Tumbling windows written by hand with transformWithState: a count per window start in a
+// MapState, an event-time timer at each window's end that emits and forgets it, and late records
+// (behind the watermark the handler is given) skipped. The same rows as window(tumbling).count().
+template <int64_t kWindowMs>
+struct HandMadeWindows {
+  using Output = KeyValue<Windowed<int>, int64_t>;
+  ProcessorHandle<int>* handle = nullptr;
+  MapState<int64_t, int64_t> counts;
+  void init(ProcessorHandle<int>& h) {
+    handle = &h;
+    counts = h.mapState<int64_t, int64_t>("counts");
+  }
+  void handleInputRows(const int&, std::span<const int> rows, TimerValues t, Collector<Output>&) {
+    for (int v : rows) {
+      if (t.watermarkMs != kNoWatermark && v < t.watermarkMs) continue;
+      int64_t start = v / kWindowMs * kWindowMs;
+      counts.updateValue(start, counts.getValue(start).value_or(0) + 1);
+      handle->registerTimer(start + kWindowMs);
+    }
+  }
+  void handleExpiredTimer(const int& key, ExpiredTimer timer, TimerValues, Collector<Output>& out) {
+    int64_t start = timer.expiryMs - kWindowMs;
+    if (auto c = counts.getValue(start)) {
+      out.emit({{{start, timer.expiryMs}, key}, *c});
+      counts.removeKey(start);
+    }
+  }
+};
 
 struct EventTimeFixture {
   static constexpr int64_t kWindowMs = 100, kDelayMs = 50, kGapMs = 30;
@@ -448,9 +540,11 @@ struct EventTimeFixture {
                      .groupByKey([](int v) { return v % 5; });
     auto writer = kind == EventWindowKind::kTumbling
                       ? keyed.window(tumbling(std::chrono::milliseconds(kWindowMs)), time).count().writeStream()
-                      : keyed.window(dataflow::session(std::chrono::milliseconds(kGapMs)), time).count().writeStream();
+                  : kind == EventWindowKind::kSession
+                      ? keyed.window(dataflow::session(std::chrono::milliseconds(kGapMs)), time).count().writeStream()
+                      : keyed.transformWithState([] { return HandMadeWindows<kWindowMs>{}; }, TimeMode::kEventTime).writeStream();
     auto query = writer.queryName("scaled-windows")
-                     .outputMode(OutputMode::kAppend)
+                     .outputMode(kind == EventWindowKind::kTransformWithState ? OutputMode::kUpdate : OutputMode::kAppend)
                      .option("state.minDeltasForSnapshot", "2")
                      .checkpoint(store)
                      .sink(sink)
@@ -488,7 +582,7 @@ struct EventTimeFixture {
       }
       for (auto& [key, times] : byKey) {
         std::sort(times.begin(), times.end());
-        if (kind == EventWindowKind::kTumbling) {
+        if (kind != EventWindowKind::kSession) {
           std::map<int64_t, int64_t> counts;
           for (int64_t t : times) ++counts[t / kWindowMs * kWindowMs];
           for (auto [start, c] : counts) out.emplace(static_cast<int32_t>(p), start, start + kWindowMs, key, c);
@@ -540,9 +634,11 @@ TEST_P(ScaleOutEventTime, WindowsAndWatermarksMoveWithTheirPartitions) {
   for (int32_t p = 0; p < 3; ++p) f.appendEvents(p, 120, 101 + p);
   b.query.processAllAvailable();
   a.query.processAllAvailable();
-  int64_t dropped = 0;
-  for (const auto& p : b.query.recentProgress()) dropped += p.stateOperators.at(0).numRowsDroppedByWatermark;
-  EXPECT_EQ(dropped, 1);
+  if (GetParam() != EventWindowKind::kTransformWithState) {  // a processor drops late records itself
+    int64_t dropped = 0;
+    for (const auto& p : b.query.recentProgress()) dropped += p.stateOperators.at(0).numRowsDroppedByWatermark;
+    EXPECT_EQ(dropped, 1);
+  }
 
   // Process A hangs in the middle of writing a batch; the group gives its partition to B, which
   // restores it at A's last commit. A's batch, when it finally tries to commit, is refused.
@@ -573,8 +669,13 @@ TEST_P(ScaleOutEventTime, WindowsAndWatermarksMoveWithTheirPartitions) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Windows, ScaleOutEventTime,
-                         ::testing::Values(EventWindowKind::kTumbling, EventWindowKind::kSession),
-                         [](const auto& info) { return info.param == EventWindowKind::kTumbling ? "Tumbling" : "Session"; });
+                         ::testing::Values(EventWindowKind::kTumbling, EventWindowKind::kSession,
+                                           EventWindowKind::kTransformWithState),
+                         [](const auto& info) {
+                           return info.param == EventWindowKind::kTumbling  ? "Tumbling"
+                                  : info.param == EventWindowKind::kSession ? "Session"
+                                                                            : "TransformWithState";
+                         });
 
 }  // namespace
 }  // namespace dataflow

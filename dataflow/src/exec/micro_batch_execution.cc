@@ -108,10 +108,11 @@ void MicroBatchExecution::initialize() {
       if (!op->stateFollowsPartitions()) {
         throw ConfigurationError(
             "query " + options_.name + ": the stateful operator " + op->operatorName() +
-            " cannot run scaled out (sources assigned by a consumer group) yet: only aggregations (windowed or "
-            "not), dropDuplicates (with or without a watermark) and asTable keep state that moves with its "
-            "partition; stream-stream joins, transformWithState, and table aggregations and joins (which regroup "
-            "rows across partitions) need a single instance");
+            " cannot run scaled out (sources assigned by a consumer group) yet: aggregations (windowed or not), "
+            "dropDuplicates (with or without a watermark), transformWithState without processing-time timers and "
+            "asTable keep state that moves with its partition; stream-stream joins and table aggregations and "
+            "joins (which regroup rows across partitions), and transformWithState with TimeMode::kProcessingTime "
+            "(whose timers fire in batches without data), need a single instance");
       }
     }
     initializeScaleOut({id_, descriptions});
@@ -361,8 +362,9 @@ std::optional<MicroBatchExecution::PlannedBatch> MicroBatchExecution::planNextBa
   // A batch without data still runs when the watermark advanced, so that windows it closed are
   // emitted and their state dropped (Spark's no-data batches).
   // So does one when a stateful operator has a timer due at this batch's time or watermark.
+  // Scaled out there are none: a partition's state changes only in a batch that reads it.
   if (!hasData && !noDataBatchDue_ &&
-      !(state_ && state_->wantsBatch(batch.entry.batchTimestampMs, batch.entry.batchWatermarkMs))) {
+      !(state_ && !scaleOut_ && state_->wantsBatch(batch.entry.batchTimestampMs, batch.entry.batchWatermarkMs))) {
     return std::nullopt;
   }
   return batch;
@@ -409,6 +411,7 @@ std::unique_ptr<ExecContext> MicroBatchExecution::makeContext(const std::vector<
   }
   ctx->eventTime.assign(plan_.watermarkDelaysMs.size(), EventTimeStats{});  // a batch prepared ahead fills them too
   ctx->partitionWatermarks = partitionWatermarks_.get();
+  ctx->scaledOut = scaleOut_;
   ctx->inputRows = std::make_unique<std::atomic<int64_t>[]>(plan_.sources.size());
   for (size_t i = 0; i < plan_.sources.size(); ++i) ctx->inputRows[i].store(0);
   return ctx;

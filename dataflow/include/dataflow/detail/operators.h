@@ -48,6 +48,19 @@ struct ExecContext {
   // Scale-out with event time: each partition's own watermark (partition_watermarks.h); null
   // when the query runs as one instance.
   PartitionWatermarks* partitionWatermarks = nullptr;
+  // Scale-out (sources assigned by a consumer group): a partition's state may change only in a
+  // batch that reads the partition, because its version is the partition's offset.
+  bool scaledOut = false;
+
+  // Whether the batch reads records of `partition` from any source.
+  bool readsPartition(const PartitionId& partition) const {
+    for (const auto& source : ranges) {
+      for (const auto& r : source) {
+        if (r.partition == partition) return true;
+      }
+    }
+    return false;
+  }
 
   // The watermark records of `partition` are judged late by in this batch.
   int64_t watermarkFor(const PartitionId& partition) const {

@@ -256,24 +256,36 @@ class TransformWithStateOperator final
 
   std::string operatorName() const override { return "transformWithStateExec"; }
 
+  // Scaled out, a partition's processor runs only in the batches that read the partition, on the
+  // partition's own event-time clock: its event-time timers fire once its own records move its
+  // watermark past them (as windows close, ExecContext::closingWatermarkFor), and expired TTL
+  // entries, already invisible to reads, are dropped when the partition next runs. Processing-time
+  // timers would fire in batches without data: refused scaled out.
+  bool stateFollowsPartitions() const override { return mode_ != TimeMode::kProcessingTime; }
+  void dropPartition(const PartitionId& partition) override { parts_.erase(partition); }
+
   void produce(ExecContext& ctx, Batch<Out>& out) override {
     Batch<T> in;
     input_->produce(ctx, in);
     out.deadLetters() = std::move(in.deadLetters());
     for (auto& p : in.partitions()) partition(p.id);  // processors are created on this thread
     std::vector<Partition*> all;
-    for (auto& [id, p] : parts_) all.push_back(p.get());
+    for (auto& [id, p] : parts_) {
+      if (!ctx.scaledOut || ctx.readsPartition(id)) all.push_back(p.get());
+    }
     std::vector<std::vector<T>*> inputs(all.size(), nullptr);
     for (auto& p : in.partitions()) {
       auto pos = std::find_if(all.begin(), all.end(), [&](Partition* x) { return x->id == p.id; });
-      inputs[static_cast<size_t>(pos - all.begin())] = &p.rows;
+      if (pos != all.end()) inputs[static_cast<size_t>(pos - all.begin())] = &p.rows;
     }
     auto& outParts = out.partitions();
     outParts.resize(all.size());
-    const TimerValues times{ctx.info.batchTimestampMs, ctx.info.batchWatermarkMs};
     tbb::parallel_for(size_t{0}, all.size(), [&](size_t i) {
       outParts[i].id = all[i]->id;
-      run(*all[i], inputs[i], times, outParts[i].rows);
+      // One instance: the batch's watermark for both. Scaled out: the partition's watermark for
+      // its records, and its next one (its records of this batch included) for its timers.
+      const TimerValues times{ctx.info.batchTimestampMs, ctx.watermarkFor(all[i]->id)};
+      run(*all[i], inputs[i], times, ctx.closingWatermarkFor(all[i]->id), outParts[i].rows);
     });
   }
 
@@ -367,7 +379,7 @@ class TransformWithStateOperator final
     return *p;
   }
 
-  void run(Partition& p, std::vector<T>* rows, const TimerValues& times, std::vector<Out>& out) {
+  void run(Partition& p, std::vector<T>* rows, const TimerValues& times, int64_t timerWatermarkMs, std::vector<Out>& out) {
     TwsRuntime<K>& rt = *p.runtime;
     rt.setTimes(times.processingTimeMs, times.watermarkMs);
     for (auto& v : rt.vars()) v->expire(times.processingTimeMs);
@@ -400,10 +412,11 @@ class TransformWithStateOperator final
     if (mode_ != TimeMode::kNone) {
       // Timers due now, as they stood before firing: a timer a handler registers at or before
       // the current time fires in the next batch.
-      int64_t threshold = mode_ == TimeMode::kEventTime ? times.watermarkMs : times.processingTimeMs;
+      int64_t threshold = mode_ == TimeMode::kEventTime ? timerWatermarkMs : times.processingTimeMs;
+      const TimerValues timerTimes{times.processingTimeMs, timerWatermarkMs};
       for (auto& [t, k] : rt.takeDueTimers(threshold)) {
         rt.setKey(&k);
-        if constexpr (kHasTimerHandler) p.processor->handleExpiredTimer(k, ExpiredTimer{t}, times, collector);
+        if constexpr (kHasTimerHandler) p.processor->handleExpiredTimer(k, ExpiredTimer{t}, timerTimes, collector);
       }
     }
     rt.setKey(nullptr);
