@@ -227,6 +227,12 @@ void Connection::copyEnd() {
   while ((r = PQgetResult(conn_)) != nullptr) PQclear(r);
 }
 
+void Connection::copyFail(const std::string& message) {
+  if (PQputCopyEnd(conn_, message.c_str()) != 1) fail("COPY end", nullptr);
+  pg_result* r;
+  while ((r = PQgetResult(conn_)) != nullptr) PQclear(r);
+}
+
 std::string Connection::quoteIdentifier(std::string_view identifier) const {
   char* quoted = PQescapeIdentifier(conn_, identifier.data(), identifier.size());
   if (!quoted) throw ConfigurationError("cannot quote identifier '" + std::string(identifier) + "'");

@@ -3,15 +3,20 @@
 // pipelined and multi-row VALUES statements by measurement (bench/sink_bench.cc).
 #include "dataflow/postgres/warehouse.h"
 
+#include "copy_binary.h"
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <charconv>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
 
 namespace dataflow::postgres {
 namespace {
+
+constexpr uint32_t kBoolOid = 16, kInt8Oid = 20;
 
 std::string joinQuoted(Connection& c, const std::vector<std::string>& names, const std::string& prefix = "") {
   std::string out;
@@ -26,22 +31,22 @@ std::string quoteTable(Connection& c, const std::string& table) {
 }
 
 // COPY text format: backslash, tab, newline and carriage return are escaped; \N is NULL.
-void appendCopyField(std::string& out, const std::optional<std::string>& v) {
+void appendCopyField(std::string& out, std::optional<std::string_view> v) {
   if (!v) {
     out += "\\N";
     return;
   }
   // Runs of ordinary bytes are appended whole: most values need no escape at all.
-  const std::string& text = *v;
+  const std::string_view text = *v;
   size_t from = 0;
   for (size_t i = 0; i < text.size(); ++i) {
     const char ch = text[i];
     if (ch != '\\' && ch != '\t' && ch != '\n' && ch != '\r') continue;
-    out.append(text, from, i - from);
+    out.append(text.substr(from, i - from));
     out += ch == '\\' ? "\\\\" : ch == '\t' ? "\\t" : ch == '\n' ? "\\n" : "\\r";
     from = i + 1;
   }
-  out.append(text, from, text.size() - from);
+  out.append(text.substr(from));
 }
 
 // Text columns must be valid UTF-8: invalid bytes in messages become '?'.
@@ -63,6 +68,13 @@ std::string validUtf8(std::string_view s) {
     }
   }
   return out;
+}
+
+// Column `c` of a row as COPY writes it: its text, or NULL (also for a column `kept` marks: its
+// text is no value, and may not even parse as the column's type). A view: no copy per field.
+std::optional<std::string_view> textOf(const UpsertRow& r, size_t c, uint64_t kept) {
+  if ((c < 64 && ((kept >> c) & 1)) || !r.values[c]) return std::nullopt;
+  return std::string_view(*r.values[c]);
 }
 
 // The bits of UpsertRow::keepStored that name value columns (not keys).
@@ -138,6 +150,64 @@ void appendTimestampColumns(Connection& conn, const UpsertTableOptions& o, std::
 }
 
 }  // namespace
+
+namespace detail {
+
+// A COPY ... FROM STDIN of upsert rows, in text form or in binary form (one detail::BinaryType per
+// column, UpsertTableOptions::binaryCopy); rows go to the server in pieces of about a megabyte.
+class CopyWriter {
+ public:
+  CopyWriter(Connection& conn, const std::string& copySql, const std::vector<uint8_t>& binary)
+      : conn_(conn), binary_(binary) {
+    conn_.copyStart(binary_.empty() ? copySql : copySql + " WITH (FORMAT binary)");
+    buffer_.reserve(kChunk + 4096);
+    if (!binary_.empty()) detail::appendBinaryCopyHeader(buffer_);
+  }
+  void beginRow() {
+    column_ = 0;
+    if (!binary_.empty()) detail::appendBinaryRowStart(buffer_, static_cast<int16_t>(binary_.size()));
+  }
+  // The row's next field from its text; nullopt is NULL. False when the binary encoder does not
+  // take the text as the server would: the caller then abandons the COPY (fail()).
+  bool field(std::optional<std::string_view> v) {
+    const size_t c = column_++;
+    if (binary_.empty()) {
+      if (c) buffer_ += '\t';
+      appendCopyField(buffer_, v);
+      return true;
+    }
+    if (!v) {
+      detail::appendBinaryNull(buffer_);
+      return true;
+    }
+    return detail::appendBinaryField(buffer_, static_cast<detail::BinaryType>(binary_[c]), *v);
+  }
+  void endRow() {
+    if (binary_.empty()) buffer_ += '\n';
+    if (buffer_.size() > kChunk) {
+      conn_.copyData(buffer_);
+      buffer_.clear();
+    }
+  }
+  void finish() {
+    if (!binary_.empty()) detail::appendBinaryCopyTrailer(buffer_);
+    if (!buffer_.empty()) conn_.copyData(buffer_);
+    conn_.copyEnd();
+  }
+  // Ends the COPY with an error: the statement fails, and with it the transaction.
+  void fail(const std::string& why) { conn_.copyFail(why); }
+
+ private:
+  static constexpr size_t kChunk = (1 << 20) - 4096;
+  Connection& conn_;
+  const std::vector<uint8_t>& binary_;
+  std::string buffer_;
+  size_t column_ = 0;
+};
+
+}  // namespace detail
+
+using detail::CopyWriter;
 
 UpsertTable::UpsertTable(UpsertTableOptions options) : options_(std::move(options)) {
   if (options_.table.empty()) throw ConfigurationError("UpsertTableOptions.table is required");
@@ -293,23 +363,29 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
              ", NULL::boolean AS __dataflow_deleted, NULL::bigint AS __dataflow_keep, NULL::boolean AS __dataflow_carries FROM " +
              target + " WITH NO DATA");
 
-  CopyIn copy(conn_, "COPY " + stage + " (" + stageColumns + ", __dataflow_deleted, __dataflow_keep, __dataflow_carries) FROM STDIN");
-  std::string& buffer = copy.buffer();
+  std::vector<std::string> columnNames = o.keyColumns;
+  columnNames.insert(columnNames.end(), o.valueColumns.begin(), o.valueColumns.end());
+  columnNames.push_back(o.versionColumn);
+  columnNames.insert(columnNames.end(), {"__dataflow_deleted", "__dataflow_keep", "__dataflow_carries"});
+  const auto binary = binaryColumns(table, target, columnNames,
+                                    {{"__dataflow_deleted", kBoolOid}, {"__dataflow_keep", kInt8Oid}, {"__dataflow_carries", kBoolOid}});
+  CopyWriter copy(conn_, "COPY " + stage + " (" + stageColumns + ", __dataflow_deleted, __dataflow_keep, __dataflow_carries) FROM STDIN",
+                  binary);
   bool anyCarries = false;
   for (size_t n = 0; n < chosen.size(); ++n) {
     const UpsertRow& r = *chosen[n];
     anyCarries |= chosenCarries[n] != 0;
     const uint64_t kept = r.deleted && !chosenCarries[n] ? 0 : r.keepStored & valueBits;
     anyKept |= kept != 0;
+    copy.beginRow();
     for (size_t c = 0; c < r.values.size(); ++c) {
       // A kept column's text is no value (it may not even parse as the column's type).
-      appendCopyField(buffer, c < 64 && ((kept >> c) & 1) ? std::nullopt : r.values[c]);
-      buffer += '\t';
+      if (!copy.field(textOf(r, c, kept))) refuseBinary(copy, o, target, columnNames[c], *r.values[c]);
     }
-    buffer += std::to_string(r.version);
-    buffer += r.deleted ? "\tt\t" : "\tf\t";
-    buffer += std::to_string(static_cast<int64_t>(kept));
-    buffer += chosenCarries[n] ? "\tt" : "\tf";
+    copy.field(std::to_string(r.version));
+    copy.field(r.deleted ? "t" : "f");
+    copy.field(std::to_string(static_cast<int64_t>(kept)));
+    copy.field(chosenCarries[n] ? "t" : "f");
     copy.endRow();
   }
   copy.finish();
@@ -445,35 +521,41 @@ std::optional<int64_t> WarehouseTransaction::copyDirect(const UpsertTable& table
   columns += ", " + conn_.quoteIdentifier(o.versionColumn);
   const bool soft = !o.softDeleteColumn.empty();
   if (soft) columns += ", " + conn_.quoteIdentifier(o.softDeleteColumn);
+  std::vector<std::string> columnNames = o.keyColumns;
+  columnNames.insert(columnNames.end(), o.valueColumns.begin(), o.valueColumns.end());
+  columnNames.push_back(o.versionColumn);
+  if (soft) columnNames.push_back(o.softDeleteColumn);
   // The merge's now() for inserted rows: the same transaction's, so the same instant.
-  std::string stamps;
+  size_t stamps = 0;
   for (const auto* list : {&o.insertOnlyColumns, &o.touchColumns}) {
     for (const auto& c : *list) {
       columns += ", " + conn_.quoteIdentifier(c);
-      stamps += '\t';
-      appendCopyField(stamps, now);
+      columnNames.push_back(c);
+      ++stamps;
     }
   }
+  const auto binary = binaryColumns(table, target, columnNames);
   // A key stored by another writer since the probe (a fenced zombie's late commit) makes the COPY
   // fail with a unique violation: undone to the savepoint, and the caller merges instead.
   conn_.exec("SAVEPOINT dataflow_direct_insert");
   int64_t written = 0;
   try {
-    CopyIn copy(conn_, "COPY " + target + " (" + columns + ") FROM STDIN");
-    std::string& buffer = copy.buffer();
+    CopyWriter copy(conn_, "COPY " + target + " (" + columns + ") FROM STDIN", binary);
     for (const UpsertRow* row : rows) {
       const UpsertRow& r = *row;
       if (r.deleted && o.hardDelete) continue;  // deletes a row that is not there
       // (A delete that carries values has none for the columns its earlier change did not send.)
       const uint64_t kept = r.deleted ? 0 : r.keepStored & valueBits;
+      copy.beginRow();
       for (size_t c = 0; c < r.values.size(); ++c) {
         // A kept column of a key never stored: the merge finds no stored value either.
-        appendCopyField(buffer, c < 64 && ((kept >> c) & 1) ? std::nullopt : r.values[c]);
-        buffer += '\t';
+        if (!copy.field(textOf(r, c, kept))) refuseBinary(copy, o, target, columnNames[c], *r.values[c]);
       }
-      buffer += std::to_string(r.version);
-      if (soft) buffer += r.deleted ? "\tt" : "\tf";
-      buffer += stamps;
+      copy.field(std::to_string(r.version));
+      if (soft) copy.field(r.deleted ? "t" : "f");
+      for (size_t k = 0; k < stamps; ++k) {
+        if (!copy.field(now)) refuseBinary(copy, o, target, columnNames[columnNames.size() - stamps + k], now);
+      }
       copy.endRow();
       ++written;
     }
@@ -487,6 +569,53 @@ std::optional<int64_t> WarehouseTransaction::copyDirect(const UpsertTable& table
   }
   conn_.exec("RELEASE SAVEPOINT dataflow_direct_insert");
   return written;
+}
+
+std::vector<uint8_t> WarehouseTransaction::binaryColumns(const UpsertTable& table, const std::string& target,
+                                                         const std::vector<std::string>& columns,
+                                                         const std::vector<std::pair<std::string, uint32_t>>& extra) {
+  if (!table.options_.binaryCopy) return {};
+  auto it = columnTypes_.find(target);
+  if (it == columnTypes_.end()) {
+    auto r = conn_.execParams(
+        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+        {target});
+    std::map<std::string, uint32_t> types;
+    for (int i = 0; i < r.rows(); ++i) {
+      uint32_t oid = 0;
+      auto text = r.value(i, 1);
+      std::from_chars(text.data(), text.data() + text.size(), oid);
+      types.emplace(std::string(r.value(i, 0)), oid);
+    }
+    it = columnTypes_.emplace(target, std::move(types)).first;
+  }
+  if (!it->second) return {};
+  std::vector<uint8_t> out;
+  out.reserve(columns.size());
+  for (const auto& c : columns) {
+    auto e = std::find_if(extra.begin(), extra.end(), [&](const auto& x) { return x.first == c; });
+    uint32_t oid = 0;
+    if (e != extra.end()) {
+      oid = e->second;
+    } else if (auto t = it->second->find(c); t != it->second->end()) {
+      oid = t->second;
+    }
+    auto type = detail::binaryTypeOf(oid);
+    if (!type) return {};  // a type without a binary form here (or a column the COPY will name as missing)
+    out.push_back(static_cast<uint8_t>(*type));
+  }
+  return out;
+}
+
+void WarehouseTransaction::refuseBinary(CopyWriter& copy, const UpsertTableOptions& o, const std::string& target,
+                                        const std::string& column, std::string_view value) {
+  copy.fail("dataflow: a value the binary COPY encoder does not take");
+  columnTypes_[target] = std::nullopt;  // text while this connection lasts
+  throw ConnectorError("upsert into " + o.table + ": column " + column + " has the value '" +
+                           std::string(value.substr(0, 64)) +
+                           "', which binary COPY does not write as the server would read it; the batch is retried with "
+                           "the table written as text",
+                       true);
 }
 
 void WarehouseTransaction::addPhase(const char* name, std::chrono::steady_clock::time_point since) {
@@ -585,12 +714,13 @@ void Warehouse::writeBatch(const BatchInfo& info, const std::function<void(Wareh
   if (!conn_ || !conn_->isOpen()) {
     conn_.reset();
     keyTypes_.clear();  // a table may have been altered meanwhile
+    columnTypes_.clear();
     conn_.emplace(Connection::open(options_.connection));
     conn_->exec("SET client_min_messages = warning");
   }
   try {
     conn_->exec("BEGIN");
-    WarehouseTransaction tx(*conn_, info.sinkPhasesMicros, keyTypes_);
+    WarehouseTransaction tx(*conn_, info.sinkPhasesMicros, keyTypes_, columnTypes_);
     tx.table_ = quoteTable(*conn_, options_.deadLetterTable);
     body(tx);
     auto committing = std::chrono::steady_clock::now();

@@ -283,6 +283,108 @@ TEST_F(WarehouseTest, WhereBatchesEndDoesNotChangeTheRows) {
       << "the log deletes rows it inserted";
 }
 
+// Binary COPY (UpsertTableOptions::binaryCopy) stores what text COPY stores, type by type, on
+// both paths (a batch of new keys copied straight in, then updates and deletes merged); a value
+// the encoder does not take fails its batch retriably, and the retry writes text.
+TEST_F(WarehouseTest, BinaryCopyStoresWhatTextCopyStores) {
+  const std::string columns =
+      "(k bigint PRIMARY KEY, b boolean, i2 smallint, i4 integer, f4 real, f8 double precision, n numeric, "
+      "n2 numeric(12,2), t text, vc varchar(12), d date, ts timestamp, tz timestamptz, j jsonb, u uuid, "
+      "source_lsn bigint NOT NULL, is_deleted boolean NOT NULL DEFAULT false)";
+  check_->exec("CREATE TABLE typed_bin " + columns);
+  check_->exec("CREATE TABLE typed_text " + columns);
+  auto options = [](const std::string& table, bool binary) {
+    return UpsertTableOptions{.table = table, .keyColumns = {"k"},
+                              .valueColumns = {"b", "i2", "i4", "f4", "f8", "n", "n2", "t", "vc", "d", "ts", "tz", "j", "u"},
+                              .softDeleteColumn = "is_deleted", .binaryCopy = binary};
+  };
+  const UpsertTable bin(options("typed_bin", true)), text(options("typed_text", false));
+  using V = std::optional<std::string>;
+  const std::vector<std::vector<V>> values = {
+      {"t", "-32768", "-2147483648", "1.5", "0.1", "0", "1.005", "a\tb\\c\nd", "short", "2024-02-29",
+       "2024-02-29 13:45:30.123456", "2024-02-29T11:45:30.123456Z", "{\"a\": [1, 2]}", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"},
+      {"false", "32767", "123", "-0", "-1.7976931348623157e308", "-0.00", "12.3", "ünïcødé 😀", "", "1970-01-01",
+       "1969-12-31T23:59:59.999999", "2024-02-29 11:45:30+00", "null", "A0EEBC999C0B4EF8BB6D6BB9BD380A11"},
+      {"1", "0", "0", "3.4028235e38", "5e-324", "12.30", "-0.5", std::nullopt, std::nullopt, "0001-01-01",
+       "infinity", "2024-02-29 13:45:30.5+02:00", "[]", std::nullopt},
+      {"0", std::nullopt, std::nullopt, "NaN", "NaN", ".5", "0", "x", "y", "9999-12-31", "-infinity",
+       "2024-02-29 08:15:30-03:30", "{}", std::nullopt},
+      {std::nullopt, "7", "7", "Infinity", "1e300", "5.", "99", "", "z", "infinity", "2000-01-01 00:00:00",
+       "-infinity", "1", std::nullopt},
+      {"f", "-1", "-1", "-Infinity", "-0.0", "-1234567890123456789.0123456789", "1234567890.12", "t", "v",
+       "-infinity", "1900-02-28 12:00:00.000001", "1900-01-01T00:00:00Z", "\"s\"", std::nullopt},
+      {"t", "1", "1", "1e-45", "2.5e-10", "100000000", "0.01", "t", "v", "2000-02-29", "2100-03-01 00:00:00",
+       "infinity", "true", std::nullopt},
+      {"t", "1", "1", "1", "1", "0.0001", "0", "t", "v", "2000-01-01", "2000-01-01 00:00:00", "2000-01-01T00:00:00Z",
+       "0", std::nullopt},
+      {"t", "1", "1", "1", "1", "0.00010", "0", "t", "v", "2000-01-01", "2000-01-01 00:00:00", "2000-01-01T00:00:00Z",
+       "0", std::nullopt},
+      {"t", "1", "1", "1", "1", "NaN", "0", "t", "v", "2000-01-01", "2000-01-01 00:00:00", "2000-01-01T00:00:00Z",
+       "0", std::nullopt},
+      {"t", "1", "1", "1", "1", "99999999999999999999999999999999999999.99", "0", "t", "v", "2000-01-01",
+       "2000-01-01 00:00:00", "2000-01-01T00:00:00Z", "0", std::nullopt},
+  };
+  auto rowsOf = [&](int64_t firstKey, int64_t lsn, bool deleteOdd) {
+    std::vector<UpsertRow> rows;
+    for (size_t i = 0; i < values.size(); ++i) {
+      UpsertRow r;
+      r.values.push_back(std::to_string(firstKey + static_cast<int64_t>(i)));
+      r.values.insert(r.values.end(), values[(i + static_cast<size_t>(lsn)) % values.size()].begin(),
+                      values[(i + static_cast<size_t>(lsn)) % values.size()].end());
+      r.version = lsn;
+      r.deleted = deleteOdd && i % 2 == 1;
+      rows.push_back(std::move(r));
+    }
+    return rows;
+  };
+  std::optional<Warehouse> w;
+  w.emplace(WarehouseOptions{.connection = configFor(url_)});
+  int64_t batch = 0;
+  auto both = [&](const std::vector<UpsertRow>& rows) {
+    w->writeBatch(info(batch++), [&](WarehouseTransaction& tx) {
+      tx.upsert(bin, rows);
+      tx.upsert(text, rows);
+    });
+  };
+  both(rowsOf(1, 1, false));  // new keys: copied straight into the target
+  both(rowsOf(1, 2, false));  // every key stored: staged and merged
+  both(rowsOf(6, 3, true));   // half stored, some deleted
+  const std::string select = "SELECT k, b, i2, i4, f4, f8, n, n2, t, vc, d, ts, tz, j, u, source_lsn, is_deleted FROM ";
+  auto dump = [&](const std::string& table) {
+    auto r = check_->exec(select + table + " ORDER BY k");
+    std::vector<std::vector<std::optional<std::string>>> out;
+    for (int i = 0; i < r.rows(); ++i) {
+      out.emplace_back();
+      for (int c = 0; c < r.columns(); ++c) out.back().push_back(r.optionalValue(i, c));
+    }
+    return out;
+  };
+  auto written = dump("typed_bin");
+  EXPECT_EQ(written.size(), values.size() + 5);
+  EXPECT_EQ(written, dump("typed_text"));
+
+  // Text the encoder does not take as the server would: a number with an exponent, a timestamp
+  // without its zone (the server would read it in the session's time zone). Each on a new
+  // connection, which writes binary again.
+  int64_t lsn = 4;
+  for (auto [column, odd] : {std::pair{size_t{6}, "1e5"}, std::pair{size_t{12}, "2024-02-29 10:00:00"}}) {
+    w.emplace(WarehouseOptions{.connection = configFor(url_)});
+    auto rows = rowsOf(100, lsn++, false);
+    rows[0].values[column] = odd;
+    bool refused = false;
+    try {
+      both(rows);
+    } catch (const ConnectorError& e) {
+      refused = true;
+      EXPECT_TRUE(e.retriable());
+      EXPECT_NE(std::string(e.what()).find("retried with the table written as text"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(refused);
+    both(rows);  // the retry, as text
+    EXPECT_EQ(dump("typed_bin"), dump("typed_text"));
+  }
+}
+
 TEST_F(WarehouseTest, HostileValuesAreStoredVerbatim) {
   Warehouse w({.connection = configFor(url_)});
   std::string evil = "\"; DROP TABLE fact_orders; -- 'quoted' \\ back\tslash\nnew line";

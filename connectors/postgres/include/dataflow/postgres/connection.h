@@ -89,6 +89,9 @@ class Connection {
   void copyStart(std::string_view copySql);
   void copyData(std::string_view data);
   void copyEnd();
+  // Ends a COPY with an error message: the statement fails (no exception; the transaction is then
+  // aborted).
+  void copyFail(const std::string& message);
 
   // Quotes an identifier with PQescapeIdentifier ("my table" -> "\"my table\"").
   std::string quoteIdentifier(std::string_view identifier) const;
