@@ -2,6 +2,8 @@
 // and dates in days since 2000-01-01; numeric in base-10000 digits).
 #include "copy_binary.h"
 
+#include "iso_date.h"
+
 #include <charconv>
 #include <cstring>
 #include <limits>
@@ -44,37 +46,11 @@ bool digits(std::string_view s) {
   return true;
 }
 
-// Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
-int64_t daysFromCivil(int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const auto yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<int64_t>(doe) - 719468;
-}
-
-// "YYYY-MM-DD" (four-digit years, AD, a day that exists) -> days since 1970-01-01.
-bool parseDate(std::string_view s, int64_t& days) {
-  if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
-  int64_t y;
-  unsigned m, d;
-  if (!digits(s.substr(0, 4)) || !parseWhole(s.substr(0, 4), y) || !digits(s.substr(5, 2)) ||
-      !parseWhole(s.substr(5, 2), m) || !digits(s.substr(8, 2)) || !parseWhole(s.substr(8, 2), d)) {
-    return false;
-  }
-  static constexpr unsigned kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-  if (y < 1 || m < 1 || m > 12 || d < 1 || d > kDays[m - 1] + (m == 2 && leap ? 1 : 0)) return false;
-  days = daysFromCivil(y, m, d);
-  return true;
-}
-
 // "YYYY-MM-DD[T ]HH:MM:SS[.ffffff]" then, with `zoned`, "Z", "+HH", "+HH:MM" or the same with
 // '-' -> microseconds since 1970-01-01 UTC (the wall clock as UTC without a zone).
 bool parseTimestamp(std::string_view s, bool zoned, int64_t& micros) {
   int64_t days;
-  if (s.size() < 19 || (s[10] != 'T' && s[10] != ' ') || !parseDate(s.substr(0, 10), days)) return false;
+  if (s.size() < 19 || (s[10] != 'T' && s[10] != ' ') || !parseIsoDate(s.substr(0, 10), days)) return false;
   if (s[13] != ':' || s[16] != ':') return false;
   unsigned h, mi, sec;
   if (!digits(s.substr(11, 2)) || !parseWhole(s.substr(11, 2), h) || !digits(s.substr(14, 2)) ||
@@ -315,7 +291,7 @@ bool appendBinaryField(std::string& out, BinaryType type, std::string_view s) {
         v = std::numeric_limits<int32_t>::max();
       } else if (s == "-infinity") {
         v = std::numeric_limits<int32_t>::min();
-      } else if (parseDate(s, days)) {
+      } else if (parseIsoDate(s, days)) {
         v = static_cast<int32_t>(days - kEpochDays);
       } else {
         return false;

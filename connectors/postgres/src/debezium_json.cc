@@ -3,6 +3,8 @@
 // as its type says it would (a BC date, an infinite timestamp) is passed as a string, never lost.
 #include "debezium_json.h"
 
+#include "iso_date.h"
+
 #include <charconv>
 #include <cstring>
 #include <deque>
@@ -49,27 +51,6 @@ bool parseNumber(std::string_view s, T& out) {
   return ec == std::errc() && ptr == s.data() + s.size();
 }
 
-// Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
-int64_t daysFromCivil(int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const unsigned yoe = static_cast<unsigned>(y - era * 400);
-  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + static_cast<int64_t>(doe) - 719468;
-}
-
-// "YYYY-MM-DD" (ISO DateStyle; four-digit years only, AD).
-bool parseDate(std::string_view s, int64_t& days) {
-  if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
-  int64_t y;
-  unsigned m, d;
-  if (!parseNumber(s.substr(0, 4), y) || !parseNumber(s.substr(5, 2), m) || !parseNumber(s.substr(8, 2), d)) return false;
-  if (m < 1 || m > 12 || d < 1 || d > 31) return false;
-  days = daysFromCivil(y, m, d);
-  return true;
-}
-
 // "HH:MM:SS[.ffffff]" -> microseconds of the day; `rest` gets what follows.
 bool parseTime(std::string_view s, int64_t& micros, std::string_view& rest) {
   if (s.size() < 8 || s[2] != ':' || s[5] != ':') return false;
@@ -97,7 +78,7 @@ bool parseTime(std::string_view s, int64_t& micros, std::string_view& rest) {
 // "YYYY-MM-DD HH:MM:SS[.ffffff]" -> microseconds since the epoch; `rest` gets what follows.
 bool parseTimestamp(std::string_view s, int64_t& micros, std::string_view& rest) {
   int64_t days, time;
-  if (s.size() < 19 || s[10] != ' ' || !parseDate(s.substr(0, 10), days) || !parseTime(s.substr(11), time, rest)) return false;
+  if (s.size() < 19 || s[10] != ' ' || !parseIsoDate(s.substr(0, 10), days) || !parseTime(s.substr(11), time, rest)) return false;
   micros = days * 86400000000LL + time;
   return true;
 }
@@ -235,7 +216,7 @@ JsonScalar columnScalar(const pgoutput::Column& column, const pgoutput::Value& v
     }
     case kDate: {
       int64_t days;
-      if (parseDate(s, days)) return intScalar(days);
+      if (parseIsoDate(s, days)) return intScalar(days);
       break;
     }
     case kTime: {
