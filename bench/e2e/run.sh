@@ -17,7 +17,7 @@ set -euo pipefail
 N=${1:-200000}
 RATE=${2:-1000}
 DURATION=${3:-30}
-source "$(dirname "$0")/lib.sh" stream_orders simulate_writes kafka_consume
+source "$(dirname "$0")/lib.sh" stream_orders simulate_writes kafka_consume kafka_produce_at_rate
 
 # ------------------------------------------------------------------ 1. drain throughput
 # drain NAME N KEYS SHAPE: N events over KEYS order ids (generate_events) produced into a topic of
@@ -32,6 +32,7 @@ drain() {
   generate_events "$n" "$WORK/$name.tsv" "$keys" "$shape"
   produce_events "$topic" "$WORK/$name.tsv"
   event_bytes=$(($(stat -c %s "$WORK/$name.tsv") / n))
+  q "CHECKPOINT" > /dev/null  # from a quiet server, as the COPYs below
   local start end pid rows
   start=$(ms_now)
   ORDERS_TOPIC=$topic QUERY_NAME=bench-$name-$start ${BENCH_BATCH:+MAX_OFFSETS_PER_TRIGGER=$BENCH_BATCH} \
@@ -67,12 +68,22 @@ s_eps=$drain_eps s_rss=$rss s_bytes=$event_bytes s_n=$((N / 4))
 drain inserts "$N" "$N" plain
 bytes=$((event_bytes * N))
 
-# The same rows with a plain COPY into an empty copy of fact_orders, for scale.
+# The same rows with a plain COPY into an empty copy of fact_orders, for scale. The drain's
+# after-work (autovacuum of fact_orders, dirty pages) is done first: each COPY starts, as each
+# drain does, from a checkpoint.
 q "DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy (LIKE fact_orders INCLUDING ALL)" > /dev/null
 psql -X -q -c "\\copy (SELECT * FROM fact_orders) TO '$WORK/copy.tsv'" > /dev/null
+q "VACUUM (ANALYZE) fact_orders" > /dev/null
+q "CHECKPOINT" > /dev/null
 c0=$(ms_now); psql -X -q -c "\\copy bench_copy FROM '$WORK/copy.tsv'" > /dev/null; c1=$(ms_now)
 copy_ms=$((c1 - c0))
 copy_rps=$(awk -v n="$N" -v ms="$copy_ms" 'BEGIN {printf "%.0f", n * 1000 / ms}')
+# And in COPY's binary format, which the job writes too (UpsertTableOptions::binaryCopy).
+q "DROP TABLE bench_copy; CREATE TABLE bench_copy (LIKE fact_orders INCLUDING ALL)" > /dev/null
+psql -X -q -c "\\copy (SELECT * FROM fact_orders) TO '$WORK/copy.bin' WITH (FORMAT binary)" > /dev/null
+q "CHECKPOINT" > /dev/null
+c0=$(ms_now); psql -X -q -c "\\copy bench_copy FROM '$WORK/copy.bin' WITH (FORMAT binary)" > /dev/null; c1=$(ms_now)
+bcopy_rps=$(awk -v n="$N" -v ms="$((c1 - c0))" 'BEGIN {printf "%.0f", n * 1000 / ms}')
 q "DROP TABLE bench_copy" > /dev/null
 
 # ------------------------------------------------------------------ 2. latency at a fixed rate
@@ -123,6 +134,42 @@ latency() {
   q "DROP TABLE bench_append" > /dev/null
 }
 
+# produced_latency RATE SECONDS: RATE*SECONDS generated order events produced straight into a
+# topic of their own at RATE/s (kafka_produce_at_rate; no database, Debezium or simulator, which
+# top out below 10 000/s here) while stream_orders runs live on it: Kafka append (the record's
+# timestamp, set as it is sent) -> warehouse. Sets p_rate, p_n, p_k50/p_k95/p_k99, p_backlog,
+# p_rss.
+produced_latency() {
+  local rate=$1 duration=$2 n job t_start ptopic
+  n=$((rate * duration))
+  ptopic=bench.live.$(date +%s)
+  q "TRUNCATE fact_orders" > /dev/null
+  generate_events "$n" "$WORK/live.tsv"
+  printf '{"id":0}\twarm-up\n' | kcat -b "$KAFKA_BOOTSTRAP" -P -t "$ptopic" -K $'\t'  # the topic exists before the job
+  ORDERS_TOPIC=$ptopic QUERY_NAME=bench-produced-$rate-$(date +%s) STARTING_OFFSETS=latest \
+    "$BUILD/jobs/stream_orders" > "$WORK/produced-$rate.log" 2>&1 &
+  job=$!
+  sleep 3
+  t_start=$(q "SELECT now()")
+  p_rate=$("$BUILD/bench/kafka_produce_at_rate" "$KAFKA_BOOTSTRAP" "$ptopic" "$rate" "$WORK/live.tsv" | jq -r '.records_per_second')
+  p_backlog=$(grep -o 'lag [0-9]*' "$WORK/produced-$rate.log" | tail -n 1 | awk '{print $2}')
+  sleep 3
+  p_rss=$(vmhwm "$job")
+  kill -TERM "$job"; wait "$job" || true
+  kcat -b "$KAFKA_BOOTSTRAP" -C -t "$ptopic" -o 1 -e -q -f '%k\t%T\n' | sed 's/^{"id":\([0-9]*\)}/\1/' > "$WORK/append.tsv"
+  q "DROP TABLE IF EXISTS bench_append; CREATE TABLE bench_append (order_id bigint, append_ms bigint)" > /dev/null
+  psql -X -q -c "\\copy bench_append FROM '$WORK/append.tsv'" > /dev/null
+  read -r p_n p_k50 p_k95 p_k99 <<< "$(psql -X -q -tA -F ' ' -c "
+    WITH l AS (SELECT extract(epoch FROM f.last_seen_at) * 1000 - a.append_ms AS ms
+               FROM fact_orders f JOIN bench_append a USING (order_id) WHERE f.first_seen_at >= '$t_start')
+    SELECT count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+      round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+      round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM l")"
+  q "DROP TABLE bench_append" > /dev/null
+  ((p_n == n)) || { echo "produced_latency: $p_n of $n orders reached the warehouse" >&2; exit 1; }
+}
+
+produced_latency $((RATE * 10)) "$DURATION"
 latency $((RATE * 10)) "$DURATION" 10
 h_rate=$sim_rate h_n=$n_lat h_k50=$k50 h_k95=$k95 h_k99=$k99 h_backlog=${backlog:-0} h_rss=$live_rss
 latency "$RATE" "$DURATION" 1
@@ -135,7 +182,7 @@ cat > "$OUT/e2e-latest.json" <<JSON
  "kafka_consume_records_per_second": $consume_rps,
  "drain": {"events": $N, "event_bytes_avg": $((bytes / N)), "seconds": $(awk -v ms="$drain_ms" 'BEGIN {print ms / 1000}'),
            "events_per_second": $drain_eps, "sustained_events_per_second": $sustained_eps, "first_committed_batch_ms": $first_batch_ms, "peak_rss_mb": $rss,
-           "plain_copy_rows_per_second": $copy_rps},
+           "plain_copy_rows_per_second": $copy_rps, "plain_binary_copy_rows_per_second": $bcopy_rps},
  "update_heavy_drain": {"events": $N, "keys": $((N / 10)), "events_per_second": $u_eps, "peak_rss_mb": $u_rss},
  "schema_events_drain": {"events": $s_n, "event_bytes_avg": $s_bytes, "events_per_second": $s_eps, "peak_rss_mb": $s_rss},
  "latency": {"rate_ops_per_second": $RATE, "orders_measured": $n_lat,
@@ -144,7 +191,10 @@ cat > "$OUT/e2e-latest.json" <<JSON
              "peak_rss_mb": $live_rss},
  "latency_high_rate": {"rate_ops_per_second": $((RATE * 10)), "achieved_ops_per_second": $h_rate, "orders_measured": $h_n,
              "kafka_append_to_warehouse_ms": {"p50": $h_k50, "p95": $h_k95, "p99": $h_k99},
-             "records_behind_at_end_of_load": $h_backlog, "peak_rss_mb": $h_rss}}
+             "records_behind_at_end_of_load": $h_backlog, "peak_rss_mb": $h_rss},
+ "latency_produced": {"rate_ops_per_second": $((RATE * 10)), "achieved_ops_per_second": $p_rate, "orders_measured": $p_n,
+             "kafka_append_to_warehouse_ms": {"p50": $p_k50, "p95": $p_k95, "p99": $p_k99},
+             "records_behind_at_end_of_load": ${p_backlog:-0}, "peak_rss_mb": $p_rss}}
 JSON
 cat > "$OUT/e2e-latest.md" <<MD
 # End-to-end benchmark ($stamp)
@@ -156,10 +206,10 @@ Machine: $machine. Command: \`bench/e2e/run.sh $N $RATE $DURATION\`.
 | Kafka source alone, $N events into a no-op sink | $consume_rps records/s | |
 | drain: $N events (~$((bytes / N)) B) into fact_orders, process start to end | $drain_eps events/s ($drain_ms ms) | |
 | drain, sustained (first to last committed batch) | $sustained_eps events/s | >= 50k/s (stretch 100k) |
-| same rows, plain COPY into an empty copy of the table | $copy_rps rows/s | (for scale) |
+| same rows, plain COPY into an empty copy of the table | $copy_rps rows/s (binary COPY: $bcopy_rps rows/s) | (for scale) |
 | process start -> first committed batch | $first_batch_ms ms | < 250 ms |
 | drain: where the batches' time went (sum over batches) | $phases | |
-| drain vs plain COPY | $(awk -v a="$drain_eps" -v b="$copy_rps" 'BEGIN {printf "%.2fx", a / b}') | >= 0.7x |
+| drain vs plain COPY | $(awk -v a="$drain_eps" -v b="$copy_rps" 'BEGIN {printf "%.2fx", a / b}') (vs binary COPY $(awk -v a="$drain_eps" -v b="$bcopy_rps" 'BEGIN {printf "%.2fx", a / b}')) | >= 0.7x |
 | peak RSS while draining (default settings${BENCH_BATCH:+, batches of $BENCH_BATCH}) | $rss MB | < 64 MB |
 | update-heavy drain: $N events over $((N / 10)) orders, process start to end | $u_eps events/s ($u_ms ms), $(awk -v a="$u_eps" -v b="$copy_rps" 'BEGIN {printf "%.2fx", a / b}') the plain COPY; peak RSS $u_rss MB | >= 0.5x |
 | update-heavy drain: where the batches' time went | $u_phases | |
@@ -169,6 +219,8 @@ Machine: $machine. Command: \`bench/e2e/run.sh $N $RATE $DURATION\`.
 | peak RSS of the live job | $live_rss MB | < 100 MB |
 | latency at $((RATE * 10)) inserts/s (10 per transaction; achieved $h_rate/s), Kafka append -> warehouse, p50 / p95 / p99 | $h_k50 / $h_k95 / $h_k99 ms | p99 < 50 ms |
 | records behind at the end of that load (the job's last reported lag) | $h_backlog | no growth |
+| latency at $((RATE * 10)) events/s produced straight into Kafka (achieved $p_rate/s; $p_n orders), Kafka append -> warehouse, p50 / p95 / p99 | $p_k50 / $p_k95 / $p_k99 ms | p99 < 50 ms |
+| records behind at the end of that load; peak RSS of the live job | ${p_backlog:-0}; $p_rss MB | no growth |
 
 Latencies use the warehouse row's \`last_seen_at\` (\`now()\`: the start of the batch's transaction,
 a few ms before its commit) against \`event_time\` (\`source.ts_ms\`) and the Kafka record timestamp;
