@@ -9,6 +9,7 @@
 
 #include <boost/json.hpp>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -24,6 +25,13 @@ namespace pg = dataflow::postgres;
 // bool, int8, float8, numeric, date, time, timestamp, timestamp(3), timestamptz, bytea, text, jsonb
 constexpr uint32_t kTypes[] = {16, 20, 701, 1700, 1082, 1083, 1114, 1114, 1184, 17, 25, 3802};
 constexpr int32_t kModifiers[] = {-1, -1, -1, -1, -1, -1, -1, 3, -1, -1, -1, -1};
+
+// Boost.JSON 1.81 reads some doubles one unit in the last place off (it has no precise mode yet);
+// the compact form keeps the exact value of PostgreSQL's text.
+bool sameDouble(double a, double b) {
+  if (a != a || b != b) return a != a && b != b;
+  return a == b || std::nextafter(a, b) == b;
+}
 
 }  // namespace
 
@@ -99,7 +107,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const auto& y = b->fields[i];
       if (x.first != y.first || x.second.kind != y.second.kind || x.second.b != y.second.b ||
           x.second.i != y.second.i || x.second.u != y.second.u || x.second.s != y.second.s ||
-          !(x.second.d == y.second.d || (x.second.d != x.second.d && y.second.d != y.second.d))) {
+          !sameDouble(x.second.d, y.second.d)) {
         fail("field value");
       }
     }

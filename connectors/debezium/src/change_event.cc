@@ -709,8 +709,16 @@ struct Handler {
   }
 };
 
+// The parser does not check UTF-8 string by string (a fifth of its time): parseEnvelope checks
+// the whole payload at once, eight bytes at a time while they are ASCII.
+json::parse_options parserOptions() {
+  json::parse_options o;
+  o.allow_invalid_utf8 = true;
+  return o;
+}
+
 struct ThreadParser {
-  json::basic_parser<Handler> parser{json::parse_options{}};
+  json::basic_parser<Handler> parser{parserOptions()};
 };
 
 ParseError wrongType(std::string_view column, std::string_view expected, const Value& v) {
@@ -723,6 +731,11 @@ ParseError wrongType(std::string_view column, std::string_view expected, const V
 bool validUtf8(std::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
+    // Eight ASCII bytes at a time: most of an event is ASCII.
+    if (uint64_t word; i + 8 <= s.size() && (std::memcpy(&word, s.data() + i, 8), (word & 0x8080808080808080ULL) == 0)) {
+      i += 8;
+      continue;
+    }
     auto c = static_cast<unsigned char>(s[i]);
     if (c < 0x80) {
       ++i;
@@ -768,6 +781,7 @@ Result<Envelope> parseEnvelope(std::string_view payload) {
     if (!validUtf8(payload)) return parseError("invalid_utf8", "the payload is not valid UTF-8");
     return parseError("malformed_json", "invalid JSON: " + ec.message());
   }
+  if (!validUtf8(payload)) return parseError("invalid_utf8", "the payload is not valid UTF-8");
   if (h.rootKind != Value::Kind::kObject) {
     return parseError("malformed_envelope", "the value is a JSON " + std::string(kindName(h.rootKind)) + ", not an object");
   }
