@@ -101,30 +101,35 @@ std::string arrayLiteral(std::span<const UpsertRow* const> rows, size_t column) 
   return out;
 }
 
-// A COPY ... FROM STDIN in text form: rows are appended to buffer() and go to the server in
-// pieces of about a megabyte.
+// A COPY ... FROM STDIN, in text form or in COPY's binary format: rows are appended to buffer()
+// and go to the server in pieces of about a megabyte.
 class CopyIn {
  public:
-  CopyIn(Connection& conn, const std::string& copySql) : conn_(conn) {
-    conn_.copyStart(copySql);
+  CopyIn(Connection& conn, const std::string& copySql, bool binary = false) : conn_(conn), binary_(binary) {
+    conn_.copyStart(binary ? copySql + " WITH (FORMAT binary)" : copySql);
     buffer_.reserve(kChunk + 4096);
+    if (binary_) detail::appendBinaryCopyHeader(buffer_);
   }
   std::string& buffer() { return buffer_; }
   void endRow() {
-    buffer_ += '\n';
+    if (!binary_) buffer_ += '\n';
     if (buffer_.size() > kChunk) {
       conn_.copyData(buffer_);
       buffer_.clear();
     }
   }
   void finish() {
+    if (binary_) detail::appendBinaryCopyTrailer(buffer_);
     if (!buffer_.empty()) conn_.copyData(buffer_);
     conn_.copyEnd();
   }
+  // Ends the COPY with an error: the statement fails, and with it the transaction.
+  void fail(const std::string& why) { conn_.copyFail(why); }
 
  private:
   static constexpr size_t kChunk = (1 << 20) - 4096;
   Connection& conn_;
+  bool binary_;
   std::string buffer_;
 };
 
@@ -153,16 +158,12 @@ void appendTimestampColumns(Connection& conn, const UpsertTableOptions& o, std::
 
 namespace detail {
 
-// A COPY ... FROM STDIN of upsert rows, in text form or in binary form (one detail::BinaryType per
-// column, UpsertTableOptions::binaryCopy); rows go to the server in pieces of about a megabyte.
+// The rows of an upsert's COPY field by field from their text: as text, or in binary form (one
+// detail::BinaryType per column, UpsertTableOptions::binaryCopy).
 class CopyWriter {
  public:
   CopyWriter(Connection& conn, const std::string& copySql, const std::vector<uint8_t>& binary)
-      : conn_(conn), binary_(binary) {
-    conn_.copyStart(binary_.empty() ? copySql : copySql + " WITH (FORMAT binary)");
-    buffer_.reserve(kChunk + 4096);
-    if (!binary_.empty()) detail::appendBinaryCopyHeader(buffer_);
-  }
+      : copy_(conn, copySql, !binary.empty()), binary_(binary), buffer_(copy_.buffer()) {}
   void beginRow() {
     column_ = 0;
     if (!binary_.empty()) detail::appendBinaryRowStart(buffer_, static_cast<int16_t>(binary_.size()));
@@ -182,26 +183,14 @@ class CopyWriter {
     }
     return detail::appendBinaryField(buffer_, static_cast<detail::BinaryType>(binary_[c]), *v);
   }
-  void endRow() {
-    if (binary_.empty()) buffer_ += '\n';
-    if (buffer_.size() > kChunk) {
-      conn_.copyData(buffer_);
-      buffer_.clear();
-    }
-  }
-  void finish() {
-    if (!binary_.empty()) detail::appendBinaryCopyTrailer(buffer_);
-    if (!buffer_.empty()) conn_.copyData(buffer_);
-    conn_.copyEnd();
-  }
-  // Ends the COPY with an error: the statement fails, and with it the transaction.
-  void fail(const std::string& why) { conn_.copyFail(why); }
+  void endRow() { copy_.endRow(); }
+  void finish() { copy_.finish(); }
+  void fail(const std::string& why) { copy_.fail(why); }
 
  private:
-  static constexpr size_t kChunk = (1 << 20) - 4096;
-  Connection& conn_;
+  CopyIn copy_;
   const std::vector<uint8_t>& binary_;
-  std::string buffer_;
+  std::string& buffer_;
   size_t column_ = 0;
 };
 
