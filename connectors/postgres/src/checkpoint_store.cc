@@ -1,11 +1,11 @@
 #include "dataflow/postgres/checkpoint_store.h"
 
 #include <spdlog/spdlog.h>
-
 #include <unistd.h>
 
 #include <chrono>
 #include <set>
+#include <thread>
 
 namespace dataflow::postgres {
 namespace {
@@ -114,10 +114,19 @@ void PostgresCheckpointStore::writeMetadata(const QueryMetadata& metadata) {
 }
 
 void PostgresCheckpointStore::lockAndBump() {
-  auto locked = conn_->execParams(kLockSql, {options_.name});
-  if (locked.value(0, 0) != "t") {
-    throw CheckpointError("checkpoint " + describe() + " is in use by another running instance of the query; "
-                          "stop it first (only one instance may write)");
+  const auto deadline = std::chrono::steady_clock::now() + options_.lockWait;
+  for (bool waited = false; conn_->execParams(kLockSql, {options_.name}).value(0, 0) != "t"; waited = true) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      throw CheckpointError("checkpoint " + describe() + " is in use by another running instance of the query" +
+                            (waited ? " (waited " + std::to_string(options_.lockWait.count()) + " ms)" : std::string()) +
+                            "; stop it first (only one instance may write)");
+    }
+    if (!waited) {
+      spdlog::info("checkpoint {}: held by another session; waiting up to {} ms for it to end (a process killed a "
+                   "moment ago keeps its session until the server notices)",
+                   describe(), options_.lockWait.count());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   auto r = conn_->execParams(
       "UPDATE public.dataflow_checkpoints SET epoch = epoch + 1, updated_at = now() WHERE checkpoint_name = $1 "

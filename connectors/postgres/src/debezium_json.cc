@@ -309,10 +309,6 @@ void appendValueJson(char op, const TableShape& shape, const Tuple* before, cons
   out += ",\"transaction\":null}";
 }
 
-void appendTruncateJson(const TableShape& shape, const EventSource& source, std::string& out) {
-  appendValueJson('t', shape, nullptr, nullptr, source, out);
-}
-
 // ---------------------------------------------------------------------------------------------
 // The compact form: a fixed header, then each image present (before, then after) as its column
 // count and, per column, the value's kind, length and bytes.

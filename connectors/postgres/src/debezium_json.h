@@ -42,12 +42,9 @@ using Tuple = std::vector<pgoutput::Value>;
 void appendKeyJson(const TableShape& shape, const Tuple& tuple, std::string& out);
 
 // The event's value: {"before":...,"after":...,"source":{...},"op":"c","ts_ms":...}. A null
-// `before` or `after` is written as JSON null. Appends to `out`.
+// `before` or `after` is written as JSON null (a truncate, op 't', has neither). Appends to `out`.
 void appendValueJson(char op, const TableShape& shape, const Tuple* before, const Tuple* after,
                      const EventSource& source, std::string& out);
-
-// A truncate event (op "t", no row), Debezium's form for TRUNCATE.
-void appendTruncateJson(const TableShape& shape, const EventSource& source, std::string& out);
 
 // One column's value as Debezium's JSON (exposed for the unit tests): text form in, JSON out.
 void appendColumnJson(const pgoutput::Column& column, const pgoutput::Value& value, std::string& out);

@@ -636,7 +636,9 @@ struct Change {
 class ExactlyOnceTest : public WarehouseTest {
  protected:
   std::shared_ptr<PostgresCheckpointStore> store() {
-    return std::make_shared<PostgresCheckpointStore>(PostgresCheckpointOptions{.name = "q", .connection = configFor(url_)});
+    // No wait for a held lock: the tests that expect a refusal get it at once.
+    return std::make_shared<PostgresCheckpointStore>(
+        PostgresCheckpointOptions{.name = "q", .connection = configFor(url_), .lockWait = std::chrono::milliseconds(0)});
   }
   // Runs the pipeline once over `input` (AvailableNow), with `inject` called inside the batch's
   // transaction and after it; returns the error that ended the run, if any.
@@ -739,6 +741,25 @@ TEST_F(ExactlyOnceTest, ASecondInstanceIsRefusedWhileTheFirstRuns) {
     }
   }
   FAIL() << "the lock was not released";
+}
+
+// A restart right after a crash finds the dead process's session still holding the lock, until
+// the server notices: acquire() waits for it (lockWait) instead of refusing.
+TEST_F(ExactlyOnceTest, ARestartWaitsForTheSessionOfAProcessThatJustDied) {
+  auto dead = store();
+  QueryMetadata meta{"id-1", {"MemoryStream[x]"}};
+  dead->writeMetadata(meta);
+  dead->acquire(meta);
+  auto restarted = std::make_shared<PostgresCheckpointStore>(
+      PostgresCheckpointOptions{.name = "q", .connection = configFor(url_), .lockWait = std::chrono::milliseconds(10000)});
+  std::thread ending([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    dead.reset();  // the server ends the session
+  });
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_NO_THROW(restarted->acquire(meta));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(400));
+  ending.join();
 }
 
 TEST_F(ExactlyOnceTest, AZombieInstanceCannotCommit) {

@@ -36,6 +36,10 @@ struct PostgresCheckpointOptions {
   ConnectionConfig connection;
   // Offsets and commit entries older than this many batches are deleted. Default: 100.
   int retainBatches = 100;
+  // How long acquire() waits for the checkpoint's lock when another session holds it before it
+  // refuses. A process killed a moment ago keeps its session, and the lock, until the server
+  // notices; a restart right after a crash waits for that instead of failing. Default: 15 s.
+  std::chrono::milliseconds lockWait{15000};
 };
 
 class PostgresCheckpointStore final : public CheckpointStore {
@@ -46,7 +50,7 @@ class PostgresCheckpointStore final : public CheckpointStore {
   std::optional<QueryMetadata> readMetadata() override;
   void writeMetadata(const QueryMetadata& metadata) override;
   // Takes the advisory lock for this checkpoint and bumps its epoch. Throws CheckpointError when
-  // another instance holds the lock. A query that last ran scaled out continues from its
+  // another instance holds the lock for longer than lockWait. A query that last ran scaled out continues from its
   // per-partition offsets (they become one committed batch of the offsets log).
   void acquire(const QueryMetadata& metadata) override;
   void writeOffsets(const OffsetLogEntry& entry) override;
