@@ -189,6 +189,19 @@ bool appendUuid(std::string& out, std::string_view s) {
   return true;
 }
 
+// An integer or a float from its text, written as the big-endian bits of `Bits`.
+template <class T, class Bits>
+bool appendNumber(std::string& out, std::string_view s) {
+  static_assert(sizeof(T) == sizeof(Bits));
+  T v;
+  if (!parseWhole(s, v)) return false;
+  Bits bits;
+  std::memcpy(&bits, &v, sizeof v);
+  appendLength(out, sizeof v);
+  appendBig(out, bits);
+  return true;
+}
+
 }  // namespace
 
 std::optional<BinaryType> binaryTypeOf(uint32_t typeOid) {
@@ -234,45 +247,11 @@ bool appendBinaryField(std::string& out, BinaryType type, std::string_view s) {
         return true;
       }
       return false;
-    case BinaryType::kInt2: {
-      int16_t v;
-      if (!parseWhole(s, v)) return false;
-      appendLength(out, 2);
-      appendBig(out, v);
-      return true;
-    }
-    case BinaryType::kInt4: {
-      int32_t v;
-      if (!parseWhole(s, v)) return false;
-      appendLength(out, 4);
-      appendBig(out, v);
-      return true;
-    }
-    case BinaryType::kInt8: {
-      int64_t v;
-      if (!parseWhole(s, v)) return false;
-      appendLength(out, 8);
-      appendBig(out, v);
-      return true;
-    }
-    case BinaryType::kFloat4: {
-      float v;
-      if (!parseWhole(s, v)) return false;
-      uint32_t bits;
-      std::memcpy(&bits, &v, 4);
-      appendLength(out, 4);
-      appendBig(out, bits);
-      return true;
-    }
-    case BinaryType::kFloat8: {
-      double v;
-      if (!parseWhole(s, v)) return false;
-      uint64_t bits;
-      std::memcpy(&bits, &v, 8);
-      appendLength(out, 8);
-      appendBig(out, bits);
-      return true;
-    }
+    case BinaryType::kInt2: return appendNumber<int16_t, int16_t>(out, s);
+    case BinaryType::kInt4: return appendNumber<int32_t, int32_t>(out, s);
+    case BinaryType::kInt8: return appendNumber<int64_t, int64_t>(out, s);
+    case BinaryType::kFloat4: return appendNumber<float, uint32_t>(out, s);  // IEEE 754 bits
+    case BinaryType::kFloat8: return appendNumber<double, uint64_t>(out, s);
     case BinaryType::kNumeric:
       return appendNumeric(out, s);
     case BinaryType::kText:
