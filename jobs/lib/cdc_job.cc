@@ -94,6 +94,11 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
                  "Scale out: every process started with this group shares the topics' partitions (Kafka assigns "
                  "them); offsets stay per partition in the warehouse checkpoint")
       ->envname("CONSUMER_GROUP");
+  app.add_option("--repartition", c.repartition,
+                 "Where table jobs regroup rows by a key their topic is not partitioned by: kafka (an internal topic "
+                 "per regrouping, so that scaled-out processes share the groups), none (one process keeps every "
+                 "group), auto (kafka with --consumer-group, else none)")
+      ->envname("REPARTITION")->default_val("auto")->check(CLI::IsMember({"auto", "kafka", "none"}));
   app.add_option("--metrics-port", c.metricsPort, "Serve /metrics, /healthz and /progress on this port (0: off)")
       ->envname("METRICS_PORT")->default_val(0)->check(CLI::Range(0, 65535));
   app.add_option("--metrics-host", c.metricsHost,
@@ -138,6 +143,7 @@ JobConfig JobConfig::fromArgs(int argc, char** argv, const JobDefaults& defaults
     refuse("--available-now cannot be combined with --consumer-group (CONSUMER_GROUP): what is available depends on "
            "the group's assignment");
   }
+  if (c.repartition == "auto") c.repartition = c.consumerGroup.empty() ? "none" : "kafka";
   if (c.source == "postgres") {
     if (!c.consumerGroup.empty()) {
       refuse("--consumer-group (CONSUMER_GROUP) needs --source=kafka: a replication slot has a single reader");
@@ -366,6 +372,25 @@ int runUntilSignalled(dataflow::StreamingQuery& query) {
   done = true;
   waiter.join();
   return code;
+}
+
+std::shared_ptr<dataflow::Exchange> exchange(const JobConfig& c) {
+  if (c.repartition != "kafka") return nullptr;
+  dataflow::kafka::KafkaExchangeOptions o;
+  o.bootstrapServers = c.kafkaBootstrap;
+  if (!c.topics.empty()) o.partitionsLike = c.topics.front();
+  else o.partitions = 1;
+  o.consumerGroup = c.consumerGroup;
+  o.maxOffsetsPerTrigger = c.maxOffsetsPerTrigger;
+  o.kafka = c.kafkaOptions;
+  return std::make_shared<dataflow::kafka::KafkaExchange>(std::move(o));
+}
+
+int64_t tableChangeVersion(const dataflow::PartitionId& partition, const dataflow::BatchInfo& info) {
+  for (const auto& range : info.sources) {
+    if (int64_t end = range.end.get(partition, -1); end >= 0) return end;
+  }
+  return info.batchId + 1;
 }
 
 Job::Job(JobConfig c)

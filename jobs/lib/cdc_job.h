@@ -4,6 +4,7 @@
 #pragma once
 
 #include <dataflow/dataflow.h>
+#include <dataflow/kafka/kafka_exchange.h>
 #include <dataflow/kafka/kafka_source.h>
 #include <dataflow/monitoring/query_metrics.h>
 #include <dataflow/postgres/replication_source.h>
@@ -60,6 +61,7 @@ struct JobConfig {
   bool availableNow = false;              // --available-now: drain what exists, then exit
   std::string commitOffsetsToGroup;       // KAFKA_LAG_GROUP: expose lag to a consumer group
   std::string consumerGroup;              // CONSUMER_GROUP: scale out; processes of the job share the partitions
+  std::string repartition;                // REPARTITION: auto (kafka when scaled out), kafka or none: where table jobs regroup rows
   int metricsPort = 0;                    // METRICS_PORT: /metrics, /healthz, /progress; 0 = off
   std::string metricsHost = "127.0.0.1";  // METRICS_HOST: the interface they listen on
   std::string connectUrl;                 // CONNECT_URL: watch the Debezium connector's state
@@ -95,6 +97,9 @@ using ChangeSource = dataflow::TypedSource<dataflow::LogRecord>;
 std::shared_ptr<ChangeSource> changeSource(const JobConfig& config, const std::vector<std::string>& topics = {},
                                            const std::string& slotSuffix = "");
 dataflow::Trigger trigger(const JobConfig& config);
+// Where table aggregations regroup their rows (REPARTITION): an internal Kafka topic per
+// regrouping, read in the job's consumer group when it is scaled out; null for none.
+std::shared_ptr<dataflow::Exchange> exchange(const JobConfig& config);
 
 struct Warehouse {
   std::shared_ptr<dataflow::CheckpointStore> checkpoint;
@@ -124,16 +129,23 @@ void writeToWarehouse(Warehouse& warehouse, std::span<const dataflow::DeadLetter
                       const dataflow::BatchInfo& info, Monitoring& monitoring,
                       const std::function<void(dataflow::postgres::WarehouseTransaction&)>& upserts);
 
+// The version of a table's changes in output partition `partition` of a batch, for the warehouse's
+// per-key guard: a newer change must carry a greater version. Behind an exchange a group lives in
+// one exchange partition, whose owner may change (scale-out): the partition's end offset in the
+// batch grows whoever reads it. Otherwise one process writes every group: batch id + 1.
+int64_t tableChangeVersion(const dataflow::PartitionId& partition, const dataflow::BatchInfo& info);
+
 // Writes a table's changes (dataflow::TableChange, table.h) into `table`: toRow(change, version)
-// gives each change's upsert or soft delete, versioned by the batch (batch id + 1, so a newer
-// batch's row wins), written with the batch's dead letters and commit in one transaction.
+// gives each change's upsert or soft delete, versioned by tableChangeVersion, written with the
+// batch's dead letters and commit in one transaction.
 template <class K, class V, class ToRow>
 void writeTableChanges(Warehouse& warehouse, const dataflow::postgres::UpsertTable& table,
                        const dataflow::Batch<dataflow::TableChange<K, V>>& batch, const dataflow::BatchInfo& info,
                        Monitoring& monitoring, ToRow toRow) {
   std::vector<dataflow::postgres::UpsertRow> rows;
   for (const auto& part : batch.partitions()) {
-    for (const auto& c : part.rows) rows.push_back(toRow(c, info.batchId + 1));
+    const int64_t version = tableChangeVersion(part.id, info);
+    for (const auto& c : part.rows) rows.push_back(toRow(c, version));
   }
   writeToWarehouse(warehouse, batch.deadLetters(), info, monitoring,
                    [&](dataflow::postgres::WarehouseTransaction& tx) { tx.upsert(table, rows); });
@@ -168,6 +180,7 @@ struct Job {
         .rampUpBatches(config.rampUpBatches)
         .option("idlePollIntervalMs", std::to_string(config.idlePollMs))
         .checkpoint(warehouse.checkpoint)
+        .exchange(exchange(config))
         .addListener(batchLogger())
         .addListener(monitoring.metrics);
     return w;

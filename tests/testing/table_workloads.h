@@ -111,7 +111,8 @@ inline std::map<int64_t, Stats> recompute(const std::vector<std::vector<OrderEve
 // crash; returns the table the sink materialized from the changes.
 inline std::map<int64_t, Stats> runAggregation(const std::vector<std::vector<OrderEvent>>& changelog,
                                         std::shared_ptr<CrashingStore> store, int* crashes, int64_t sinkCrashBatch = -1,
-                                        std::shared_ptr<StateBackend> backend = nullptr, bool overlap = false) {
+                                        std::shared_ptr<StateBackend> backend = nullptr, bool overlap = false,
+                                        std::shared_ptr<Exchange> exchange = nullptr) {
   auto in = std::make_shared<MemoryStream<OrderEvent>>(
       "orders", MemoryStreamOptions{.partitions = static_cast<int>(changelog.size()), .maxRecordsPerBatch = 17});
   for (size_t p = 0; p < changelog.size(); ++p) in->addData(changelog[p], static_cast<int>(p));
@@ -130,6 +131,8 @@ inline std::map<int64_t, Stats> runAggregation(const std::vector<std::vector<Ord
                      .agg(count(), sum(&Order::amount), min(&Order::amount), max(&Order::amount), avg(&Order::amount))
                      .toChangelog()
                      .writeStream()
+                     .queryName("stats")
+                     .exchange(exchange)
                      .checkpoint(store)
                      .stateBackend(backend)
                      .option("state.cachedKeysPerPartition", backend ? "2" : "262144")

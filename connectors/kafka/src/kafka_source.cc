@@ -445,6 +445,8 @@ KafkaSource::KafkaSource(KafkaSourceOptions options) : impl_(std::make_unique<Im
 
 KafkaSource::~KafkaSource() = default;
 
+bool KafkaSource::fedByQuery() const { return impl_->options.fedByQuery; }
+
 std::string KafkaSource::description() const {
   const auto& o = impl_->options;
   std::string inner;

@@ -4,6 +4,7 @@
 #include "dataflow/batch.h"
 #include "dataflow/checkpoint.h"
 #include "dataflow/error.h"
+#include "dataflow/exchange.h"
 #include "dataflow/offsets.h"
 #include "dataflow/progress.h"
 #include "dataflow/query.h"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dataflow/checkpoint.h"
+#include "dataflow/exchange.h"
 #include "dataflow/query.h"
 #include "dataflow/state.h"
 #include "dataflow/trigger.h"
@@ -55,6 +56,11 @@ struct QueryOptions {
   // Snapshots and retention of operator state. Options "state.minDeltasForSnapshot",
   // "state.minVersionsToRetain".
   StateOptions state;
+  // Where table aggregations regroup their rows (exchange.h): a log per regrouping, named after
+  // the query, so that each group's state lives with a partition of it and the query can run
+  // scaled out. Needs a query name. Default: none: the groups' state is one partition, kept by
+  // one process.
+  std::shared_ptr<Exchange> exchange;
   // How many progress records recentProgress() keeps. Option "progress.retained". Default: 100.
   int retainedProgress = 100;
   std::vector<std::shared_ptr<QueryListener>> listeners;

@@ -78,6 +78,11 @@ class Source {
   // its coordinator confirms the assignment again.
   virtual void onPartitionsFenced(const std::vector<PartitionId>& /*partitions*/) {}
 
+  // True when the query itself writes what this source reads (an exchange's log, exchange.h):
+  // Trigger.AvailableNow then reads it to its end as it grows, instead of stopping at the end it
+  // had when the query started, so that rows regrouped by the last batch are still aggregated.
+  virtual bool fedByQuery() const { return false; }
+
   // Extra metrics for the progress record, computed after a batch.
   virtual SourceMetrics metrics(const Offsets& /*end*/, const Offsets& /*latest*/) { return {}; }
 

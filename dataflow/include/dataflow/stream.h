@@ -50,6 +50,7 @@
 #include "dataflow/detail/plan.h"
 #include "dataflow/detail/stateful_operators.h"
 #include "dataflow/error.h"
+#include "dataflow/exchange.h"
 #include "dataflow/join.h"
 #include "dataflow/query.h"
 #include "dataflow/query_options.h"
@@ -117,9 +118,22 @@ class Planner {
   std::vector<StatefulOperator*> stateful;
   std::vector<int64_t> watermarkDelaysMs;
   bool hasAggregation = false;
+  // Set by the writer: the query's name and exchange (QueryOptions::exchange).
+  std::string queryName;
+  std::shared_ptr<Exchange> exchange;
+
+  // The channel of the next regrouping that goes through the exchange, named after the query and
+  // the regrouping's place in the plan (stable across restarts of the same query).
+  std::shared_ptr<ExchangeChannel> exchangeChannel(const std::string& what) {
+    if (queryName.empty()) {
+      throw ConfigurationError("a query with an exchange needs a name (queryName(...)): its logs are named after it");
+    }
+    return exchange->channel(queryName + "-" + what + "-" + std::to_string(++exchanges_));
+  }
 
  private:
   std::vector<std::shared_ptr<Source>> sources_;
+  int exchanges_ = 0;
 };
 
 // A batch boundary of element type T: its logical node and how to build its operator.
@@ -515,6 +529,11 @@ class DataStreamWriter {
     options_.state.backend = std::move(backend);
     return *this;
   }
+  // Table aggregations regroup their rows through `exchange` (QueryOptions::exchange).
+  DataStreamWriter& exchange(std::shared_ptr<Exchange> exchange) {
+    options_.exchange = std::move(exchange);
+    return *this;
+  }
   DataStreamWriter& overlapBatches(bool on) {
     options_.overlapBatches = on;
     return *this;
@@ -583,6 +602,8 @@ class DataStreamWriter {
     }
     detail::Planner planner;
     planner.outputMode = options_.outputMode;
+    planner.queryName = options_.name;
+    planner.exchange = options_.exchange;
     auto input = input_.build(planner);
     if (options_.outputMode == OutputMode::kComplete && !planner.hasAggregation) {
       throw ConfigurationError("query '" + options_.name +

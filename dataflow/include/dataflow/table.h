@@ -25,8 +25,14 @@
 // group whose last row leaves is deleted (after = nullopt).
 //
 // Partitioning: asTable keeps its state by source partition (a key's changes arrive on one
-// partition, as Debezium keys by primary key). groupBy regroups rows across partitions, so its
-// state is one partition kept by one process: such a query does not run scaled out.
+// partition, as Debezium keys by primary key). groupBy regroups rows across partitions. Without an
+// exchange its state is one partition kept by one process, and the query does not run scaled
+// out. With one (writeStream().exchange(...), exchange.h) the table sends each change event to
+// the exchange partition of its group, as Kafka Streams' repartition topics do; there a table of
+// the rows by version (so that a record sent twice is applied once) feeds the aggregation, whose
+// state then lives per exchange partition: the groups are shared by the query's instances. The
+// regrouped rows of a batch are aggregated by the next batch. A table regrouped so must come from
+// asTable with an integral version (the LSN).
 #pragma once
 
 #include <memory>
@@ -50,6 +56,9 @@ template <class K, class V>
 class Table {
  public:
   explicit Table(Stream<TableChange<K, V>> changes) : changes_(std::move(changes)) {}
+  // `events`: the same table as the change event of each record, which an exchange needs.
+  Table(Stream<TableChange<K, V>> changes, detail::Producer<detail::TableEvent<K, V>> events)
+      : changes_(std::move(changes)), events_(std::move(events)) {}
 
   // The table's changes, one per key the batch changed: upserts (after set) and deletes (after
   // empty), with the previous value in `before`.
@@ -59,7 +68,7 @@ class Table {
   template <class G>
     requires StateKeyFunction<G, V>
   GroupedTable<K, V, G> groupBy(G group) const {
-    return GroupedTable<K, V, G>(changes_, std::move(group));
+    return GroupedTable<K, V, G>(changes_, events_, std::move(group));
   }
 
   // Foreign-key join: each row with the row of `right` whose key is foreignKey(row), as
@@ -104,6 +113,7 @@ class Table {
   template <class K2, class V2>
   friend class Table;
   Stream<TableChange<K, V>> changes_;
+  std::optional<detail::Producer<detail::TableEvent<K, V>>> events_;  // tables from asTable with an integral version
 };
 
 // A table regrouped by a new key; its aggregations give a table of groups.
@@ -112,7 +122,9 @@ class GroupedTable {
   using Group = std::decay_t<std::invoke_result_t<const GroupFn&, const V&>>;
 
  public:
-  GroupedTable(Stream<TableChange<K, V>> changes, GroupFn group) : changes_(std::move(changes)), group_(std::move(group)) {}
+  GroupedTable(Stream<TableChange<K, V>> changes, std::optional<detail::Producer<detail::TableEvent<K, V>>> events,
+               GroupFn group)
+      : changes_(std::move(changes)), events_(std::move(events)), group_(std::move(group)) {}
 
   // Several aggregates in one pass; the value is the tuple of their results (one aggregate: its
   // result alone). min and max are kept exact under retraction (see the top of this file).
@@ -143,22 +155,46 @@ class GroupedTable {
                   "would need retract(acc, row))");
     using Out = agg::OutOf<A, V>;
     using Op = detail::TableAggregateOperator<K, V, GroupFn, A>;
-    auto changes = changes_;
-    auto grouped = changes.template statefulStep<TableChange<Group, Out>>(
-        "TableAggregate [retracting; state: group -> rows, accumulator; one partition]",
-        [group = group_, a = std::move(aggregate)](std::unique_ptr<detail::BatchOperator<TableChange<K, V>>> input,
-                                                   detail::Planner& planner) {
+    using Routed = detail::RoutedRow<K, V>;
+    using Regrouped = detail::AsTableOperator<Routed, K Routed::*, int64_t Routed::*, detail::RoutedRowValue<K, V>>;
+    auto input = changes_.materialize();
+    auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
+        detail::LogicalNode::Kind::kStateful,
+        "TableAggregate [retracting; state: group -> rows, accumulator; through the query's exchange by group "
+        "when it has one, else one partition]",
+        {}, {input.node}, false});
+    detail::Producer<TableChange<Group, Out>> out{
+        node, [changes = input.build, events = events_, group = group_, a = std::move(aggregate)](detail::Planner& planner) {
           if (planner.outputMode == OutputMode::kComplete) {
             throw ConfigurationError("a table aggregation emits its changes: use the append or update output mode, not complete");
           }
-          auto op = std::make_unique<Op>(std::move(input), group, a);
+          std::unique_ptr<Op> op;
+          if (!planner.exchange) {
+            op = std::make_unique<Op>(changes(planner), group, a);
+          } else {
+            if (!events) {
+              throw ConfigurationError("groupBy through an exchange needs a table read with asTable(key, version, row) "
+                                       "whose version is an integer (the LSN); this table is derived from another");
+            }
+            auto channel = planner.exchangeChannel("groupBy");
+            auto readBack = channel->source();
+            size_t index = planner.sourceIndex(readBack);
+            auto regrouped = std::make_unique<Regrouped>(
+                std::make_unique<detail::TableExchangeOperator<K, V, GroupFn>>(
+                    events->build(planner), group, channel, std::make_unique<detail::ScanOperator<LogRecord>>(readBack, index)),
+                &Routed::key, &Routed::version, detail::RoutedRowValue<K, V>{});
+            planner.stateful.push_back(regrouped.get());
+            op = std::make_unique<Op>(std::move(regrouped), group, a, /*byPartition=*/true);
+          }
           planner.stateful.push_back(op.get());
           return std::unique_ptr<detail::BatchOperator<TableChange<Group, Out>>>(op.release());
-        });
-    return Table<Group, Out>(std::move(grouped));
+        }};
+    return Table<Group, Out>(Stream<TableChange<Group, Out>>(changes_.session_, std::move(out),
+                                                             detail::Pipe<TableChange<Group, Out>>{}, changes_.routing_));
   }
 
   Stream<TableChange<K, V>> changes_;
+  std::optional<detail::Producer<detail::TableEvent<K, V>>> events_;
   GroupFn group_;
 };
 
@@ -177,18 +213,30 @@ auto Stream<T, P>::asTable(K key, Ver version, R row) const {
   static_assert(Checkpointable<Row> && Checkpointable<std::decay_t<std::invoke_result_t<const Ver&, const T&>>>,
                 "asTable keeps the row and version of every key in state: both need a StateCodec");
   using Op = detail::AsTableOperator<T, K, Ver, R>;
-  auto changes = statefulStep<TableChange<Key, Row>>(
-      "AsTable [state: key -> version, row; by source partition]",
-      [key = std::move(key), version = std::move(version), row = std::move(row)](
-          std::unique_ptr<detail::BatchOperator<T>> input, detail::Planner& planner) {
-        if (planner.outputMode == OutputMode::kComplete) {
-          throw ConfigurationError("a table emits its changes: use the append or update output mode, not complete");
-        }
-        auto op = std::make_unique<Op>(std::move(input), key, version, row);
-        planner.stateful.push_back(op.get());
-        return std::unique_ptr<detail::BatchOperator<TableChange<Key, Row>>>(op.release());
-      });
-  return Table<Key, Row>(std::move(changes));
+  auto build = [key, version, row]<class Out, class O>(std::unique_ptr<detail::BatchOperator<T>> input, detail::Planner& planner) {
+    if (planner.outputMode == OutputMode::kComplete) {
+      throw ConfigurationError("a table emits its changes: use the append or update output mode, not complete");
+    }
+    auto op = std::make_unique<O>(std::move(input), key, version, row);
+    planner.stateful.push_back(op.get());
+    return std::unique_ptr<detail::BatchOperator<Out>>(op.release());
+  };
+  const char* label = "AsTable [state: key -> version, row; by source partition]";
+  auto changes = statefulStep<TableChange<Key, Row>>(label, [build](std::unique_ptr<detail::BatchOperator<T>> input,
+                                                                    detail::Planner& planner) {
+    return build.template operator()<TableChange<Key, Row>, Op>(std::move(input), planner);
+  });
+  using VersionType = std::decay_t<std::invoke_result_t<const Ver&, const T&>>;
+  if constexpr (std::is_integral_v<VersionType>) {
+    using Event = detail::TableEvent<Key, Row>;
+    using EventOp = detail::AsTableOperator<T, K, Ver, R, detail::TableEmit::kEveryEvent>;
+    auto events = statefulStep<Event>(label, [build](std::unique_ptr<detail::BatchOperator<T>> input, detail::Planner& planner) {
+      return build.template operator()<Event, EventOp>(std::move(input), planner);
+    });
+    return Table<Key, Row>(std::move(changes), events.materialize());
+  } else {
+    return Table<Key, Row>(std::move(changes));
+  }
 }
 
 }  // namespace dataflow

@@ -110,9 +110,11 @@ void MicroBatchExecution::initialize() {
             "query " + options_.name + ": the stateful operator " + op->operatorName() +
             " cannot run scaled out (sources assigned by a consumer group) yet: aggregations (windowed or not), "
             "dropDuplicates (with or without a watermark), transformWithState without processing-time timers and "
-            "asTable keep state that moves with its partition; stream-stream joins and table aggregations and "
-            "joins (which regroup rows across partitions), and transformWithState with TimeMode::kProcessingTime "
-            "(whose timers fire in batches without data), need a single instance");
+            "asTable keep state that moves with its partition, and so do table aggregations regrouped through an "
+            "exchange (writeStream().exchange(...), REPARTITION=kafka in the jobs); stream-stream joins, table "
+            "aggregations without an exchange and table joins (which regroup rows across partitions), and "
+            "transformWithState with TimeMode::kProcessingTime (whose timers fire in batches without data), need a "
+            "single instance");
       }
     }
     initializeScaleOut({id_, descriptions});
@@ -378,7 +380,7 @@ std::vector<SourceRange> MicroBatchExecution::planRanges(const std::vector<Offse
     Source& source = *plan_.sources[i];
     Offsets start = starts[i];
     Offsets target = latest[i];
-    if (!availableNowTarget_.empty()) {
+    if (!availableNowTarget_.empty() && !source.fedByQuery()) {
       Offsets capped;
       for (const auto& [p, t] : availableNowTarget_[i].partitions()) capped.set(p, std::min(t, target.get(p, t)));
       target = std::move(capped);
@@ -402,6 +404,7 @@ std::vector<SourceRange> MicroBatchExecution::planRanges(const std::vector<Offse
 std::unique_ptr<ExecContext> MicroBatchExecution::makeContext(const std::vector<SourceRange>& ranges) const {
   auto ctx = std::make_unique<ExecContext>();
   ctx->chunkSize = session_->chunkSize;
+  ctx->info.queryId = id_;  // known before the batch id: an exchange tags what it sends with it
   ctx->ranges.resize(plan_.sources.size());
   for (size_t i = 0; i < ranges.size(); ++i) {
     for (const auto& [p, until] : ranges[i].end.partitions()) {

@@ -6,6 +6,8 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include "connectors/kafka/real_broker.h"
+
 #include <filesystem>
 #include <numeric>
 #include <set>
@@ -506,22 +508,6 @@ TEST(KafkaSink, ProducesAndFlushesBeforeReturning) {
 
 namespace dataflow::kafka {
 namespace {
-
-// The broker of the local stack (tests/connectors/kafka/real_broker.sh sets it); these tests fail
-// under CI=true when it is missing.
-std::string realBroker() {
-  const char* b = std::getenv("DATAFLOW_REAL_KAFKA");
-  return b ? b : "";
-}
-
-#define REQUIRE_REAL_KAFKA()                                                            \
-  do {                                                                                  \
-    if (realBroker().empty()) {                                                         \
-      const char* ci = std::getenv("CI");                                               \
-      if (ci && std::string(ci) == "true") FAIL() << "CI=true but no real Kafka broker"; \
-      GTEST_SKIP() << "DATAFLOW_REAL_KAFKA not set";                                    \
-    }                                                                                   \
-  } while (0)
 
 class RealBroker : public ::testing::Test {
  protected:

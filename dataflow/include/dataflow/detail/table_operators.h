@@ -17,6 +17,8 @@
 
 #include "dataflow/aggregates.h"
 #include "dataflow/batch.h"
+#include "dataflow/exchange.h"
+#include "dataflow/record.h"
 #include "dataflow/detail/operators.h"
 #include "dataflow/detail/stateful_operators.h"
 #include "dataflow/join.h"
@@ -100,10 +102,28 @@ struct RowResult<RowFn, T> {
   using type = typename BinaryResult<RowFn>::type;
 };
 
-template <class T, class KeyFn, class VersionFn, class RowFn>
+// One change event of a table as it was applied, in order: what a table sends through an
+// exchange. Unlike a TableChange, which sums up a batch, it does not depend on where batches
+// begin and end, so a replay, or another instance after a rebalance, sends the very same events.
+template <class K, class V>
+struct TableEvent {
+  K key;
+  int64_t version = 0;
+  std::optional<V> before;
+  std::optional<V> after;
+};
+
+// What AsTableOperator emits: a TableChange per key the batch changed, or a TableEvent per event
+// it applied.
+enum class TableEmit { kChangesPerBatch, kEveryEvent };
+
+template <class K, class V, TableEmit E>
+using TableOutput = std::conditional_t<E == TableEmit::kEveryEvent, TableEvent<K, V>, TableChange<K, V>>;
+
+template <class T, class KeyFn, class VersionFn, class RowFn, TableEmit E = TableEmit::kChangesPerBatch>
 class AsTableOperator final
-    : public BatchOperator<TableChange<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>,
-                                       typename RowResult<RowFn, T>::type::value_type>>,
+    : public BatchOperator<TableOutput<std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>,
+                                       typename RowResult<RowFn, T>::type::value_type, E>>,
       public KeyedStatefulOperator<
           std::decay_t<std::invoke_result_t<const KeyFn&, const T&>>,
           std::pair<std::decay_t<std::invoke_result_t<const VersionFn&, const T&>>, typename RowResult<RowFn, T>::type>> {
@@ -111,8 +131,10 @@ class AsTableOperator final
   using Version = std::decay_t<std::invoke_result_t<const VersionFn&, const T&>>;
   using MaybeRow = typename RowResult<RowFn, T>::type;
   using Row = typename MaybeRow::value_type;
-  using Change = TableChange<Key, Row>;
+  using Change = TableOutput<Key, Row, E>;
   using Base = KeyedStatefulOperator<Key, std::pair<Version, MaybeRow>>;
+  static_assert(E == TableEmit::kChangesPerBatch || std::is_convertible_v<Version, int64_t>,
+                "a table regrouped through an exchange carries its versions as int64 (e.g. the LSN)");
   using typename Base::Slot;
   using Base::state_;
 
@@ -149,7 +171,12 @@ class AsTableOperator final
       Version v = std::invoke(version_, r);
       auto it = st.map().find(k);
       if (it != st.map().end() && !(it->second.value.first < v)) continue;  // not newer than what is kept
-      changes.note(k, it == st.map().end() ? std::nullopt : it->second.value.second);
+      MaybeRow before;
+      if constexpr (E == TableEmit::kEveryEvent) {
+        if (it != st.map().end()) before = it->second.value.second;
+      } else {
+        changes.note(k, it == st.map().end() ? std::nullopt : it->second.value.second);
+      }
       MaybeRow next;
       if constexpr (std::invocable<const RowFn&, const T&>) {
         next = std::invoke(row_, r);
@@ -157,11 +184,16 @@ class AsTableOperator final
         const Row* previous = it != st.map().end() && it->second.value.second ? &*it->second.value.second : nullptr;
         next = std::invoke(row_, r, previous);
       }
+      if constexpr (E == TableEmit::kEveryEvent) {
+        if (before || next) out.push_back(Change{k, static_cast<int64_t>(v), std::move(before), next});
+      }
       bool created = false;
       auto& entry = st.upsert(k, [] { return std::pair<Version, MaybeRow>{}; }, created);
       entry = {std::move(v), std::move(next)};
     }
-    changes.emit(out, [&](const Key& k) { return st.map().find(k)->second.value.second; });
+    if constexpr (E == TableEmit::kChangesPerBatch) {
+      changes.emit(out, [&](const Key& k) { return st.map().find(k)->second.value.second; });
+    }
   }
 
   std::unique_ptr<BatchOperator<T>> input_;
@@ -170,15 +202,135 @@ class AsTableOperator final
   RowFn row_;
 };
 
+// A table row as it arrives through an exchange at the partition of its group: its key, the
+// version of the event, and the row (nullopt: the key left this partition's groups, deleted or
+// moved to a group of another partition).
+template <class K, class V>
+struct RoutedRow {
+  K key;
+  int64_t version = 0;
+  std::optional<V> row;
+};
+template <class K, class V>
+struct RoutedRowValue {
+  std::optional<V> operator()(const RoutedRow<K, V>& r) const { return r.row; }
+};
+
+// Regroups a table's rows by group(row) through an exchange (exchange.h). Each event the table
+// applied is sent to the partition of its new row's group, and, when the row leaves a group (a
+// delete, or a move to a group of another partition), a removal to the old group's partition:
+// every partition then sees, per key, the versions that concern it, in order. The records the
+// exchange holds from earlier batches are read back and decoded: downstream an AsTableOperator
+// keeps, per exchange partition, the row of every key by version, so a record sent twice (a
+// replayed batch; an instance fenced after a rebalance) is not applied twice, and a move retracts
+// the row the partition holds.
+//
+// Record layout: key = StateCodec(key); value = 'U' query version StateCodec(row) | 'D' query
+// version, where `query` is a hash of the query's id (kept in its checkpoint): a query started
+// afresh on a new checkpoint skips what an earlier query of the same name left in the log.
+template <class K, class V, class GroupFn>
+class TableExchangeOperator final : public BatchOperator<RoutedRow<K, V>> {
+  using Group = std::decay_t<std::invoke_result_t<const GroupFn&, const V&>>;
+
+ public:
+  TableExchangeOperator(std::unique_ptr<BatchOperator<TableEvent<K, V>>> events, GroupFn group,
+                        std::shared_ptr<ExchangeChannel> channel, std::unique_ptr<BatchOperator<LogRecord>> readBack)
+      : events_(std::move(events)), group_(std::move(group)), channel_(std::move(channel)),
+        readBack_(std::move(readBack)) {}
+
+  void produce(ExecContext& ctx, Batch<RoutedRow<K, V>>& out) override {
+    Batch<TableEvent<K, V>> events;
+    Batch<LogRecord> received;
+    tbb::parallel_invoke([&] { events_->produce(ctx, events); }, [&] { readBack_->produce(ctx, received); });
+    out.deadLetters() = std::move(events.deadLetters());
+    const uint64_t query = stableHash(ctx.info.queryId);
+    send(events, query);
+    auto& in = received.partitions();
+    auto& parts = out.partitions();
+    parts.resize(in.size());
+    tbb::parallel_for(size_t{0}, in.size(), [&](size_t i) {
+      parts[i].id = in[i].id;
+      parts[i].rows.reserve(in[i].rows.size());
+      for (const LogRecord& r : in[i].rows) {
+        if (auto row = decode(r, query)) parts[i].rows.push_back(std::move(*row));
+      }
+    });
+  }
+
+ private:
+  void send(const Batch<TableEvent<K, V>>& events, uint64_t query) {
+    const auto partitions = static_cast<uint64_t>(channel_->partitions());
+    std::string key, value, groupBytes;
+    auto partitionOf = [&](const Group& g) {
+      groupBytes.clear();
+      StateCodec<Group>::encode(g, groupBytes);
+      return static_cast<int32_t>(stableHash(groupBytes) % partitions);
+    };
+    for (const auto& part : events.partitions()) {
+      for (const TableEvent<K, V>& e : part.rows) {
+        key.clear();
+        StateCodec<K>::encode(e.key, key);
+        std::optional<Group> after;
+        if (e.after) after = std::invoke(group_, *e.after);
+        if (e.before) {
+          Group before = std::invoke(group_, *e.before);
+          if (!after || !(before == *after)) {
+            int32_t p = partitionOf(before);
+            if (!after || p != partitionOf(*after)) {
+              header('D', query, e.version, value);
+              channel_->send(p, key, value);
+            }
+          }
+        }
+        if (after) {
+          header('U', query, e.version, value);
+          StateCodec<V>::encode(*e.after, value);
+          channel_->send(partitionOf(*after), key, value);
+        }
+      }
+    }
+    channel_->flush();
+  }
+  static void header(char kind, uint64_t query, int64_t version, std::string& out) {
+    out.clear();
+    out.push_back(kind);
+    StateCodec<uint64_t>::encode(query, out);
+    StateCodec<int64_t>::encode(version, out);
+  }
+  // The row of a record, or nullopt for one an earlier query left.
+  static std::optional<RoutedRow<K, V>> decode(const LogRecord& r, uint64_t query) {
+    try {
+      std::string_view key = r.key, value = r.value;
+      if (value.empty() || (value[0] != 'U' && value[0] != 'D')) throw std::out_of_range("kind");
+      const bool upsert = value[0] == 'U';
+      value.remove_prefix(1);
+      if (StateCodec<uint64_t>::decode(value) != query) return std::nullopt;
+      RoutedRow<K, V> out{StateCodec<K>::decode(key), StateCodec<int64_t>::decode(value), std::nullopt};
+      if (upsert) out.row = StateCodec<V>::decode(value);
+      return out;
+    } catch (const std::exception& e) {
+      throw InternalError("exchange " + std::string(r.topic) + " partition " + std::to_string(r.partition) + " offset " +
+                          std::to_string(r.offset) + ": not a table row (" + e.what() +
+                          "); the log is shared with something else, or was written by another version of the query");
+    }
+  }
+
+  std::unique_ptr<BatchOperator<TableEvent<K, V>>> events_;
+  GroupFn group_;
+  std::shared_ptr<ExchangeChannel> channel_;
+  std::unique_ptr<BatchOperator<LogRecord>> readBack_;
+};
+
 // The partition that holds the state of an operator whose groups span every source partition
 // (a table aggregation regroups rows by a key the source is not partitioned by).
 inline PartitionId allPartitions() { return PartitionId{"_all", 0}; }
 
 // groupBy(newKey).agg(...) over a table: each change retracts the old row from its group and adds
 // the new row to its group (the same or another), so the aggregates stay exact under updates and
-// deletes; a group whose last row left is deleted. The groups span the source partitions, so
-// their state is one partition (allPartitions()), updated by one task, and the query runs in one
-// process (scale-out needs the groups repartitioned by their key first).
+// deletes; a group whose last row left is deleted. Without an exchange the groups span the source
+// partitions, so their state is one partition (allPartitions()), updated by one task, and the
+// query runs in one process. Behind a TableExchangeOperator (`byPartition`), each input partition
+// holds whole groups: state per partition, partitions in parallel, and the query can scale out.
 template <class K, class V, class GroupFn, class A>
 class TableAggregateOperator final
     : public BatchOperator<TableChange<std::decay_t<std::invoke_result_t<const GroupFn&, const V&>>, agg::OutOf<A, V>>>,
@@ -191,22 +343,44 @@ class TableAggregateOperator final
   using Base = KeyedStatefulOperator<Group, std::pair<int64_t, Acc>>;  // rows in the group, accumulator
   using typename Base::Slot;
   using Base::state_;
+  using Input = std::vector<typename Batch<TableChange<K, V>>::Partition>;
 
  public:
-  TableAggregateOperator(std::unique_ptr<BatchOperator<TableChange<K, V>>> input, GroupFn group, A aggregate)
-      : input_(std::move(input)), group_(std::move(group)), agg_(std::move(aggregate)) {}
+  TableAggregateOperator(std::unique_ptr<BatchOperator<TableChange<K, V>>> input, GroupFn group, A aggregate,
+                         bool byPartition = false)
+      : input_(std::move(input)), group_(std::move(group)), agg_(std::move(aggregate)), byPartition_(byPartition) {}
 
   std::string operatorName() const override { return "tableAggregate"; }
+  bool stateFollowsPartitions() const override { return byPartition_; }
 
   void produce(ExecContext& ctx, Batch<Change>& out) override {
     Batch<TableChange<K, V>> in;
     input_->produce(ctx, in);
     out.deadLetters() = std::move(in.deadLetters());
-    Slot& slot = state_.get(allPartitions());
+    auto& parts = in.partitions();
+    if (!byPartition_) {
+      out.partitions().resize(1);
+      out.partitions()[0].id = allPartitions();
+      apply(state_.get(allPartitions()), parts.begin(), parts.end(), out.partitions()[0].rows);
+      return;
+    }
+    auto slots = this->slotsFor(in);
+    out.partitions().resize(parts.size());
+    tbb::parallel_for(size_t{0}, parts.size(), [&](size_t i) {
+      out.partitions()[i].id = parts[i].id;
+      apply(*slots[i], parts.begin() + static_cast<ptrdiff_t>(i), parts.begin() + static_cast<ptrdiff_t>(i + 1),
+            out.partitions()[i].rows);
+    });
+  }
+
+ private:
+  // Applies the changes of input partitions [first, last) to one slot's groups.
+  void apply(Slot& slot, typename Input::const_iterator first, typename Input::const_iterator last,
+             std::vector<Change>& out) {
     auto& st = slot.state;
     st.load([&](auto&& need) {
-      for (const auto& part : in.partitions()) {
-        for (const auto& c : part.rows) {
+      for (auto part = first; part != last; ++part) {
+        for (const auto& c : part->rows) {
           if (c.before) need(std::invoke(group_, *c.before));
           if (c.after) need(std::invoke(group_, *c.after));
         }
@@ -218,8 +392,8 @@ class TableAggregateOperator final
       return agg_.result(it->second.value.second);
     };
     bool created = false;
-    for (const auto& part : in.partitions()) {
-      for (const auto& c : part.rows) {
+    for (auto part = first; part != last; ++part) {
+      for (const auto& c : part->rows) {
         if (c.before) {
           Group g = std::invoke(group_, *c.before);
           auto it = st.map().find(g);
@@ -241,9 +415,7 @@ class TableAggregateOperator final
         }
       }
     }
-    out.partitions().resize(1);
-    out.partitions()[0].id = allPartitions();
-    changes.emit(out.partitions()[0].rows, [&](const Group& g) {
+    changes.emit(out, [&](const Group& g) {
       auto it = st.map().find(g);
       std::optional<Out> now = result(it);
       if (it != st.map().end() && it->second.value.first == 0) st.erase(it);  // the group is empty: gone
@@ -251,10 +423,10 @@ class TableAggregateOperator final
     });
   }
 
- private:
   std::unique_ptr<BatchOperator<TableChange<K, V>>> input_;
   GroupFn group_;
   A agg_;
+  bool byPartition_;
 };
 
 // A foreign-key join of two tables (table.h): each left row with the right row its foreign key

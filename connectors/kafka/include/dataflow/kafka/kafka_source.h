@@ -81,6 +81,9 @@ struct KafkaSourceOptions {
   // librdkafka properties (security.protocol, sasl.*, ssl.*, ...). Options "kafka.<name>".
   // group.id, enable.auto.commit and auto.offset.reset are rejected: offsets are ours.
   std::map<std::string, std::string> kafka;
+  // The query writes these topics itself (an exchange's, KafkaExchange): Trigger.AvailableNow
+  // reads them to their end as they grow (Source::fedByQuery). Default: false.
+  bool fedByQuery = false;
 
   // Sets an option by Spark's key; throws ConfigurationError naming a bad key or value.
   void set(const std::string& key, const std::string& value);
@@ -106,6 +109,7 @@ class KafkaSource final : public TypedSource<KafkaRecord> {
   void read(const PartitionId& partition, int64_t from, int64_t until, std::vector<KafkaRecord>& out) override;
   void onBatchCommitted(const Offsets& end) override;
   bool isCoordinated() const override;
+  bool fedByQuery() const override;
   void onPartitionsFenced(const std::vector<PartitionId>& partitions) override;
   // minOffsetsBehindLatest, maxOffsetsBehindLatest, avgOffsetsBehindLatest, and with a consumer
   // group assignedPartitions.

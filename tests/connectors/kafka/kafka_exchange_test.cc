@@ -1,0 +1,94 @@
+// KafkaExchange (label: kafka): a table regrouped through an internal topic equals the
+// recomputation from the final table, on librdkafka's mock cluster and on the real broker
+// (RealBroker: the topic is created with its partitions and infinite retention, and a second
+// exchange finds it, with the partitions it has).
+#include <dataflow/dataflow.h>
+#include <dataflow/kafka/kafka_exchange.h>
+#include <gtest/gtest.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <unistd.h>
+
+#include "connectors/kafka/real_broker.h"
+#include "testing/table_workloads.h"
+
+namespace dataflow::kafka {
+namespace {
+
+using namespace table_testing;
+
+KafkaExchangeOptions exchangeOptions(const std::string& bootstrap, int32_t partitions) {
+  KafkaExchangeOptions o;
+  o.bootstrapServers = bootstrap;
+  o.partitions = partitions;
+  o.kafka["log_level"] = "0";
+  return o;
+}
+
+TEST(KafkaExchange, RegroupsATableExactlyAcrossCrashes) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
+  rd_kafka_t* handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  rd_kafka_mock_cluster_t* cluster = rd_kafka_mock_cluster_new(handle, 1);
+  const std::string bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+  // The mock cluster has no CreateTopics: the topic exists, with more partitions than asked for
+  // (an exchange keeps a topic's own count).
+  ASSERT_EQ(rd_kafka_mock_topic_create(cluster, "stats-groupBy-1", 3, 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+  {
+    auto changelog = randomChangelog(7, 2, 150);
+    auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
+    store->arm(CrashingStore::Step::kBeforeCommit, 5);
+    int crashes = 0;
+    auto exchange = std::make_shared<KafkaExchange>(exchangeOptions(bootstrap, 1));
+    EXPECT_EQ(runAggregation(changelog, store, &crashes, -1, nullptr, false, exchange), recompute(changelog));
+    EXPECT_EQ(crashes, 1);
+    EXPECT_EQ(exchange->channel("stats-groupBy-1")->partitions(), 3);
+  }
+  rd_kafka_mock_cluster_destroy(cluster);
+  rd_kafka_destroy(handle);
+}
+
+TEST(KafkaExchange, RefusesAQueryNameThatIsNoTopicNameAndPropertiesItSetsItself) {
+  auto options = exchangeOptions("127.0.0.1:1", 1);
+  KafkaExchange exchange(options);
+  try {
+    exchange.channel("orders per customer-groupBy-1");
+    FAIL() << "a name with spaces was accepted";
+  } catch (const ConfigurationError& e) {
+    EXPECT_NE(std::string(e.what()).find("'orders per customer-groupBy-1' is not a legal topic name"), std::string::npos)
+        << e.what();
+  }
+  options.kafka["group.id"] = "mine";
+  EXPECT_THROW(KafkaExchange{options}, ConfigurationError);
+}
+
+TEST(RealBroker, ExchangeCreatesItsTopicAndRegroupsATableExactly) {
+  REQUIRE_REAL_KAFKA();
+  // A fresh name per run: the topic is created by the exchange.
+  const std::string query = "exchange-test-" + std::to_string(::getpid());
+  auto exchange = std::make_shared<KafkaExchange>(exchangeOptions(realBroker(), 4));
+  auto changelog = randomChangelog(11, 3, 200);
+  auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
+  store->arm(CrashingStore::Step::kAfterOffsets, 4);
+  int crashes = 0;
+  // runAggregation names its query "stats"; the topic is named after it.
+  EXPECT_EQ(runAggregation(changelog, store, &crashes, -1, nullptr, /*overlap=*/true, exchange), recompute(changelog));
+  EXPECT_EQ(crashes, 1);
+  auto channel = exchange->channel("stats-groupBy-1");
+  EXPECT_GE(channel->partitions(), 1);
+
+  // Made by this exchange: the partitions it was asked for; another exchange finds the topic.
+  auto made = exchange->channel(query);
+  EXPECT_EQ(made->partitions(), 4);
+  auto other = KafkaExchange(exchangeOptions(realBroker(), 9)).channel(query);
+  EXPECT_EQ(other->partitions(), 4) << "an existing topic keeps its partitions";
+  made->send(2, "k", "v");
+  made->flush();
+  auto latest = other->source()->latestOffsets();
+  EXPECT_EQ(latest.get({query, 2}, -1), 1);
+  EXPECT_TRUE(other->source()->fedByQuery());
+}
+
+}  // namespace
+}  // namespace dataflow::kafka
