@@ -3,8 +3,9 @@
 # over C customers preloaded into a topic (Debezium's own output shape, from a captured event with
 # the order id, customer, amount and LSN varied), drained by stream_orders (into fact_orders) and
 # then by customer_order_stats (asTable -> groupBy(customer) -> 7 aggregates, into
-# customer_order_stats) with --available-now: events/s from process start, first committed
-# batch, peak RSS. Writes bench/results/tables-latest.md.
+# customer_order_stats) with --available-now, once as one partition of groups in the process and
+# once regrouped through an internal Kafka topic (REPARTITION=kafka, what scale-out uses): events/s
+# from process start, first committed batch, peak RSS. Writes bench/results/tables-latest.md.
 #   bench/e2e/tables.sh [N=200000] [C=100000]
 set -euo pipefail
 N=${1:-200000}
@@ -27,11 +28,11 @@ T="$template" awk -v n="$N" -v c="$C" 'BEGIN {
 produce_events "$topic" "$WORK/table-events.tsv"
 q "TRUNCATE fact_orders, customer_order_stats" > /dev/null
 
-# drain JOB: prints "events/s first-batch-ms peak-rss-mb"
+# drain JOB [REPARTITION]: prints "events/s first-batch-ms peak-rss-mb"
 drain() {
   local start end pid rss first
   start=$(ms_now)
-  ORDERS_TOPIC=$topic QUERY_NAME=bench-$1-$start MAX_OFFSETS_PER_TRIGGER=${BENCH_BATCH:-30000} \
+  ORDERS_TOPIC=$topic QUERY_NAME=bench-$1-$start MAX_OFFSETS_PER_TRIGGER=${BENCH_BATCH:-30000} REPARTITION=${2:-none} \
     "$BUILD/jobs/$1" --available-now > "$WORK/$1.log" 2>&1 &
   pid=$!
   rss=$(peak_rss_until_exit "$pid")
@@ -41,11 +42,20 @@ drain() {
   echo "$(awk -v n="$N" -v ms="$((end - start))" 'BEGIN {printf "%.0f", n * 1000 / ms}') $first $rss"
 }
 read -r s_eps s_first s_rss <<< "$(drain stream_orders)"
-read -r t_eps t_first t_rss <<< "$(drain customer_order_stats)"
-groups=$(q "SELECT count(*) FROM customer_order_stats WHERE NOT is_deleted")
 expected=$(( N < C ? N : C ))
-[[ "$groups" == "$expected" ]] || { echo "customer_order_stats has $groups customers, expected $expected" >&2; exit 1; }
+check_groups() {
+  local groups
+  groups=$(q "SELECT count(*) FROM customer_order_stats WHERE NOT is_deleted")
+  [[ "$groups" == "$expected" ]] || { echo "customer_order_stats ($1) has $groups customers, expected $expected" >&2; exit 1; }
+  q "TRUNCATE customer_order_stats" > /dev/null
+}
+read -r t_eps t_first t_rss <<< "$(drain customer_order_stats)"
+check_groups "one partition of groups"
+read -r r_eps r_first r_rss <<< "$(drain customer_order_stats kafka)"
+check_groups "through Kafka"
 ratio=$(awk -v a="$t_eps" -v b="$s_eps" 'BEGIN {printf "%.2f", a / b}')
+r_ratio=$(awk -v a="$r_eps" -v b="$s_eps" 'BEGIN {printf "%.2f", a / b}')
+hop=$(awk -v a="$r_eps" -v b="$t_eps" 'BEGIN {printf "%.2f", a / b}')
 
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
 cat > "$OUT/tables-latest.md" <<MD
@@ -58,6 +68,7 @@ one run, one after the other on the same topic.
 |---|---|---|---|
 | stream_orders (stateless, into fact_orders) | $s_eps | $s_first ms | $s_rss MB |
 | customer_order_stats (asTable, groupBy, 7 aggregates) | $t_eps (**${ratio}×**) | $t_first ms | $t_rss MB |
+| customer_order_stats regrouped through Kafka (REPARTITION=kafka) | $r_eps (**${r_ratio}×**; ${hop}× the one above) | $r_first ms | $r_rss MB |
 
 Targets (issue #13): customer_order_stats >= 0.8x the stateless job's drain rate, RSS < 150 MB with
 100 k customers.

@@ -193,6 +193,20 @@ TEST(TableAggregationThroughAnExchange, AQueryOnANewCheckpointSkipsWhatAnEarlier
             recompute(second));
 }
 
+TEST(TableAggregationThroughAnExchange, ADeleteOnAPartitionThatNeverHeldTheKeyStillRemovesItsRow) {
+  // A topic whose partitions were added routes a key anew: its insert sits in partition 0, its
+  // delete arrives in partition 1, whose table never saw it.
+  std::vector<std::vector<OrderEvent>> changelog = {
+      {{1, 10, false, {7, 100}}, {2, 11, false, {7, 5}}, {3, 12, false, {8, 1}}},
+      {{1, 20, true, {}}},
+  };
+  std::map<int64_t, Stats> expected = {{7, Stats{1, 5, 5, 5, 5.0}}, {8, Stats{1, 1, 1, 1, 1.0}}};
+  int crashes = 0;
+  EXPECT_EQ(runAggregation(changelog, std::make_shared<CrashingStore>(memoryCheckpoint()), &crashes, -1, nullptr, false,
+                           memoryExchange(3)),
+            expected);
+}
+
 TEST(TableAggregationThroughAnExchange, KeepsStatePerExchangePartitionAndNamesItsLogAfterTheQuery) {
   Session session;
   auto in = std::make_shared<MemoryStream<OrderEvent>>("orders");

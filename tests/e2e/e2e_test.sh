@@ -2,7 +2,7 @@
 # End-to-end tests (ctest label `e2e`) of the whole pipeline on the real stack: PostgreSQL ->
 # Debezium -> Kafka -> the CDC jobs -> warehouse. Run in this order by ctest:
 #   backfill manual_checks malformed mixed_workload faults warehouse_faults multi_table table_stats table_enriched table_windows metrics partitions
-#   schema_change toasted_values schema_on signals secrets tls kafka_sasl least_privilege source_role scale_out windows_scale_out
+#   schema_change toasted_values schema_on signals secrets tls kafka_sasl least_privilege source_role scale_out windows_scale_out table_scale_out
 #   direct_source
 # DATAFLOW_STATE_DIR and DATAFLOW_BUILD_DIR are set by ctest; the stack fixture is up.
 set -euo pipefail
@@ -1006,6 +1006,75 @@ case "${1:-}" in
     echo "windows_scale_out: ok ($partitions partitions, $(q "SELECT count(*) FROM orders_per_minute WHERE window_start >= '2031-01-01' AND status LIKE 'so_'") windows)"
     ;;
 
+  table_scale_out)
+    # customer_order_stats scaled out: with CONSUMER_GROUP its groupBy regroups the orders by
+    # customer through an internal topic (REPARTITION=kafka), sized like the orders topic, so that
+    # three processes share both the orders' partitions and the customers' groups, each group's
+    # state moving with its partition of the internal topic. Under the simulator (new orders,
+    # amounts changed, customers deleted with their orders) and orders moved between customers,
+    # one process is killed (-9) and started again and one is paused past the session timeout (a
+    # zombie that may still write to the internal topic). The stats then equal the SQL aggregation
+    # of the source, computed from the beginning of the topic by the new query.
+    partitions=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t dbserver1.public.orders | grep -c 'partition [0-9]*,') || true
+    ((partitions >= 3)) || fail "dbserver1.public.orders has $partitions partitions, expected 3 (the partitions test)"
+    oracle="WITH src AS (SELECT customer_id, count(*) AS n, sum(amount) AS total, avg(amount) AS av, max(amount) AS mx,
+                                min(created_at) AS f, max(created_at) AS l FROM orders GROUP BY customer_id),
+                  dst AS (SELECT * FROM customer_order_stats WHERE NOT is_deleted)
+             SELECT count(*) FROM src FULL JOIN dst USING (customer_id)
+             WHERE src.customer_id IS NULL OR dst.customer_id IS NULL OR dst.order_count <> src.n
+                OR dst.total_amount <> src.total OR abs(dst.avg_amount - src.av) > 0.000001
+                OR dst.max_amount <> src.mx OR dst.first_order_at <> src.f OR dst.last_order_at <> src.l"
+    q "TRUNCATE customer_order_stats" > /dev/null  # written by table_stats' query before; this one starts afresh
+    export CONSUMER_GROUP=stats-scaled KAFKA_OPTIONS=session.timeout.ms=6000,heartbeat.interval.ms=500
+    member() {  # member N: starts process N of the group; its pid in member_pid
+      QUERY_NAME=stats-scaled "$BUILD/jobs/customer_order_stats" >> "$DATA/table_scale_out-$1.log" 2>&1 &
+      member_pid=$!
+    }
+    rm -f "$DATA"/table_scale_out-*.log
+    member 1; first=$member_pid
+    member 2; second=$member_pid
+    member 3; third=$member_pid
+    "$SIM" --ops 3000 --rate 500 --batch 2 --seed 81 > "$DATA/table_scale_out-sim.log" 2>&1 &
+    sim=$!
+    a=$(q "INSERT INTO customers (email, country) VALUES ('scaled-stats-a-$$@example.com', 'NL') RETURNING id")
+    b=$(q "INSERT INTO customers (email, country) VALUES ('scaled-stats-b-$$@example.com', 'DE') RETURNING id")
+    moved=$(q "INSERT INTO orders (customer_id, amount) SELECT $a, i + 0.5 FROM generate_series(1, 30) i RETURNING id" | head -n 10 | paste -sd, -)
+    sleep 2
+    q "UPDATE orders SET customer_id = $b WHERE id IN ($moved)" > /dev/null   # ten orders move to another group
+    kill -9 "$second" 2>/dev/null || true
+    wait "$second" 2>/dev/null || true
+    member 2; second=$member_pid
+    sleep 1
+    kill -STOP "$third"
+    q "UPDATE orders SET amount = amount + 1 WHERE id IN ($moved)" > /dev/null
+    q "UPDATE orders SET customer_id = $a WHERE id IN ($(cut -d, -f1-3 <<< "$moved"))" > /dev/null  # three move back
+    sleep 10  # > session.timeout.ms: the group evicts it and gives its partitions to the others
+    kill -CONT "$third"
+    wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/table_scale_out-sim.log")"
+    for _ in $(seq 1 600); do
+      [[ $(q "$oracle") == 0 ]] && break
+      kill -0 "$first" "$second" "$third" 2>/dev/null || fail "a process of the group stopped: $(tail -n 3 "$DATA"/table_scale_out-*.log)"
+      sleep 0.2
+    done
+    [[ $(q "$oracle") == 0 ]] || fail "customer_order_stats scaled out differs from the SQL aggregation in $(q "$oracle") customers"
+    # (Unless the simulator deleted the customer, which the oracle covers as well.)
+    if [[ $(q "SELECT count(*) FROM orders WHERE customer_id = $b") == 7 ]]; then
+      [[ $(q "SELECT order_count FROM customer_order_stats WHERE customer_id = $b AND NOT is_deleted") == 7 ]] ||
+        fail "customer $b: the moved orders are not counted where they went"
+    fi
+    internal=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t stats-scaled-groupBy-1 | grep -c 'partition [0-9]*,') || true
+    [[ $internal == "$partitions" ]] || fail "the internal topic stats-scaled-groupBy-1 has $internal partitions, expected $partitions"
+    for i in 1 2 3; do
+      grep -q "partitions assigned" "$DATA/table_scale_out-$i.log" || fail "process $i got no partition: $(tail -n 3 "$DATA/table_scale_out-$i.log")"
+    done
+    (($(q "SELECT count(DISTINCT topic) FROM dataflow_partition_offsets WHERE checkpoint_name = 'stats-scaled'") == 2)) ||
+      fail "the offsets of the orders topic and the internal topic are not both kept per partition"
+    kill "$first" "$second" "$third"
+    wait "$first" "$second" "$third" || fail "a process did not stop cleanly"
+    unset CONSUMER_GROUP
+    echo "table_scale_out: ok ($partitions partitions, $(q "SELECT count(*) FROM customer_order_stats WHERE NOT is_deleted") customers)"
+    ;;
+
   direct_source)
     # The same pipeline without Kafka or Debezium: stream_customers and stream_orders read the
     # source's replication stream directly (--source=postgres) into a second warehouse database,
@@ -1089,5 +1158,5 @@ case "${1:-}" in
     echo "direct_source: ok ($(dq "SELECT count(*) FROM fact_orders") orders, $(grep -c 'rows in' "$DATA"/direct-direct-orders.log) batches of direct-orders)"
     ;;
 
-  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|warehouse_faults|multi_table|metrics|partitions|schema_change|toasted_values|schema_on|signals|scale_out|windows_scale_out|direct_source" >&2; exit 2 ;;
+  *) echo "usage: $0 backfill|manual_checks|malformed|mixed_workload|faults|warehouse_faults|multi_table|metrics|partitions|schema_change|toasted_values|schema_on|signals|scale_out|windows_scale_out|table_scale_out|direct_source" >&2; exit 2 ;;
 esac

@@ -23,6 +23,18 @@ bool legalTopicName(const std::string& name) {
          });
 }
 
+// Properties librdkafka knows for consumers only (a producer warns about each).
+bool consumerOnly(const std::string& property) {
+  static const char* const kNames[] = {"session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy",
+                                       "max.poll.interval.ms", "group.instance.id", "group.protocol",
+                                       "group.remote.assignor", "isolation.level", "check.crcs",
+                                       "enable.partition.eof", "allow.auto.create.topics", "coordinator.query.interval.ms"};
+  for (const char* name : kNames) {
+    if (property == name) return true;
+  }
+  return property.starts_with("fetch.") || property.starts_with("queued.") || property.starts_with("auto.commit.");
+}
+
 struct AdminResultDeleter {
   void operator()(rd_kafka_event_t* e) const { rd_kafka_event_destroy(e); }
 };
@@ -52,7 +64,9 @@ struct KafkaExchange::Impl {
   // The producer, made with the first channel: a query that regroups nothing costs nothing.
   void connect() {
     std::map<std::string, std::string> props = {{"enable.idempotence", "true"}, {"acks", "all"}, {"linger.ms", "5"}};
-    for (const auto& [k, v] : options.kafka) props[k] = v;
+    for (const auto& [k, v] : options.kafka) {
+      if (!consumerOnly(k)) props[k] = v;  // the job's settings serve its consumers too
+    }
     props["bootstrap.servers"] = options.bootstrapServers;
     producer = detail::createHandle(RD_KAFKA_PRODUCER, props, [this](rd_kafka_conf_t* conf) {
       rd_kafka_conf_set_dr_msg_cb(conf, &Impl::onDelivery);

@@ -85,9 +85,11 @@ TEST(RealBroker, ExchangeCreatesItsTopicAndRegroupsATableExactly) {
   EXPECT_EQ(other->partitions(), 4) << "an existing topic keeps its partitions";
   made->send(2, "k", "v");
   made->flush();
-  auto latest = other->source()->latestOffsets();
-  EXPECT_EQ(latest.get({query, 2}, -1), 1);
-  EXPECT_TRUE(other->source()->fedByQuery());
+  auto source = other->source();
+  source->open();
+  EXPECT_EQ(source->latestOffsets().get({query, 2}, -1), 1);
+  EXPECT_TRUE(source->fedByQuery());
+  source->close();
 }
 
 }  // namespace

@@ -185,7 +185,8 @@ class AsTableOperator final
         next = std::invoke(row_, r, previous);
       }
       if constexpr (E == TableEmit::kEveryEvent) {
-        if (before || next) out.push_back(Change{k, static_cast<int64_t>(v), std::move(before), next});
+        // Also a delete of a key this partition never held: see TableExchangeOperator.
+        out.push_back(Change{k, static_cast<int64_t>(v), std::move(before), next});
       }
       bool created = false;
       auto& entry = st.upsert(k, [] { return std::pair<Version, MaybeRow>{}; }, created);
@@ -219,7 +220,8 @@ struct RoutedRowValue {
 // Regroups a table's rows by group(row) through an exchange (exchange.h). Each event the table
 // applied is sent to the partition of its new row's group, and, when the row leaves a group (a
 // delete, or a move to a group of another partition), a removal to the old group's partition:
-// every partition then sees, per key, the versions that concern it, in order. The records the
+// every partition then sees, per key, the versions that concern it, in order (a delete of a key
+// the table never held goes to every partition). The records the
 // exchange holds from earlier batches are read back and decoded: downstream an AsTableOperator
 // keeps, per exchange partition, the row of every key by version, so a record sent twice (a
 // replayed batch; an instance fenced after a rebalance) is not applied twice, and a move retracts
@@ -272,6 +274,15 @@ class TableExchangeOperator final : public BatchOperator<RoutedRow<K, V>> {
         StateCodec<K>::encode(e.key, key);
         std::optional<Group> after;
         if (e.after) after = std::invoke(group_, *e.after);
+        if (!e.before && !e.after) {
+          // A delete of a key this source partition never held: its row may have arrived on
+          // another partition (a topic whose partitions were added routes a key anew), so its
+          // group is unknown here: every partition gets the removal (where the key is not, it
+          // leaves a tombstone of its version).
+          header('D', query, e.version, value);
+          for (int32_t p = 0; p < static_cast<int32_t>(partitions); ++p) channel_->send(p, key, value);
+          continue;
+        }
         if (e.before) {
           Group before = std::invoke(group_, *e.before);
           if (!after || !(before == *after)) {
