@@ -36,6 +36,14 @@ verify() { PG_URL=$ADMIN_PG_URL "$ROOT/scripts/verify-warehouse" --wait "${1:-60
 dlq_count() { q "SELECT count(*) FROM dlq_events"; }
 # live_with_kill JOB QUERY_NAME SEED: runs the job under the simulator, kills it (-9) mid-stream,
 # starts it again, waits for the simulator; the job keeps running (its pid in $job).
+# customer_order_stats against the SQL aggregation of the source: the customers that differ.
+STATS_ORACLE="WITH src AS (SELECT customer_id, count(*) AS n, sum(amount) AS total, avg(amount) AS av, max(amount) AS mx,
+                                min(created_at) AS f, max(created_at) AS l FROM orders GROUP BY customer_id),
+                  dst AS (SELECT * FROM customer_order_stats WHERE NOT is_deleted)
+             SELECT count(*) FROM src FULL JOIN dst USING (customer_id)
+             WHERE src.customer_id IS NULL OR dst.customer_id IS NULL OR dst.order_count <> src.n
+                OR dst.total_amount <> src.total OR abs(dst.avg_amount - src.av) > 0.000001
+                OR dst.max_amount <> src.mx OR dst.first_order_at <> src.f OR dst.last_order_at <> src.l"
 live_with_kill() {
   local log="$DATA/$2-live.log" sim
   QUERY_NAME=$2 "$BUILD/jobs/$1" > "$log" 2>&1 &
@@ -262,13 +270,7 @@ case "${1:-}" in
     # transaction), then
     # a run from the beginning of the topic must equal the SQL aggregation of the source; then
     # the job runs live under the simulator, is killed (-9) and restarted, and must equal it again.
-    oracle="WITH src AS (SELECT customer_id, count(*) AS n, sum(amount) AS total, avg(amount) AS av, max(amount) AS mx,
-                                min(created_at) AS f, max(created_at) AS l FROM orders GROUP BY customer_id),
-                  dst AS (SELECT * FROM customer_order_stats WHERE NOT is_deleted)
-             SELECT count(*) FROM src FULL JOIN dst USING (customer_id)
-             WHERE src.customer_id IS NULL OR dst.customer_id IS NULL OR dst.order_count <> src.n
-                OR dst.total_amount <> src.total OR abs(dst.avg_amount - src.av) > 0.000001
-                OR dst.max_amount <> src.mx OR dst.first_order_at <> src.f OR dst.last_order_at <> src.l"
+    oracle=$STATS_ORACLE
     a=$(q "INSERT INTO customers (email, country) VALUES ('stats-a-$$@example.com', 'NL') RETURNING id")
     b=$(q "INSERT INTO customers (email, country) VALUES ('stats-b-$$@example.com', 'DE') RETURNING id")
     o1=$(q "INSERT INTO orders (customer_id, amount) VALUES ($a, 10.00) RETURNING id")
@@ -1017,13 +1019,7 @@ case "${1:-}" in
     # of the source, computed from the beginning of the topic by the new query.
     partitions=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t dbserver1.public.orders | grep -c 'partition [0-9]*,') || true
     ((partitions >= 3)) || fail "dbserver1.public.orders has $partitions partitions, expected 3 (the partitions test)"
-    oracle="WITH src AS (SELECT customer_id, count(*) AS n, sum(amount) AS total, avg(amount) AS av, max(amount) AS mx,
-                                min(created_at) AS f, max(created_at) AS l FROM orders GROUP BY customer_id),
-                  dst AS (SELECT * FROM customer_order_stats WHERE NOT is_deleted)
-             SELECT count(*) FROM src FULL JOIN dst USING (customer_id)
-             WHERE src.customer_id IS NULL OR dst.customer_id IS NULL OR dst.order_count <> src.n
-                OR dst.total_amount <> src.total OR abs(dst.avg_amount - src.av) > 0.000001
-                OR dst.max_amount <> src.mx OR dst.first_order_at <> src.f OR dst.last_order_at <> src.l"
+    oracle=$STATS_ORACLE
     q "TRUNCATE customer_order_stats" > /dev/null  # written by table_stats' query before; this one starts afresh
     export CONSUMER_GROUP=stats-scaled KAFKA_OPTIONS=session.timeout.ms=6000,heartbeat.interval.ms=500
     member() {  # member N: starts process N of the group; its pid in member_pid
