@@ -6,25 +6,35 @@
 # customer_order_stats) with --available-now, once as one partition of groups in the process and
 # once regrouped through an internal Kafka topic (REPARTITION=kafka, what scale-out uses): events/s
 # from process start, first committed batch, peak RSS. Writes bench/results/tables-latest.md.
-#   bench/e2e/tables.sh [N=200000] [C=100000]
+# Then the latency of customer_order_stats live at RATE events/s for SECONDS, produced straight
+# into a topic of their own (kafka_produce_at_rate): Kafka append -> the customer's row written.
+#   bench/e2e/tables.sh [N=200000] [C=100000] [RATE=1000] [SECONDS=20]
 set -euo pipefail
 N=${1:-200000}
 C=${2:-100000}
-source "$(dirname "$0")/lib.sh" stream_orders customer_order_stats
+RATE=${3:-1000}
+SECONDS_LIVE=${4:-20}
+source "$(dirname "$0")/lib.sh" stream_orders customer_order_stats kafka_produce_at_rate
 
 topic=bench.tables.$(date +%s)
 template=$(jq -r '.payload' tests/data/debezium/plain-orders.jsonl | sed -n 2p)
-T="$template" awk -v n="$N" -v c="$C" 'BEGIN {
-  t = ENVIRON["T"];
-  sub(/"after":\{"id":[0-9]+/, "\"after\":{\"id\":\001", t);
-  sub(/"customer_id":[0-9]+/, "\"customer_id\":\001", t);
-  sub(/"amount":"[0-9.]+"/, "\"amount\":\"\001\"", t);
-  sub(/"lsn":[0-9]+/, "\"lsn\":\001", t);
-  split(t, p, "\001");
-  for (i = 1; i <= n; i++) {
-    printf "{\"id\":%d}\t%s%d%s%d%s%d.%02d%s%d%s\n", i, p[1], i, p[2], (i * 7919) % c + 1, p[3], i % 100000, i % 90 + 10, p[4], 1000000 + i, p[5];
-  }
-}' > "$WORK/table-events.tsv"
+# table_events N C FILE: N order events over C customers (C = 0: each order a customer of its own,
+# numbered from 10 000 001, so each customer's row is written once).
+table_events() {
+  T="$template" awk -v n="$1" -v c="$2" 'BEGIN {
+    t = ENVIRON["T"];
+    sub(/"after":\{"id":[0-9]+/, "\"after\":{\"id\":\001", t);
+    sub(/"customer_id":[0-9]+/, "\"customer_id\":\001", t);
+    sub(/"amount":"[0-9.]+"/, "\"amount\":\"\001\"", t);
+    sub(/"lsn":[0-9]+/, "\"lsn\":\001", t);
+    split(t, p, "\001");
+    for (i = 1; i <= n; i++) {
+      customer = c > 0 ? (i * 7919) % c + 1 : 10000000 + i;
+      printf "{\"id\":%d}\t%s%d%s%d%s%d.%02d%s%d%s\n", i, p[1], i, p[2], customer, p[3], i % 100000, i % 90 + 10, p[4], 1000000 + i, p[5];
+    }
+  }' > "$3"
+}
+table_events "$N" "$C" "$WORK/table-events.tsv"
 produce_events "$topic" "$WORK/table-events.tsv"
 q "TRUNCATE fact_orders, customer_order_stats" > /dev/null
 
@@ -53,6 +63,33 @@ read -r t_eps t_first t_rss <<< "$(drain customer_order_stats)"
 check_groups "one partition of groups"
 read -r r_eps r_first r_rss <<< "$(drain customer_order_stats kafka)"
 check_groups "through Kafka"
+# ------------------------------------------------------------------ latency at a fixed rate
+# Each order is the first of its customer, so each customer's row is written once, by the batch
+# that aggregated the order: its updated_at (the writing transaction's start, as fact_orders'
+# last_seen_at in run.sh) minus the record's Kafka timestamp (set as it is sent).
+ltopic=bench.tables.live.$(date +%s)
+table_events $((RATE * SECONDS_LIVE)) 0 "$WORK/live.tsv"
+printf '{"id":0}\twarm-up\n' | kcat -b "$KAFKA_BOOTSTRAP" -P -t "$ltopic" -K $'\t'  # the topic exists before the job
+ORDERS_TOPIC=$ltopic QUERY_NAME=bench-table-latency-$(date +%s) STARTING_OFFSETS=latest \
+  "$BUILD/jobs/customer_order_stats" > "$WORK/table-latency.log" 2>&1 &
+ljob=$!
+sleep 3
+l_rate=$("$BUILD/bench/kafka_produce_at_rate" "$KAFKA_BOOTSTRAP" "$ltopic" "$RATE" "$WORK/live.tsv" | jq -r '.records_per_second')
+sleep 3
+l_rss=$(vmhwm "$ljob")
+kill -TERM "$ljob"; wait "$ljob" || true
+kcat -b "$KAFKA_BOOTSTRAP" -C -t "$ltopic" -o 1 -e -q -f '%k\t%T\n' | sed 's/^{"id":\([0-9]*\)}/\1/' > "$WORK/append.tsv"
+q "DROP TABLE IF EXISTS bench_append; CREATE TABLE bench_append (order_id bigint, append_ms bigint)" > /dev/null
+psql -X -q -c "\\copy bench_append FROM '$WORK/append.tsv'" > /dev/null
+read -r l_n l50 l95 l99 <<< "$(psql -X -q -tA -F ' ' -c "
+  WITH l AS (SELECT extract(epoch FROM s.updated_at) * 1000 - a.append_ms AS ms
+             FROM customer_order_stats s JOIN bench_append a ON s.customer_id = 10000000 + a.order_id)
+  SELECT count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+    round(percentile_cont(0.95) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+    round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM l")"
+q "DROP TABLE bench_append" > /dev/null
+((l_n == RATE * SECONDS_LIVE)) || { echo "latency: $l_n of $((RATE * SECONDS_LIVE)) orders reached customer_order_stats" >&2; exit 1; }
+
 ratio=$(awk -v a="$t_eps" -v b="$s_eps" 'BEGIN {printf "%.2f", a / b}')
 r_ratio=$(awk -v a="$r_eps" -v b="$s_eps" 'BEGIN {printf "%.2f", a / b}')
 hop=$(awk -v a="$r_eps" -v b="$t_eps" 'BEGIN {printf "%.2f", a / b}')
@@ -69,6 +106,10 @@ one run, one after the other on the same topic.
 | stream_orders (stateless, into fact_orders) | $s_eps | $s_first ms | $s_rss MB |
 | customer_order_stats (asTable, groupBy, 7 aggregates) | $t_eps (**${ratio}×**) | $t_first ms | $t_rss MB |
 | customer_order_stats regrouped through Kafka (REPARTITION=kafka) | $r_eps (**${r_ratio}×**; ${hop}× the one above) | $r_first ms | $r_rss MB |
+
+Latency of customer_order_stats live at $RATE events/s (achieved $l_rate/s, $l_n orders, each the
+first of its customer), Kafka append -> the customer's row written: p50 / p95 / p99 = $l50 / $l95 /
+$l99 ms (target p99 < 100 ms); peak RSS $l_rss MB.
 
 Targets (issue #13): customer_order_stats >= 0.8x the stateless job's drain rate, RSS < 150 MB with
 100 k customers.

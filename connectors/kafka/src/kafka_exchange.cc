@@ -134,6 +134,7 @@ class KafkaChannel final : public ExchangeChannel {
     if (!o.consumerGroup.empty()) source.consumerGroup = o.consumerGroup + "." + topic_;
     source.kafka = o.kafka;
     source.fedByQuery = true;
+    source.deleteCommittedRecords = true;  // nothing before a committed offset is read again
     source_ = std::make_shared<KafkaSource>(std::move(source));
     rkt_ = rd_kafka_topic_new(exchange_->producer.get(), topic_.c_str(), nullptr);
     if (!rkt_) throw ConnectorError("Kafka exchange: cannot open topic " + topic_, false);

@@ -169,6 +169,9 @@ struct KafkaSource::Impl {
   std::optional<std::regex> pattern;
   Handle meta;
   Handle committer;
+  // deleteCommittedRecords: where the answers of DeleteRecords arrive, and when it last ran.
+  rd_kafka_queue_t* deletions = nullptr;
+  Clock::time_point lastDeletion{};
   std::mutex mu;  // guards everything below
   std::map<PartitionId, std::unique_ptr<Reader>> readers;
   std::set<std::string, std::less<>> topicNames;  // interned: KafkaRecord::topic points here
@@ -176,6 +179,30 @@ struct KafkaSource::Impl {
   Clock::time_point lastDiscovery{};
   RecordSizeEstimate recordSizes;  // of the records read, for maxBytesPerTrigger
   std::atomic<bool> interrupted{false};  // interrupt(): the query is stopping
+
+  // Deletes the records before `end` (the committed offsets), asynchronously: a failure is only
+  // logged (the next commit tries again), and the answer is collected by the next call.
+  void deleteBefore(const Offsets& end) {
+    if (!meta || end.empty()) return;
+    if (!deletions) deletions = rd_kafka_queue_new(meta.get());
+    while (rd_kafka_event_t* answer = rd_kafka_queue_poll(deletions, 0)) {
+      if (rd_kafka_event_error(answer)) {
+        spdlog::warn("Kafka: deleting committed records failed: {}", rd_kafka_event_error_string(answer));
+      }
+      rd_kafka_event_destroy(answer);
+    }
+    const auto now = Clock::now();
+    if (now - lastDeletion < options.deleteInterval) return;
+    PartitionList list(rd_kafka_topic_partition_list_new(static_cast<int>(end.partitions().size())));
+    for (const auto& [p, offset] : end.partitions()) {
+      if (offset > 0) rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), p.partition)->offset = offset;
+    }
+    if (list->cnt == 0) return;
+    lastDeletion = now;
+    rd_kafka_DeleteRecords_t* request = rd_kafka_DeleteRecords_new(list.get());
+    rd_kafka_DeleteRecords(meta.get(), &request, 1, nullptr, deletions);
+    rd_kafka_DeleteRecords_destroy(request);
+  }
 
   void throwIfInterrupted(const std::string& what) const {
     if (interrupted.load(std::memory_order_relaxed)) {
@@ -484,6 +511,10 @@ void KafkaSource::open() {
 }
 
 void KafkaSource::close() {
+  if (impl_->deletions) {
+    rd_kafka_queue_destroy(impl_->deletions);
+    impl_->deletions = nullptr;
+  }
   if (impl_->member) {
     // Leave the group now, so that the others get this member's partitions at once instead of
     // after the session timeout. The revocation callback runs inside the close.
@@ -684,6 +715,7 @@ void KafkaSource::read(const PartitionId& partition, int64_t from, int64_t until
 }
 
 void KafkaSource::onBatchCommitted(const Offsets& end) {
+  if (impl_->options.deleteCommittedRecords) impl_->deleteBefore(end);
   if (impl_->member) {
     // For lag tools only (asynchronous): the query never reads the group's offsets back.
     PartitionList list(rd_kafka_topic_partition_list_new(static_cast<int>(end.partitions().size())));

@@ -1,13 +1,15 @@
 // KafkaExchange (label: kafka): a table regrouped through an internal topic equals the
 // recomputation from the final table, on librdkafka's mock cluster and on the real broker
-// (RealBroker: the topic is created with its partitions and infinite retention, and a second
-// exchange finds it, with the partitions it has).
+// (RealBrokerExchange: the topic is created with the partitions asked for, a second exchange finds
+// it with the partitions it has, and what committed batches read is deleted from it).
 #include <dataflow/dataflow.h>
 #include <dataflow/kafka/kafka_exchange.h>
 #include <gtest/gtest.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <unistd.h>
+
+#include <thread>
 
 #include "connectors/kafka/real_broker.h"
 #include "testing/table_workloads.h"
@@ -63,7 +65,7 @@ TEST(KafkaExchange, RefusesAQueryNameThatIsNoTopicNameAndPropertiesItSetsItself)
   EXPECT_THROW(KafkaExchange{options}, ConfigurationError);
 }
 
-TEST(RealBroker, ExchangeCreatesItsTopicAndRegroupsATableExactly) {
+TEST(RealBrokerExchange, CreatesItsTopicRegroupsATableExactlyAndDeletesWhatWasCommitted) {
   REQUIRE_REAL_KAFKA();
   // A fresh name per run: the topic is created by the exchange.
   const std::string query = "exchange-test-" + std::to_string(::getpid());
@@ -77,6 +79,25 @@ TEST(RealBroker, ExchangeCreatesItsTopicAndRegroupsATableExactly) {
   EXPECT_EQ(crashes, 1);
   auto channel = exchange->channel("stats-groupBy-1");
   EXPECT_GE(channel->partitions(), 1);
+  // What committed batches read is deleted from the topic (else it would grow forever).
+  int64_t deleted = 0;
+  {
+    char err[512];
+    rd_kafka_conf_t* conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", realBroker().c_str(), err, sizeof err);
+    rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    for (int attempt = 0; attempt < 50 && deleted == 0; ++attempt) {
+      for (int32_t p = 0; p < channel->partitions(); ++p) {
+        int64_t low = 0, high = 0;
+        if (rd_kafka_query_watermark_offsets(rk, "stats-groupBy-1", p, &low, &high, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+          deleted += low;
+        }
+      }
+      if (deleted == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    rd_kafka_destroy(rk);
+  }
+  EXPECT_GT(deleted, 0) << "no committed record of the exchange topic was deleted";
 
   // Made by this exchange: the partitions it was asked for; another exchange finds the topic.
   auto made = exchange->channel(query);

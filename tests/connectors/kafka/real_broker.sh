@@ -4,4 +4,4 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 eval "$("$ROOT/scripts/stack" env)"
 export DATAFLOW_REAL_KAFKA=$KAFKA_BOOTSTRAP
-exec "$1" --gtest_filter='RealBroker.*'
+exec "$1" --gtest_filter='RealBroker*'

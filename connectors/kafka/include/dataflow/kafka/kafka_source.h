@@ -84,6 +84,11 @@ struct KafkaSourceOptions {
   // The query writes these topics itself (an exchange's, KafkaExchange): Trigger.AvailableNow
   // reads them to their end as they grow (Source::fedByQuery). Default: false.
   bool fedByQuery = false;
+  // After a batch commits, the records before its end offsets are deleted from the topics
+  // (DeleteRecords, asynchronous, at most once per deleteInterval): for topics no one else reads,
+  // such as an exchange's, which would otherwise grow forever. Default: false.
+  bool deleteCommittedRecords = false;
+  std::chrono::milliseconds deleteInterval{1000};
 
   // Sets an option by Spark's key; throws ConfigurationError naming a bad key or value.
   void set(const std::string& key, const std::string& value);
