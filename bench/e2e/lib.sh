@@ -74,6 +74,14 @@ produce_events() {
   kcat -b "$KAFKA_BOOTSTRAP" -P -t "$1" -K $'\t' -X linger.ms=50 -X batch.num.messages=10000 -l "$2"
 }
 
+# load_append_times TOPIC FROM: the Kafka timestamp of each order event of TOPIC from offset FROM
+# on, into the table bench_append (order_id, append_ms), for latencies measured in SQL.
+load_append_times() {
+  kcat -b "$KAFKA_BOOTSTRAP" -C -t "$1" -o "$2" -e -q -f '%k\t%T\n' | sed 's/^{"id":\([0-9]*\)}/\1/' > "$WORK/append.tsv"
+  q "DROP TABLE IF EXISTS bench_append; CREATE TABLE bench_append (order_id bigint, append_ms bigint)" > /dev/null
+  psql -X -q -c "\\copy bench_append FROM '$WORK/append.tsv'" > /dev/null
+}
+
 # phase_breakdown LOG: where the batches' time went, summed over a job's batch log lines
 # ("... 38 ms (read=0 process=3 stage=6 merge=8 commit=3)"): "read 120 / process 300 / ... ms".
 phase_breakdown() {

@@ -113,10 +113,7 @@ latency() {
   sleep 3
   live_rss=$(vmhwm "$job")
   kill -TERM "$job"; wait "$job" || true
-  kcat -b "$KAFKA_BOOTSTRAP" -C -t dbserver1.public.orders -o "$o0" -e -q -f '%k\t%T\n' \
-    | sed 's/^{"id":\([0-9]*\)}/\1/' > "$WORK/append.tsv"
-  q "DROP TABLE IF EXISTS bench_append; CREATE TABLE bench_append (order_id bigint, append_ms bigint)" > /dev/null
-  psql -X -q -c "\\copy bench_append FROM '$WORK/append.tsv'" > /dev/null
+  load_append_times dbserver1.public.orders "$o0"
   read -r n_lat s50 s95 s99 k50 k95 k99 <<< "$(psql -X -q -tA -F ' ' -c "
     WITH l AS (
       SELECT extract(epoch FROM f.last_seen_at - f.event_time) * 1000 AS from_source,
@@ -156,9 +153,7 @@ produced_latency() {
   sleep 3
   p_rss=$(vmhwm "$job")
   kill -TERM "$job"; wait "$job" || true
-  kcat -b "$KAFKA_BOOTSTRAP" -C -t "$ptopic" -o 1 -e -q -f '%k\t%T\n' | sed 's/^{"id":\([0-9]*\)}/\1/' > "$WORK/append.tsv"
-  q "DROP TABLE IF EXISTS bench_append; CREATE TABLE bench_append (order_id bigint, append_ms bigint)" > /dev/null
-  psql -X -q -c "\\copy bench_append FROM '$WORK/append.tsv'" > /dev/null
+  load_append_times "$ptopic" 1
   read -r p_n p_k50 p_k95 p_k99 <<< "$(psql -X -q -tA -F ' ' -c "
     WITH l AS (SELECT extract(epoch FROM f.last_seen_at) * 1000 - a.append_ms AS ms
                FROM fact_orders f JOIN bench_append a USING (order_id) WHERE f.first_seen_at >= '$t_start')

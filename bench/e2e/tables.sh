@@ -78,9 +78,7 @@ l_rate=$("$BUILD/bench/kafka_produce_at_rate" "$KAFKA_BOOTSTRAP" "$ltopic" "$RAT
 sleep 3
 l_rss=$(vmhwm "$ljob")
 kill -TERM "$ljob"; wait "$ljob" || true
-kcat -b "$KAFKA_BOOTSTRAP" -C -t "$ltopic" -o 1 -e -q -f '%k\t%T\n' | sed 's/^{"id":\([0-9]*\)}/\1/' > "$WORK/append.tsv"
-q "DROP TABLE IF EXISTS bench_append; CREATE TABLE bench_append (order_id bigint, append_ms bigint)" > /dev/null
-psql -X -q -c "\\copy bench_append FROM '$WORK/append.tsv'" > /dev/null
+load_append_times "$ltopic" 1
 read -r l_n l50 l95 l99 <<< "$(psql -X -q -tA -F ' ' -c "
   WITH l AS (SELECT extract(epoch FROM s.updated_at) * 1000 - a.append_ms AS ms
              FROM customer_order_stats s JOIN bench_append a ON s.customer_id = 10000000 + a.order_id)
