@@ -3,6 +3,10 @@
 // (bench/e2e/run.sh: Kafka append -> warehouse at 10 000 events/s). Records are sent in steps of
 // 1 ms worth of the rate, each step at its due time; prints the rate reached.
 //   kafka_produce_at_rate BOOTSTRAP TOPIC RATE FILE
+// Or creates TOPIC (one partition) stamping each record with the broker's append time, so that a
+// latency measured from the records' timestamps starts when a record is in Kafka, whatever delays
+// the producer on a busy machine:
+//   kafka_produce_at_rate BOOTSTRAP TOPIC --create-log-append-time
 #include <librdkafka/rdkafka.h>
 
 #include <chrono>
@@ -20,9 +24,50 @@ void onDelivery(rd_kafka_t*, const rd_kafka_message_t* m, void*) {
 }
 }  // namespace
 
+// Creates `topic` with message.timestamp.type=LogAppendTime; returns the process exit code.
+int createLogAppendTimeTopic(const char* bootstrap, const char* topic) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof err) != RD_KAFKA_CONF_OK) {
+    std::fprintf(stderr, "kafka_produce_at_rate: %s\n", err);
+    return 2;
+  }
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  if (!rk) {
+    std::fprintf(stderr, "kafka_produce_at_rate: %s\n", err);
+    return 1;
+  }
+  rd_kafka_NewTopic_t* nt = rd_kafka_NewTopic_new(topic, 1, -1, err, sizeof err);
+  rd_kafka_NewTopic_set_config(nt, "message.timestamp.type", "LogAppendTime");
+  rd_kafka_queue_t* queue = rd_kafka_queue_new(rk);
+  rd_kafka_CreateTopics(rk, &nt, 1, nullptr, queue);
+  rd_kafka_event_t* event = rd_kafka_queue_poll(queue, 30000);
+  int code = 0;
+  if (!event) {
+    std::fprintf(stderr, "kafka_produce_at_rate: creating %s timed out\n", topic);
+    code = 1;
+  } else {
+    size_t n = 0;
+    const rd_kafka_topic_result_t** results =
+        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(event), &n);
+    for (size_t i = 0; i < n; ++i) {
+      if (rd_kafka_topic_result_error(results[i])) {
+        std::fprintf(stderr, "kafka_produce_at_rate: creating %s: %s\n", topic, rd_kafka_topic_result_error_string(results[i]));
+        code = 1;
+      }
+    }
+    rd_kafka_event_destroy(event);
+  }
+  rd_kafka_queue_destroy(queue);
+  rd_kafka_NewTopic_destroy(nt);
+  rd_kafka_destroy(rk);
+  return code;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[3]) == "--create-log-append-time") return createLogAppendTimeTopic(argv[1], argv[2]);
   if (argc != 5) {
-    std::fprintf(stderr, "usage: kafka_produce_at_rate BOOTSTRAP TOPIC RATE FILE\n");
+    std::fprintf(stderr, "usage: kafka_produce_at_rate BOOTSTRAP TOPIC RATE FILE | BOOTSTRAP TOPIC --create-log-append-time\n");
     return 2;
   }
   const double rate = std::atof(argv[3]);

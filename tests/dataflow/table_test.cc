@@ -230,6 +230,7 @@ TEST(TableAggregationThroughAnExchange, KeepsStatePerExchangePartitionAndNamesIt
         }
       },
       ConfigurationError);
+  EXPECT_NE(writer.explain().find("exchange=MemoryExchange[4 partitions]"), std::string::npos) << writer.explain();
   auto query = writer.queryName("stats").start();
   for (int64_t i = 0; i < 40; ++i) in->addData({{i, 100 + i, false, {i % 10, 5}}});
   query.processAllAvailable();

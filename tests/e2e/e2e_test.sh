@@ -431,7 +431,7 @@ case "${1:-}" in
     done
     rc=0; out=$("$BUILD/jobs/stream_orders" --max-offsets-per-trigger=-1 2>&1) || rc=$?
     [[ $rc == 2 && "$out" == *--max-offsets-per-trigger* ]] || fail "a bad value: rc=$rc, $out"
-    for bad in MAX_BYTES_PER_TRIGGER=-5 RAMP_UP_BATCHES=17 IDLE_POLL_MS=0; do
+    for bad in MAX_BYTES_PER_TRIGGER=-5 RAMP_UP_BATCHES=17 IDLE_POLL_MS=0 REPARTITION=shuffle; do
       rc=0; out=$(env "$bad" "$BUILD/jobs/stream_orders" 2>&1) || rc=$?
       flag=${bad%%=*}; flag=--${flag,,}; flag=${flag//_/-}  # the setting's flag names it
       [[ $rc == 2 && "$out" == *"$flag"* ]] || fail "a bad $bad: rc=$rc, $out"

@@ -628,6 +628,7 @@ class DataStreamWriter {
     if (!options_.name.empty()) label += ", query=" + options_.name;
     label += ", trigger=" + options_.trigger.toString();
     label += std::string(", outputMode=") + toString(options_.outputMode);
+    if (options_.exchange) label += ", exchange=" + options_.exchange->description();
     if (routing_.handler) label += ", deadLetters=handler";
     if (routing_.handledBySink) label += ", deadLetters=sink";
     return std::make_shared<detail::LogicalNode>(detail::LogicalNode{
