@@ -1030,6 +1030,7 @@ case "${1:-}" in
     member 1; first=$member_pid
     member 2; second=$member_pid
     member 3; third=$member_pid
+    trap 'kill -CONT "$third" 2>/dev/null; kill -9 "$first" "$second" "$third" 2>/dev/null || true' EXIT  # a failure leaves no job behind
     "$SIM" --ops 3000 --rate 500 --batch 2 --seed 81 > "$DATA/table_scale_out-sim.log" 2>&1 &
     sim=$!
     a=$(q "INSERT INTO customers (email, country) VALUES ('scaled-stats-a-$$@example.com', 'NL') RETURNING id")
@@ -1065,6 +1066,7 @@ case "${1:-}" in
     done
     (($(q "SELECT count(DISTINCT topic) FROM dataflow_partition_offsets WHERE checkpoint_name = 'stats-scaled'") == 2)) ||
       fail "the offsets of the orders topic and the internal topic are not both kept per partition"
+    trap - EXIT
     kill "$first" "$second" "$third"
     wait "$first" "$second" "$third" || fail "a process did not stop cleanly"
     unset CONSUMER_GROUP
@@ -1098,6 +1100,7 @@ case "${1:-}" in
     rm -f "$DATA"/direct-*.log
     direct stream_customers direct-customers; customers_pid=$direct_pid
     direct stream_orders direct-orders; orders_pid=$direct_pid
+    trap 'kill -9 "$customers_pid" "$orders_pid" 2>/dev/null || true' EXIT  # a failure leaves no job behind
     "$SIM" --ops 3000 --rate 600 --batch 3 --seed 41 > "$DATA/direct-sim.log" 2>&1 &
     sim=$!
     # Edge cases, through both paths.
@@ -1150,6 +1153,7 @@ case "${1:-}" in
                   python3 -c "import re,sys; print(re.findall(r'\"$slot\":\{\"0\":(\d+)', sys.stdin.read())[-1])")  # the batch's end
       ((confirmed <= committed - 1)) || fail "slot $slot confirmed $confirmed, its warehouse committed only $((committed - 1))"
     done
+    trap - EXIT
     kill "$customers_pid" "$orders_pid"
     wait "$customers_pid" "$orders_pid" || fail "a direct job did not stop cleanly"
     for slot in dataflow_direct_customers dataflow_direct_orders; do q "SELECT pg_drop_replication_slot('$slot')" > /dev/null; done
