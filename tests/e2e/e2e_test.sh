@@ -44,6 +44,18 @@ STATS_ORACLE="WITH src AS (SELECT customer_id, count(*) AS n, sum(amount) AS tot
              WHERE src.customer_id IS NULL OR dst.customer_id IS NULL OR dst.order_count <> src.n
                 OR dst.total_amount <> src.total OR abs(dst.avg_amount - src.av) > 0.000001
                 OR dst.max_amount <> src.mx OR dst.first_order_at <> src.f OR dst.last_order_at <> src.l"
+# orders_partitions: the partitions of the orders topic, in `partitions`; at least 3 (the
+# partitions test raised them) for the scale-out tests.
+orders_partitions() {
+  partitions=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t dbserver1.public.orders | grep -c 'partition [0-9]*,') || true
+  ((partitions >= 3)) || fail "dbserver1.public.orders has $partitions partitions, expected 3 (the partitions test)"
+}
+# group_member JOB QUERY LOG N: starts process N of a job scaled out in the consumer group the
+# caller exported (CONSUMER_GROUP), logging to $DATA/LOG-N.log; its pid in member_pid.
+group_member() {
+  QUERY_NAME=$2 "$BUILD/jobs/$1" >> "$DATA/$3-$4.log" 2>&1 &
+  member_pid=$!
+}
 live_with_kill() {
   local log="$DATA/$2-live.log" sim
   QUERY_NAME=$2 "$BUILD/jobs/$1" > "$log" 2>&1 &
@@ -882,8 +894,7 @@ case "${1:-}" in
     "$JOBS" stop > /dev/null
     "$JOBS" start stream_customers > /dev/null
     start_dlq=$(dlq_count)
-    partitions=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t dbserver1.public.orders | grep -c 'partition [0-9]*,') || true
-    ((partitions >= 3)) || fail "dbserver1.public.orders has $partitions partitions, expected 3 (the partitions test)"
+    orders_partitions
     export CONSUMER_GROUP=orders-scaled KAFKA_OPTIONS=session.timeout.ms=6000,heartbeat.interval.ms=500
     logs=$DATAFLOW_STATE_DIR/jobs
     for i in 1 2 3; do rm -f "$logs/stream_orders@$i.log"; done
@@ -956,15 +967,11 @@ case "${1:-}" in
     # one process is killed (-9) mid-stream and started again. Every minute ends with the source's
     # count and revenue: nothing lost, nothing counted twice.
     "$JOBS" stop > /dev/null
-    partitions=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t dbserver1.public.orders | grep -c 'partition [0-9]*,') || true
-    ((partitions >= 3)) || fail "dbserver1.public.orders has $partitions partitions, expected 3 (the partitions test)"
+    orders_partitions
     q "TRUNCATE orders_per_minute" > /dev/null
     cust=$(q "INSERT INTO customers (email, country) VALUES ('scaled-windows-$$@example.com', 'NL') RETURNING id")
     export CONSUMER_GROUP=windows-scaled KAFKA_OPTIONS=session.timeout.ms=6000,heartbeat.interval.ms=500
-    member() {  # member N: starts process N of the group; its pid in member_pid
-      QUERY_NAME=windows-scaled "$BUILD/jobs/orders_per_minute" >> "$DATA/windows_scale_out-$1.log" 2>&1 &
-      member_pid=$!
-    }
+    member() { group_member orders_per_minute windows-scaled windows_scale_out "$1"; }
     rm -f "$DATA"/windows_scale_out-*.log
     member 1; first=$member_pid
     member 2; second=$member_pid
@@ -1017,15 +1024,11 @@ case "${1:-}" in
     # one process is killed (-9) and started again and one is paused past the session timeout (a
     # zombie that may still write to the internal topic). The stats then equal the SQL aggregation
     # of the source, computed from the beginning of the topic by the new query.
-    partitions=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t dbserver1.public.orders | grep -c 'partition [0-9]*,') || true
-    ((partitions >= 3)) || fail "dbserver1.public.orders has $partitions partitions, expected 3 (the partitions test)"
+    orders_partitions
     oracle=$STATS_ORACLE
     q "TRUNCATE customer_order_stats" > /dev/null  # written by table_stats' query before; this one starts afresh
     export CONSUMER_GROUP=stats-scaled KAFKA_OPTIONS=session.timeout.ms=6000,heartbeat.interval.ms=500
-    member() {  # member N: starts process N of the group; its pid in member_pid
-      QUERY_NAME=stats-scaled "$BUILD/jobs/customer_order_stats" >> "$DATA/table_scale_out-$1.log" 2>&1 &
-      member_pid=$!
-    }
+    member() { group_member customer_order_stats stats-scaled table_scale_out "$1"; }
     rm -f "$DATA"/table_scale_out-*.log
     member 1; first=$member_pid
     member 2; second=$member_pid
