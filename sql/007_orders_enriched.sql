@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS public.orders_enriched (
   amount         NUMERIC(12,2),
   status         TEXT,
   is_deleted     BOOLEAN     NOT NULL DEFAULT false,  -- the order is gone
-  batch_version  BIGINT      NOT NULL,                -- the job's batch id + 1: newer batches win
+  batch_version  BIGINT      NOT NULL,                -- batch id + 1, or 2 x the order's LSN (+1) when scaled out
   first_seen_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
   updated_at     TIMESTAMPTZ NOT NULL DEFAULT now()
 );

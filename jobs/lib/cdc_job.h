@@ -136,8 +136,9 @@ void writeToWarehouse(Warehouse& warehouse, std::span<const dataflow::DeadLetter
 int64_t tableChangeVersion(const dataflow::PartitionId& partition, const dataflow::BatchInfo& info);
 
 // Writes a table's changes (dataflow::TableChange, table.h) into `table`: toRow(change, version)
-// gives each change's upsert or soft delete, versioned by tableChangeVersion, written with the
-// batch's dead letters and commit in one transaction.
+// gives each change's upsert or soft delete, versioned by the change's own version where it has
+// one (a join behind an exchange), else by tableChangeVersion, written with the batch's dead
+// letters and commit in one transaction.
 template <class K, class V, class ToRow>
 void writeTableChanges(Warehouse& warehouse, const dataflow::postgres::UpsertTable& table,
                        const dataflow::Batch<dataflow::TableChange<K, V>>& batch, const dataflow::BatchInfo& info,
@@ -145,7 +146,7 @@ void writeTableChanges(Warehouse& warehouse, const dataflow::postgres::UpsertTab
   std::vector<dataflow::postgres::UpsertRow> rows;
   for (const auto& part : batch.partitions()) {
     const int64_t version = tableChangeVersion(part.id, info);
-    for (const auto& c : part.rows) rows.push_back(toRow(c, version));
+    for (const auto& c : part.rows) rows.push_back(toRow(c, c.version != 0 ? c.version : version));
   }
   writeToWarehouse(warehouse, batch.deadLetters(), info, monitoring,
                    [&](dataflow::postgres::WarehouseTransaction& tx) { tx.upsert(table, rows); });

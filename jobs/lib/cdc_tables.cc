@@ -301,6 +301,8 @@ UpsertTableOptions ordersEnriched() {
           .keyColumns = {"order_id"},
           .valueColumns = {"customer_id", "email", "country", "amount", "status"},
           .versionColumn = "batch_version",
+          // Behind an exchange a joined row keeps its order's version when its customer changes.
+          .equalVersionReplaces = true,
           .softDeleteColumn = "is_deleted",
           .insertOnlyColumns = {"first_seen_at"},
           .touchColumns = {"updated_at"}};

@@ -44,6 +44,14 @@ STATS_ORACLE="WITH src AS (SELECT customer_id, count(*) AS n, sum(amount) AS tot
              WHERE src.customer_id IS NULL OR dst.customer_id IS NULL OR dst.order_count <> src.n
                 OR dst.total_amount <> src.total OR abs(dst.avg_amount - src.av) > 0.000001
                 OR dst.max_amount <> src.mx OR dst.first_order_at <> src.f OR dst.last_order_at <> src.l"
+# orders_enriched against the SQL join of the source: the orders that differ.
+ENRICHED_ORACLE="WITH src AS (SELECT o.id, o.customer_id, c.email, c.country, o.amount, o.status
+                              FROM orders o LEFT JOIN customers c ON c.id = o.customer_id),
+                      dst AS (SELECT * FROM orders_enriched WHERE NOT is_deleted)
+                 SELECT count(*) FROM src FULL JOIN dst ON dst.order_id = src.id
+                 WHERE src.id IS NULL OR dst.order_id IS NULL OR dst.customer_id IS DISTINCT FROM src.customer_id
+                    OR dst.email IS DISTINCT FROM src.email OR dst.country IS DISTINCT FROM src.country
+                    OR dst.amount <> src.amount OR dst.status IS DISTINCT FROM src.status"
 # orders_partitions: the partitions of the orders topic, in `partitions`; at least 3 (the
 # partitions test raised them) for the scale-out tests.
 orders_partitions() {
@@ -316,13 +324,7 @@ case "${1:-}" in
     # carry the new one's columns, a customer deleted takes its orders (the cascade); a run from the
     # beginning of the topics, then a live run under the simulator with a kill -9, must equal the
     # SQL join of the source.
-    oracle="WITH src AS (SELECT o.id, o.customer_id, c.email, c.country, o.amount, o.status
-                         FROM orders o LEFT JOIN customers c ON c.id = o.customer_id),
-                  dst AS (SELECT * FROM orders_enriched WHERE NOT is_deleted)
-             SELECT count(*) FROM src FULL JOIN dst ON dst.order_id = src.id
-             WHERE src.id IS NULL OR dst.order_id IS NULL OR dst.customer_id IS DISTINCT FROM src.customer_id
-                OR dst.email IS DISTINCT FROM src.email OR dst.country IS DISTINCT FROM src.country
-                OR dst.amount <> src.amount OR dst.status IS DISTINCT FROM src.status"
+    oracle=$ENRICHED_ORACLE
     a=$(q "INSERT INTO customers (email, country) VALUES ('enriched-a-$$@example.com', 'NL') RETURNING id")
     b=$(q "INSERT INTO customers (email, country) VALUES ('enriched-b-$$@example.com', 'DE') RETURNING id")
     c=$(q "INSERT INTO customers (email, country) VALUES ('enriched-c-$$@example.com', 'FR') RETURNING id")
@@ -1016,24 +1018,32 @@ case "${1:-}" in
     ;;
 
   table_scale_out)
-    # customer_order_stats scaled out: with CONSUMER_GROUP its groupBy regroups the orders by
-    # customer through an internal topic (REPARTITION=kafka), sized like the orders topic, so that
-    # three processes share both the orders' partitions and the customers' groups, each group's
-    # state moving with its partition of the internal topic. Under the simulator (new orders,
-    # amounts changed, customers deleted with their orders) and orders moved between customers,
-    # one process is killed (-9) and started again and one is paused past the session timeout (a
-    # zombie that may still write to the internal topic). The stats then equal the SQL aggregation
-    # of the source, computed from the beginning of the topic by the new query.
+    # The table jobs scaled out. customer_order_stats: with CONSUMER_GROUP its groupBy regroups
+    # the orders by customer through an internal topic (REPARTITION=kafka), sized like the orders
+    # topic, so that three processes share both the orders' partitions and the customers' groups,
+    # each group's state moving with its partition of the internal topic. orders_enriched: both
+    # tables go through one internal topic by customer, so that a customer and its orders meet in
+    # one partition; its rows carry their order's LSN as version, so an order moved to a customer
+    # of another partition is not removed by the old partition's owner, however late it writes.
+    # Three processes of each, under the simulator (new orders, amounts changed, customers changed
+    # and deleted with their orders) and orders moved between customers; one process of each is
+    # killed (-9) and started again and one is paused past the session timeout (a zombie that may
+    # still write to the internal topic). The tables then equal the SQL aggregation and join of the
+    # source, computed from the beginning of the topics by the new queries.
     orders_partitions
-    oracle=$STATS_ORACLE
-    q "TRUNCATE customer_order_stats" > /dev/null  # written by table_stats' query before; this one starts afresh
-    export CONSUMER_GROUP=stats-scaled KAFKA_OPTIONS=session.timeout.ms=6000,heartbeat.interval.ms=500
-    member() { group_member customer_order_stats stats-scaled table_scale_out "$1"; }
+    # Written by table_stats' and table_enriched's queries before; these start afresh.
+    q "TRUNCATE customer_order_stats, orders_enriched" > /dev/null
+    export KAFKA_OPTIONS=session.timeout.ms=6000,heartbeat.interval.ms=500
+    member() {
+      CONSUMER_GROUP=stats-scaled group_member customer_order_stats stats-scaled table_scale_out "$1"
+      stats[$1]=$member_pid
+      CONSUMER_GROUP=enriched-scaled group_member orders_enriched enriched-scaled table_scale_out-enriched "$1"
+      enriched[$1]=$member_pid
+    }
+    declare -a stats enriched
     rm -f "$DATA"/table_scale_out-*.log
-    member 1; first=$member_pid
-    member 2; second=$member_pid
-    member 3; third=$member_pid
-    trap 'kill -CONT "$third" 2>/dev/null; kill -9 "$first" "$second" "$third" 2>/dev/null || true' EXIT  # a failure leaves no job behind
+    member 1; member 2; member 3
+    trap 'kill -CONT "${stats[3]}" "${enriched[3]}" 2>/dev/null; kill -9 "${stats[@]}" "${enriched[@]}" 2>/dev/null || true' EXIT  # a failure leaves no job behind
     "$SIM" --ops 3000 --rate 500 --batch 2 --seed 81 > "$DATA/table_scale_out-sim.log" 2>&1 &
     sim=$!
     a=$(q "INSERT INTO customers (email, country) VALUES ('scaled-stats-a-$$@example.com', 'NL') RETURNING id")
@@ -1041,39 +1051,49 @@ case "${1:-}" in
     moved=$(q "INSERT INTO orders (customer_id, amount) SELECT $a, i + 0.5 FROM generate_series(1, 30) i RETURNING id" | head -n 10 | paste -sd, -)
     sleep 2
     q "UPDATE orders SET customer_id = $b WHERE id IN ($moved)" > /dev/null   # ten orders move to another group
-    kill -9 "$second" 2>/dev/null || true
-    wait "$second" 2>/dev/null || true
-    member 2; second=$member_pid
+    kill -9 "${stats[2]}" "${enriched[2]}" 2>/dev/null || true
+    wait "${stats[2]}" "${enriched[2]}" 2>/dev/null || true
+    member 2
     sleep 1
-    kill -STOP "$third"
+    kill -STOP "${stats[3]}" "${enriched[3]}"
     q "UPDATE orders SET amount = amount + 1 WHERE id IN ($moved)" > /dev/null
     q "UPDATE orders SET customer_id = $a WHERE id IN ($(cut -d, -f1-3 <<< "$moved"))" > /dev/null  # three move back
+    q "UPDATE customers SET email = 'scaled-stats-b2-$$@example.com' WHERE id = $b" > /dev/null   # all of b's orders
     sleep 10  # > session.timeout.ms: the group evicts it and gives its partitions to the others
-    kill -CONT "$third"
+    kill -CONT "${stats[3]}" "${enriched[3]}"
     wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/table_scale_out-sim.log")"
     for _ in $(seq 1 600); do
-      [[ $(q "$oracle") == 0 ]] && break
-      kill -0 "$first" "$second" "$third" 2>/dev/null || fail "a process of the group stopped: $(tail -n 3 "$DATA"/table_scale_out-*.log)"
+      [[ $(q "$STATS_ORACLE") == 0 && $(q "$ENRICHED_ORACLE") == 0 ]] && break
+      kill -0 "${stats[@]}" "${enriched[@]}" 2>/dev/null || fail "a process of a group stopped: $(tail -n 3 "$DATA"/table_scale_out-*.log)"
       sleep 0.2
     done
-    [[ $(q "$oracle") == 0 ]] || fail "customer_order_stats scaled out differs from the SQL aggregation in $(q "$oracle") customers"
-    # (Unless the simulator deleted the customer, which the oracle covers as well.)
+    [[ $(q "$STATS_ORACLE") == 0 ]] || fail "customer_order_stats scaled out differs from the SQL aggregation in $(q "$STATS_ORACLE") customers"
+    [[ $(q "$ENRICHED_ORACLE") == 0 ]] || fail "orders_enriched scaled out differs from the SQL join in $(q "$ENRICHED_ORACLE") orders"
+    # (Unless the simulator deleted the customer, which the oracles cover as well.)
     if [[ $(q "SELECT count(*) FROM orders WHERE customer_id = $b") == 7 ]]; then
       [[ $(q "SELECT order_count FROM customer_order_stats WHERE customer_id = $b AND NOT is_deleted") == 7 ]] ||
         fail "customer $b: the moved orders are not counted where they went"
+      [[ $(q "SELECT count(*) FROM orders_enriched e JOIN customers c ON c.id = e.customer_id
+              WHERE e.customer_id = $b AND e.email = c.email AND NOT e.is_deleted") == 7 ]] ||
+        fail "customer $b: the moved orders do not carry its new email"
     fi
-    internal=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t stats-scaled-groupBy-1 | grep -c 'partition [0-9]*,') || true
-    [[ $internal == "$partitions" ]] || fail "the internal topic stats-scaled-groupBy-1 has $internal partitions, expected $partitions"
-    for i in 1 2 3; do
-      grep -q "partitions assigned" "$DATA/table_scale_out-$i.log" || fail "process $i got no partition: $(tail -n 3 "$DATA/table_scale_out-$i.log")"
+    for topic in stats-scaled-groupBy-1 enriched-scaled-join-1; do
+      internal=$(kcat -b "$KAFKA_BOOTSTRAP" -L -t "$topic" | grep -c 'partition [0-9]*,') || true
+      [[ $internal == "$partitions" ]] || fail "the internal topic $topic has $internal partitions, expected $partitions"
+    done
+    for log in table_scale_out table_scale_out-enriched; do
+      for i in 1 2 3; do
+        grep -q "partitions assigned" "$DATA/$log-$i.log" || fail "process $i got no partition: $(tail -n 3 "$DATA/$log-$i.log")"
+      done
     done
     (($(q "SELECT count(DISTINCT topic) FROM dataflow_partition_offsets WHERE checkpoint_name = 'stats-scaled'") == 2)) ||
       fail "the offsets of the orders topic and the internal topic are not both kept per partition"
+    (($(q "SELECT count(DISTINCT topic) FROM dataflow_partition_offsets WHERE checkpoint_name = 'enriched-scaled'") == 3)) ||
+      fail "the offsets of the two topics and the internal topic are not all kept per partition"
     trap - EXIT
-    kill "$first" "$second" "$third"
-    wait "$first" "$second" "$third" || fail "a process did not stop cleanly"
-    unset CONSUMER_GROUP
-    echo "table_scale_out: ok ($partitions partitions, $(q "SELECT count(*) FROM customer_order_stats WHERE NOT is_deleted") customers)"
+    kill "${stats[@]}" "${enriched[@]}"
+    wait "${stats[@]}" "${enriched[@]}" || fail "a process did not stop cleanly"
+    echo "table_scale_out: ok ($partitions partitions, $(q "SELECT count(*) FROM customer_order_stats WHERE NOT is_deleted") customers, $(q "SELECT count(*) FROM orders_enriched WHERE NOT is_deleted") orders)"
     ;;
 
   direct_source)

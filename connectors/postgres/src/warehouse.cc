@@ -401,6 +401,7 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     return n;
   }
 
+  const char* guard = o.equalVersionReplaces ? " <= " : " < ";
   std::string insertColumns = stageColumns;
   std::string select = stageColumns;
   std::string update = version + " = EXCLUDED." + version;
@@ -436,7 +437,7 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
     appendTimestampColumns(conn_, o, carryingColumns, carryingSelect, carryingUpdate);
     deleted = conn_.exec("INSERT INTO " + target + " AS t (" + carryingColumns + ") SELECT " + carryingSelect + " FROM " +
                          stage + " WHERE __dataflow_carries ON CONFLICT (" + keyList + ") DO UPDATE SET " +
-                         carryingUpdate + " WHERE t." + version + " < EXCLUDED." + version).affected();
+                         carryingUpdate + " WHERE t." + version + guard + "EXCLUDED." + version).affected();
     where = " WHERE NOT __dataflow_carries";
   }
   if (o.hardDelete) {
@@ -446,12 +447,12 @@ int64_t WarehouseTransaction::upsert(const UpsertTable& table, std::span<const U
       match += " AND s." + q + " = t." + q;
     }
     deleted += conn_.exec("DELETE FROM " + target + " t USING " + stage + " s WHERE s.__dataflow_deleted" + match +
-                          " AND t." + version + " < s." + version).affected();
+                          " AND t." + version + guard + "s." + version).affected();
     where = " WHERE NOT __dataflow_deleted";
   }
   auto result = conn_.exec("INSERT INTO " + target + " AS t (" + insertColumns + ") SELECT " + select + " FROM " + stage +
                            where + " ON CONFLICT (" + keyList + ") DO UPDATE SET " + update + " WHERE t." + version +
-                           " < EXCLUDED." + version);
+                           guard + "EXCLUDED." + version);
   addPhase("merge", merging);
   return result.affected() + deleted;
 }

@@ -31,8 +31,10 @@
 // the exchange partition of its group, as Kafka Streams' repartition topics do; there a table of
 // the rows by version (so that a record sent twice is applied once) feeds the aggregation, whose
 // state then lives per exchange partition: the groups are shared by the query's instances. The
-// regrouped rows of a batch are aggregated by the next batch. A table regrouped so must come from
-// asTable with an integral version (the LSN).
+// regrouped rows of a batch are aggregated by the next batch. A join through an exchange sends
+// both tables by the key they meet on into one log, and keeps its state per exchange partition
+// (table_join_operators.h). A table regrouped so must come from asTable with an integral version
+// (the LSN).
 #pragma once
 
 #include <memory>
@@ -42,6 +44,7 @@
 #include <utility>
 
 #include "dataflow/aggregates.h"
+#include "dataflow/detail/table_join_operators.h"
 #include "dataflow/detail/table_operators.h"
 #include "dataflow/join.h"
 #include "dataflow/stream.h"
@@ -73,7 +76,10 @@ class Table {
 
   // Foreign-key join: each row with the row of `right` whose key is foreignKey(row), as
   // combine(row, &rightRow), or for a left join combine(row, nullptr) when there is none. The
-  // result, keyed by this table's key, changes when either side does.
+  // result, keyed by this table's key, changes when either side does. With an exchange both
+  // tables go through one log by the right key (table_join_operators.h), and each change carries
+  // its own version (TableChange::version): a sink keeps, per key, the change of the greatest
+  // version, replacing a row of an equal one.
   template <class RK, class R, class FkFn, class F>
     requires std::invocable<const FkFn&, const V&> &&
              std::same_as<std::decay_t<std::invoke_result_t<const FkFn&, const V&>>, RK> &&
@@ -82,22 +88,47 @@ class Table {
     using Out = std::decay_t<std::invoke_result_t<const F&, const V&, const R*>>;
     static_assert(Checkpointable<V> && Checkpointable<R>, "a table join keeps both tables' rows in state: both need a StateCodec");
     using Op = detail::TableJoinOperator<K, V, RK, R, FkFn, F>;
+    using ExchangedOp = detail::PartitionedTableJoinOperator<K, V, RK, R, FkFn, F>;
+    using Send = detail::TableJoinExchangeOperator<K, V, RK, R, FkFn>;
     auto lin = changes_.materialize();
     auto rin = right.changes_.materialize();
     auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
         detail::LogicalNode::Kind::kStateful,
-        std::string("TableJoin [") + toString(type) + ", foreign key; state: both tables' rows; one partition]",
+        std::string("TableJoin [") + toString(type) +
+            ", foreign key; state: both tables' rows; through the query's exchange by foreign key when it has one, "
+            "else one partition]",
         {}, {lin.node, rin.node}, false});
     detail::Producer<TableChange<K, Out>> out{
-        node, [l = lin.build, r = rin.build, foreignKey, combine, type](detail::Planner& planner) {
-          auto lo = l(planner);
-          auto ro = r(planner);
+        node, [l = lin.build, r = rin.build, le = events_, re = right.events_, foreignKey, combine, type](detail::Planner& planner) {
           if (planner.outputMode == OutputMode::kComplete) {
             throw ConfigurationError("a table join emits its changes: use the append or update output mode, not complete");
           }
-          auto op = std::make_unique<Op>(std::move(lo), std::move(ro), foreignKey, combine, type);
-          planner.stateful.push_back(op.get());
-          return std::unique_ptr<detail::BatchOperator<TableChange<K, Out>>>(op.release());
+          std::unique_ptr<detail::BatchOperator<TableChange<K, Out>>> result;
+          if (!planner.exchange) {
+            auto lo = l(planner);
+            auto ro = r(planner);
+            auto op = std::make_unique<Op>(std::move(lo), std::move(ro), foreignKey, combine, type);
+            planner.stateful.push_back(op.get());
+            result = std::move(op);
+          } else {
+            if (!le || !re) {
+              throw ConfigurationError("a table join through an exchange needs both tables read with asTable(key, "
+                                       "version, row) whose version is an integer (the LSN); one of them is derived "
+                                       "from another");
+            }
+            auto channel = planner.exchangeChannel("join");
+            auto readBack = channel->source();
+            size_t index = planner.sourceIndex(readBack);
+            auto lo = le->build(planner);
+            auto ro = re->build(planner);
+            auto op = std::make_unique<ExchangedOp>(
+                std::make_unique<Send>(std::move(lo), std::move(ro), foreignKey, channel,
+                                       std::make_unique<detail::ScanOperator<LogRecord>>(readBack, index)),
+                foreignKey, combine, type);
+            planner.stateful.push_back(op.get());
+            result = std::move(op);
+          }
+          return result;
         }};
     detail::Routing routing;
     routing.fallible = changes_.routing_.fallible || right.changes_.routing_.fallible;

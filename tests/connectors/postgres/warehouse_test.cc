@@ -193,6 +193,31 @@ TEST_F(WarehouseTest, OutOfOrderAndReplayedChangesNeverOverwriteNewerRows) {
   EXPECT_TRUE(readCustomers(*check_)[1].deleted);
 }
 
+// A joined row recomputed because the other table changed keeps its version: with
+// equalVersionReplaces it still replaces the stored row, an older version still does not.
+TEST_F(WarehouseTest, AnEqualVersionReplacesWhereTheTableAllowsIt) {
+  Warehouse w({.connection = configFor(url_)});
+  UpsertTableOptions options = kCustomers;
+  options.equalVersionReplaces = true;
+  UpsertTable table(options);
+  auto put = [&](int64_t batch, std::vector<UpsertRow> rows) {
+    w.writeBatch(info(batch), [&](WarehouseTransaction& tx) { tx.upsert(table, rows); });
+  };
+  put(0, {row(1, "a@x", "CA", 501), row(2, "b@x", "DE", 701)});
+  put(1, {row(1, "a@x", "MX", 501)});                          // same version: replaces
+  put(2, {row(1, "a@x", "US", 499)});                          // older: kept out
+  put(3, {row(2, std::nullopt, std::nullopt, 700, true)});     // a removal below the row: kept out
+  put(4, {row(2, std::nullopt, std::nullopt, 701, true)});     // at its version: deletes
+  auto rows = readCustomers(*check_);
+  EXPECT_EQ(rows[1], (Customer{"a@x", "MX", false, 501}));
+  EXPECT_EQ(rows[2], (Customer{"b@x", "DE", true, 701}));
+  options.softDeleteColumn.clear();
+  options.hardDelete = true;
+  UpsertTable hard(options);
+  w.writeBatch(info(5), [&](WarehouseTransaction& tx) { tx.upsert(hard, std::vector<UpsertRow>{row(1, std::nullopt, std::nullopt, 501, true)}); });
+  EXPECT_FALSE(readCustomers(*check_).contains(1)) << "a hard delete at the stored version removes the row";
+}
+
 TEST_F(WarehouseTest, DeleteOfAnUnknownKeyAndReinsertAfterDelete) {
   Warehouse w({.connection = configFor(url_)});
   write(w, 0, {row(7, std::nullopt, std::nullopt, 100, true)});

@@ -33,6 +33,9 @@ struct TableChange {
   K key;
   std::optional<V> before;
   std::optional<V> after;
+  // The change's own version where its operator orders a key's changes itself (a join behind an
+  // exchange, whose output rows move between partitions); 0: none, the batch orders them.
+  int64_t version = 0;
   bool isInsert() const { return !before && after; }
   bool isDelete() const { return before && !after; }
   bool operator==(const TableChange&) const = default;
@@ -217,23 +220,143 @@ struct RoutedRowValue {
   std::optional<V> operator()(const RoutedRow<K, V>& r) const { return r.row; }
 };
 
+// Writes a table's events into an exchange channel and reads them back. An event goes to the
+// partition of its new row (`to`) and, when the row leaves a partition (a delete, or a move to a
+// row of another partition: `from`), a removal goes to the old one; a delete of a key whose row is
+// unknown (`from` -1) goes to every partition.
+//
+// Record layout: key = StateCodec(key); value = kind query version [StateCodec(row)], where kind
+// is the upsert or removal byte of the table (a join sends both of its tables through one log)
+// and `query` a hash of the query's id (kept in its checkpoint): a query started afresh on a new
+// checkpoint skips what an earlier query of the same name left in the log.
+struct ExchangeRecordKind {
+  char upsert = 'U';
+  char remove = 'D';
+};
+
+template <class K, class V>
+class TableEventSender {
+ public:
+  TableEventSender(ExchangeChannel& channel, uint64_t query, ExchangeRecordKind kind)
+      : channel_(channel), query_(query), kind_(kind), partitions_(channel.partitions()) {}
+
+  int32_t partitions() const { return partitions_; }
+  // The partition of a routing key's bytes.
+  int32_t partitionOf(std::string_view bytes) const {
+    return static_cast<int32_t>(stableHash(bytes) % static_cast<uint64_t>(partitions_));
+  }
+  template <class G>
+  int32_t partitionOfValue(const G& g) {
+    scratch_.clear();
+    StateCodec<G>::encode(g, scratch_);
+    return partitionOf(scratch_);
+  }
+
+  void send(const TableEvent<K, V>& e, int32_t from, int32_t to) {
+    key_.clear();
+    StateCodec<K>::encode(e.key, key_);
+    if (!e.before && !e.after && from < 0) {
+      // A delete of a key this source partition never held: its row may have arrived on another
+      // partition (a topic whose partitions were added routes a key anew), so where it went is
+      // unknown here: every partition gets the removal (where the key is not, it leaves a
+      // tombstone of its version).
+      header(kind_.remove, e.version);
+      for (int32_t p = 0; p < partitions_; ++p) channel_.send(p, key_, value_);
+      return;
+    }
+    if (from >= 0 && from != to) {
+      header(kind_.remove, e.version);
+      channel_.send(from, key_, value_);
+    }
+    if (to >= 0) {
+      header(kind_.upsert, e.version);
+      StateCodec<V>::encode(*e.after, value_);
+      channel_.send(to, key_, value_);
+    }
+  }
+
+ private:
+  void header(char kind, int64_t version) {
+    value_.clear();
+    value_.push_back(kind);
+    StateCodec<uint64_t>::encode(query_, value_);
+    StateCodec<int64_t>::encode(version, value_);
+  }
+
+  ExchangeChannel& channel_;
+  uint64_t query_;
+  ExchangeRecordKind kind_;
+  int32_t partitions_;
+  std::string key_, value_, scratch_;
+};
+
+// A record read back from a table exchange: its kind byte, version and row bytes (after the
+// header), or nullopt for one an earlier query left.
+struct ExchangeRecord {
+  char kind = 0;
+  int64_t version = 0;
+  std::string_view row;
+};
+inline InternalError badExchangeRecord(const LogRecord& r, const std::string& why) {
+  return InternalError("exchange " + std::string(r.topic) + " partition " + std::to_string(r.partition) + " offset " +
+                       std::to_string(r.offset) + ": not a table row (" + why +
+                       "); the log is shared with something else, or was written by another version of the query");
+}
+inline std::optional<ExchangeRecord> readExchangeRecord(const LogRecord& r, uint64_t query, std::string_view kinds) {
+  try {
+    std::string_view value = r.value;
+    if (value.empty() || kinds.find(value[0]) == std::string_view::npos) throw std::out_of_range("kind");
+    ExchangeRecord out;
+    out.kind = value[0];
+    value.remove_prefix(1);
+    if (StateCodec<uint64_t>::decode(value) != query) return std::nullopt;
+    out.version = StateCodec<int64_t>::decode(value);
+    out.row = value;
+    return out;
+  } catch (const std::exception& e) {
+    throw badExchangeRecord(r, e.what());
+  }
+}
+// The routed row of a record whose header was read.
+template <class K, class V>
+RoutedRow<K, V> decodeRoutedRow(const LogRecord& r, const ExchangeRecord& header, bool upsert) {
+  try {
+    std::string_view key = r.key, row = header.row;
+    RoutedRow<K, V> out{StateCodec<K>::decode(key), header.version, std::nullopt};
+    if (upsert) out.row = StateCodec<V>::decode(row);
+    return out;
+  } catch (const std::exception& e) {
+    throw badExchangeRecord(r, e.what());
+  }
+}
+
+// Decodes what an exchange's log gave a batch, partitions in parallel: decode(record, header,
+// rows) appends the row of each record of this query (of a kind in `kinds`) to its partition.
+template <class Row, class Decode>
+void decodeExchanged(const Batch<LogRecord>& received, Batch<Row>& out, uint64_t query, std::string_view kinds,
+                     Decode&& decode) {
+  auto& in = received.partitions();
+  auto& parts = out.partitions();
+  parts.resize(in.size());
+  tbb::parallel_for(size_t{0}, in.size(), [&](size_t i) {
+    parts[i].id = in[i].id;
+    parts[i].rows.reserve(in[i].rows.size());
+    for (const LogRecord& r : in[i].rows) {
+      if (auto header = readExchangeRecord(r, query, kinds)) decode(r, *header, parts[i].rows);
+    }
+  });
+}
+
 // Regroups a table's rows by group(row) through an exchange (exchange.h). Each event the table
 // applied is sent to the partition of its new row's group, and, when the row leaves a group (a
 // delete, or a move to a group of another partition), a removal to the old group's partition:
-// every partition then sees, per key, the versions that concern it, in order (a delete of a key
-// the table never held goes to every partition). The records the
+// every partition then sees, per key, the versions that concern it, in order. The records the
 // exchange holds from earlier batches are read back and decoded: downstream an AsTableOperator
 // keeps, per exchange partition, the row of every key by version, so a record sent twice (a
 // replayed batch; an instance fenced after a rebalance) is not applied twice, and a move retracts
 // the row the partition holds.
-//
-// Record layout: key = StateCodec(key); value = 'U' query version StateCodec(row) | 'D' query
-// version, where `query` is a hash of the query's id (kept in its checkpoint): a query started
-// afresh on a new checkpoint skips what an earlier query of the same name left in the log.
 template <class K, class V, class GroupFn>
 class TableExchangeOperator final : public BatchOperator<RoutedRow<K, V>> {
-  using Group = std::decay_t<std::invoke_result_t<const GroupFn&, const V&>>;
-
  public:
   TableExchangeOperator(std::unique_ptr<BatchOperator<TableEvent<K, V>>> events, GroupFn group,
                         std::shared_ptr<ExchangeChannel> channel, std::unique_ptr<BatchOperator<LogRecord>> readBack)
@@ -246,86 +369,21 @@ class TableExchangeOperator final : public BatchOperator<RoutedRow<K, V>> {
     tbb::parallel_invoke([&] { events_->produce(ctx, events); }, [&] { readBack_->produce(ctx, received); });
     out.deadLetters() = std::move(events.deadLetters());
     const uint64_t query = stableHash(ctx.info.queryId);
-    send(events, query);
-    auto& in = received.partitions();
-    auto& parts = out.partitions();
-    parts.resize(in.size());
-    tbb::parallel_for(size_t{0}, in.size(), [&](size_t i) {
-      parts[i].id = in[i].id;
-      parts[i].rows.reserve(in[i].rows.size());
-      for (const LogRecord& r : in[i].rows) {
-        if (auto row = decode(r, query)) parts[i].rows.push_back(std::move(*row));
+    TableEventSender<K, V> sender(*channel_, query, {});
+    for (const auto& part : events.partitions()) {
+      for (const TableEvent<K, V>& e : part.rows) {
+        int32_t from = e.before ? sender.partitionOfValue(std::invoke(group_, *e.before)) : -1;
+        int32_t to = e.after ? sender.partitionOfValue(std::invoke(group_, *e.after)) : -1;
+        sender.send(e, from, to);
       }
+    }
+    channel_->flush();
+    decodeExchanged(received, out, query, "UD", [](const LogRecord& r, const ExchangeRecord& header, auto& rows) {
+      rows.push_back(decodeRoutedRow<K, V>(r, header, header.kind == 'U'));
     });
   }
 
  private:
-  void send(const Batch<TableEvent<K, V>>& events, uint64_t query) {
-    const auto partitions = static_cast<uint64_t>(channel_->partitions());
-    std::string key, value, groupBytes;
-    auto partitionOf = [&](const Group& g) {
-      groupBytes.clear();
-      StateCodec<Group>::encode(g, groupBytes);
-      return static_cast<int32_t>(stableHash(groupBytes) % partitions);
-    };
-    for (const auto& part : events.partitions()) {
-      for (const TableEvent<K, V>& e : part.rows) {
-        key.clear();
-        StateCodec<K>::encode(e.key, key);
-        std::optional<Group> after;
-        if (e.after) after = std::invoke(group_, *e.after);
-        if (!e.before && !e.after) {
-          // A delete of a key this source partition never held: its row may have arrived on
-          // another partition (a topic whose partitions were added routes a key anew), so its
-          // group is unknown here: every partition gets the removal (where the key is not, it
-          // leaves a tombstone of its version).
-          header('D', query, e.version, value);
-          for (int32_t p = 0; p < static_cast<int32_t>(partitions); ++p) channel_->send(p, key, value);
-          continue;
-        }
-        if (e.before) {
-          Group before = std::invoke(group_, *e.before);
-          if (!after || !(before == *after)) {
-            int32_t p = partitionOf(before);
-            if (!after || p != partitionOf(*after)) {
-              header('D', query, e.version, value);
-              channel_->send(p, key, value);
-            }
-          }
-        }
-        if (after) {
-          header('U', query, e.version, value);
-          StateCodec<V>::encode(*e.after, value);
-          channel_->send(partitionOf(*after), key, value);
-        }
-      }
-    }
-    channel_->flush();
-  }
-  static void header(char kind, uint64_t query, int64_t version, std::string& out) {
-    out.clear();
-    out.push_back(kind);
-    StateCodec<uint64_t>::encode(query, out);
-    StateCodec<int64_t>::encode(version, out);
-  }
-  // The row of a record, or nullopt for one an earlier query left.
-  static std::optional<RoutedRow<K, V>> decode(const LogRecord& r, uint64_t query) {
-    try {
-      std::string_view key = r.key, value = r.value;
-      if (value.empty() || (value[0] != 'U' && value[0] != 'D')) throw std::out_of_range("kind");
-      const bool upsert = value[0] == 'U';
-      value.remove_prefix(1);
-      if (StateCodec<uint64_t>::decode(value) != query) return std::nullopt;
-      RoutedRow<K, V> out{StateCodec<K>::decode(key), StateCodec<int64_t>::decode(value), std::nullopt};
-      if (upsert) out.row = StateCodec<V>::decode(value);
-      return out;
-    } catch (const std::exception& e) {
-      throw InternalError("exchange " + std::string(r.topic) + " partition " + std::to_string(r.partition) + " offset " +
-                          std::to_string(r.offset) + ": not a table row (" + e.what() +
-                          "); the log is shared with something else, or was written by another version of the query");
-    }
-  }
-
   std::unique_ptr<BatchOperator<TableEvent<K, V>>> events_;
   GroupFn group_;
   std::shared_ptr<ExchangeChannel> channel_;
@@ -438,134 +496,6 @@ class TableAggregateOperator final
   GroupFn group_;
   A agg_;
   bool byPartition_;
-};
-
-// A foreign-key join of two tables (table.h): each left row with the right row its foreign key
-// names. The result of a left key changes when its row changes (or moves to another right key)
-// and when the right row it names changes, appears or goes: a customer's new email updates every
-// one of that customer's enriched orders. State: both tables' rows and, derived from them, the
-// left keys by foreign key (rebuilt on restore). Like a table aggregation, it spans the source
-// partitions: one state partition, one task, one process.
-template <class LK, class L, class RK, class R, class FkFn, class F>
-class TableJoinOperator final
-    : public BatchOperator<TableChange<LK, std::decay_t<std::invoke_result_t<const F&, const L&, const R*>>>>,
-      public StatefulOperator {
-  using Out = std::decay_t<std::invoke_result_t<const F&, const L&, const R*>>;
-  using Change = TableChange<LK, Out>;
-
- public:
-  TableJoinOperator(std::unique_ptr<BatchOperator<TableChange<LK, L>>> left,
-                    std::unique_ptr<BatchOperator<TableChange<RK, R>>> right, FkFn foreignKey, F combine, JoinType type)
-      : left_(std::move(left)), right_(std::move(right)), fk_(std::move(foreignKey)), combine_(std::move(combine)),
-        type_(type) {}
-
-  std::string operatorName() const override { return "tableJoin"; }
-  bool runsAhead() const override { return true; }
-
-  void produce(ExecContext& ctx, Batch<Change>& out) override {
-    Batch<TableChange<LK, L>> lin;
-    Batch<TableChange<RK, R>> rin;
-    tbb::parallel_invoke([&] { left_->produce(ctx, lin); }, [&] { right_->produce(ctx, rin); });
-    out.deadLetters() = std::move(lin.deadLetters());
-    for (auto& d : rin.deadLetters()) out.deadLetters().push_back(std::move(d));
-    BatchChanges<LK, Out> changes;
-    // The right side first: every left row naming a changed right key is affected.
-    for (const auto& part : rin.partitions()) {
-      for (const auto& c : part.rows) {
-        if (auto it = byForeignKey_.find(c.key); it != byForeignKey_.end()) {
-          for (const LK& lk : it->second) changes.note(lk, result(lk));
-        }
-        if (c.after) {
-          bool created = false;
-          rightRows_.upsert(c.key, [] { return R{}; }, created) = *c.after;
-        } else {
-          rightRows_.erase(c.key);
-        }
-      }
-    }
-    for (const auto& part : lin.partitions()) {
-      for (const auto& c : part.rows) {
-        changes.note(c.key, result(c.key));
-        if (auto it = leftRows_.map().find(c.key); it != leftRows_.map().end()) unindex(c.key, std::invoke(fk_, it->second.value));
-        if (c.after) {
-          bool created = false;
-          leftRows_.upsert(c.key, [] { return L{}; }, created) = *c.after;
-          byForeignKey_[std::invoke(fk_, *c.after)].push_back(c.key);
-        } else {
-          leftRows_.erase(c.key);
-        }
-      }
-    }
-    out.partitions().resize(1);
-    out.partitions()[0].id = allPartitions();
-    changes.emit(out.partitions()[0].rows, [&](const LK& lk) { return result(lk); });
-  }
-
-  void clearState() override {
-    leftRows_ = {};
-    rightRows_ = {};
-    byForeignKey_.clear();
-  }
-  void restoreFile(const PartitionId&, const StateFileReader& file) override {
-    file.forEach(
-        [&](std::string_view key, std::string_view value) {
-          if (key.at(0) == 'L') leftRows_.applyPut(key.substr(1), value);
-          else rightRows_.applyPut(key.substr(1), value);
-        },
-        [&](std::string_view key) {
-          if (key.at(0) == 'L') leftRows_.applyRemove(key.substr(1));
-          else rightRows_.applyRemove(key.substr(1));
-        });
-  }
-  void finishRestore() override {
-    byForeignKey_.clear();
-    for (const auto& [lk, slot] : leftRows_.map()) byForeignKey_[std::invoke(fk_, slot.value)].push_back(lk);
-  }
-  void collectChanges(int64_t version, StateChanges& out) override {
-    progress_.numRowsRemoved = leftRows_.removedCount() + rightRows_.removedCount();
-    StateFileWriter w(StateFileWriter::Kind::kDelta);
-    progress_.numRowsUpdated = static_cast<int64_t>(leftRows_.writeDelta(w, "L") + rightRows_.writeDelta(w, "R"));
-    progress_.numDeltaBytes = 0;
-    if (w.count() == 0) return;
-    std::string bytes = w.finish();
-    progress_.numDeltaBytes = static_cast<int64_t>(bytes.size());
-    out.files.push_back({StateFileId{id(), allPartitions(), version, false}, std::move(bytes)});
-  }
-  StateOperatorProgress progress() const override {
-    StateOperatorProgress p = progress_;
-    p.operatorName = operatorName();
-    p.numRowsTotal = static_cast<int64_t>(leftRows_.map().size() + rightRows_.map().size());
-    p.memoryUsedBytes = leftRows_.memoryBytes() + rightRows_.memoryBytes();
-    p.numStatePartitions = 1;
-    return p;
-  }
-
- private:
-  // The joined value of left key `lk` as the state holds it now.
-  std::optional<Out> result(const LK& lk) const {
-    auto l = leftRows_.map().find(lk);
-    if (l == leftRows_.map().end()) return std::nullopt;
-    auto r = rightRows_.map().find(std::invoke(fk_, l->second.value));
-    const R* right = r == rightRows_.map().end() ? nullptr : &r->second.value;
-    if (!right && type_ == JoinType::kInner) return std::nullopt;
-    return std::invoke(combine_, l->second.value, right);
-  }
-  void unindex(const LK& lk, const RK& rk) {
-    auto it = byForeignKey_.find(rk);
-    if (it == byForeignKey_.end()) return;
-    std::erase(it->second, lk);
-    if (it->second.empty()) byForeignKey_.erase(it);
-  }
-
-  std::unique_ptr<BatchOperator<TableChange<LK, L>>> left_;
-  std::unique_ptr<BatchOperator<TableChange<RK, R>>> right_;
-  FkFn fk_;
-  F combine_;
-  JoinType type_;
-  PartitionState<LK, L> leftRows_;
-  PartitionState<RK, R> rightRows_;
-  absl::flat_hash_map<RK, std::vector<LK>> byForeignKey_;  // derived from leftRows_
-  StateOperatorProgress progress_;
 };
 
 }  // namespace detail

@@ -43,6 +43,12 @@ struct UpsertTableOptions {
   // Per-key version guard: a change applies only if its version is greater than the stored one,
   // so replays and older changes never overwrite newer rows. Default: "source_lsn".
   std::string versionColumn = "source_lsn";
+  // A change whose version equals the stored one applies too. For rows recomputed without a new
+  // version of their own: a table join's row when only the other table changed (the join gives
+  // it its left row's version, TableChange::version). Only where one writer at a time writes a
+  // key at a given version, and batches are not replayed after their commit (the exactly-once
+  // checkpoint). Default: false.
+  bool equalVersionReplaces = false;
   // Set true by a delete, false by any other change; empty: deletes are ignored (unless
   // hardDelete). Default: empty.
   std::string softDeleteColumn;
