@@ -373,7 +373,7 @@ void PostgresCheckpointStore::writeStateWithin(Connection& tx, const StateChange
         "ON CONFLICT (checkpoint_name, operator_id, partition_topic, partition_id, version, is_snapshot) "
         "DO UPDATE SET data = EXCLUDED.data",
         {options_.name, std::to_string(f.id.operatorId), f.id.partition.topic, std::to_string(f.id.partition.partition),
-         std::to_string(f.id.version), f.id.snapshot ? "t" : "f", f.bytes},
+         std::to_string(f.id.version), f.id.snapshot ? "t" : "f", std::string_view(f.bytes)},
         {false, false, false, false, false, false, true});
   }
 }
@@ -406,19 +406,16 @@ std::vector<StateFileId> PostgresCheckpointStore::listStateFiles(int operatorId)
 
 std::string PostgresCheckpointStore::readStateFile(const StateFileId& id) {
   return withConnection([&](Connection& c) {
-    auto r = c.execParams(
-        "SELECT encode(data, 'hex') FROM public.dataflow_state WHERE checkpoint_name = $1 AND operator_id = $2 "
+    // The bytes in binary format: in hex, libpq would hold twice the file (state files of large
+    // states are tens of megabytes, and the connection keeps its buffer grown).
+    auto r = c.execParamsBinary(
+        "SELECT data FROM public.dataflow_state WHERE checkpoint_name = $1 AND operator_id = $2 "
         "AND partition_topic = $3 AND partition_id = $4 AND version = $5 AND is_snapshot = $6",
         {options_.name, std::to_string(id.operatorId), id.partition.topic, std::to_string(id.partition.partition),
-         std::to_string(id.version), id.snapshot ? "t" : "f"});
+         std::to_string(id.version), id.snapshot ? "t" : "f"},
+        {}, /*binaryResult=*/true);
     if (r.rows() != 1) throw CheckpointError("state file " + describe() + "/" + id.path() + " is missing");
-    std::string_view hex = r.value(0, 0);
-    std::string bytes(hex.size() / 2, '\0');
-    auto nibble = [](char ch) { return ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10; };
-    for (size_t i = 0; i < bytes.size(); ++i) {
-      bytes[i] = static_cast<char>(nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1]));
-    }
-    return bytes;
+    return std::string(r.value(0, 0));
   });
 }
 

@@ -190,11 +190,12 @@ Result Connection::exec(std::string_view sql) {
 }
 
 Result Connection::execParams(std::string_view sql, const std::vector<std::optional<std::string>>& params) {
-  return execParamsBinary(sql, params, std::vector<bool>(params.size(), false));
+  std::vector<std::optional<std::string_view>> views(params.begin(), params.end());
+  return execParamsBinary(sql, views, {});
 }
 
-Result Connection::execParamsBinary(std::string_view sql, const std::vector<std::optional<std::string>>& params,
-                                    const std::vector<bool>& binary) {
+Result Connection::execParamsBinary(std::string_view sql, const std::vector<std::optional<std::string_view>>& params,
+                                    const std::vector<bool>& binary, bool binaryResult) {
   std::vector<const char*> values(params.size());
   std::vector<int> lengths(params.size()), formats(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
@@ -203,7 +204,7 @@ Result Connection::execParamsBinary(std::string_view sql, const std::vector<std:
     formats[i] = (i < binary.size() && binary[i]) ? 1 : 0;
   }
   pg_result* r = PQexecParams(conn_, std::string(sql).c_str(), static_cast<int>(params.size()), nullptr,
-                              values.data(), lengths.data(), formats.data(), 0);
+                              values.data(), lengths.data(), formats.data(), binaryResult ? 1 : 0);
   auto status = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
   if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) fail("statement", r);
   return Result(r);

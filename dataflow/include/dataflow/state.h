@@ -67,6 +67,14 @@ inline void putVarint(uint64_t v, std::string& out) {
   }
   out.push_back(static_cast<char>(v));
 }
+inline size_t varintSize(uint64_t v) {
+  size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
 inline uint64_t getVarint(std::string_view& in) {
   uint64_t v = 0;
   for (int shift = 0; shift < 64; shift += 7) {
@@ -200,6 +208,13 @@ class StateFileWriter {
     state_detail::putVarint(key.size(), body_);
     body_.append(key);
     ++count_;
+  }
+  // Room for `bytes` more bytes of entries, so that a file of known size (a snapshot) is written
+  // without the buffer doubling past it.
+  void reserve(size_t bytes) { body_.reserve(body_.size() + bytes + 8); }
+  // The bytes put(key, value) appends.
+  static size_t putSize(std::string_view key, std::string_view value) {
+    return 1 + state_detail::varintSize(key.size()) + key.size() + state_detail::varintSize(value.size()) + value.size();
   }
   // Scratch buffers for encoding a key and a value without allocating per entry.
   std::string& keyBuffer() { return key_; }

@@ -1,5 +1,6 @@
 #include "state/state_manager.h"
 
+#include <absl/container/flat_hash_map.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -219,15 +220,27 @@ void StateManager::maintain(int operatorId, PartitionId partition, int64_t versi
   for (auto& f : store_->listStateFiles(operatorId)) {
     if (f.partition == partition) files.push_back(f);
   }
-  std::map<std::string, std::string> entries;
-  for (const StateFileId& id : restoreChain(files, version)) {
-    std::string bytes = store_->readStateFile(id);
-    StateFileReader reader(bytes, store_->describe() + "/" + id.path());
-    reader.forEach([&](std::string_view k, std::string_view v) { entries[std::string(k)] = std::string(v); },
-                   [&](std::string_view k) { entries.erase(std::string(k)); });
+  // The entries as views into the files' bytes: a copy of each key and value in a node of a
+  // sorted map took twice the state's size again, next to the state itself (the snapshot of a
+  // large state runs while the next batch runs).
+  const auto chain = restoreChain(files, version);
+  std::vector<std::string> bytes;
+  bytes.reserve(chain.size());  // the views must not move
+  absl::flat_hash_map<std::string_view, std::string_view> entries;
+  for (const StateFileId& id : chain) {
+    bytes.push_back(store_->readStateFile(id));
+    StateFileReader reader(bytes.back(), store_->describe() + "/" + id.path());
+    if (entries.empty()) entries.reserve(reader.count());
+    reader.forEach([&](std::string_view k, std::string_view v) { entries.insert_or_assign(k, v); },
+                   [&](std::string_view k) { entries.erase(k); });
   }
+  size_t size = 0;
+  for (const auto& [k, v] : entries) size += StateFileWriter::putSize(k, v);
   StateFileWriter w(StateFileWriter::Kind::kSnapshot);
+  w.reserve(size);
   for (const auto& [k, v] : entries) w.put(k, v);
+  entries = {};
+  bytes = {};
   StateChanges snapshot;
   snapshot.files.push_back({StateFileId{operatorId, partition, version, true}, w.finish()});
   store_->writeStateFiles(snapshot);

@@ -80,10 +80,12 @@ class Connection {
   Result exec(std::string_view sql);
   // Runs one statement with text parameters ($1, $2, ...); nullopt is SQL NULL.
   Result execParams(std::string_view sql, const std::vector<std::optional<std::string>>& params);
-  // Runs one statement with binary-safe parameters: each is sent in binary format (bytea needs no
-  // escaping). `binary[i]` tells which are binary.
-  Result execParamsBinary(std::string_view sql, const std::vector<std::optional<std::string>>& params,
-                          const std::vector<bool>& binary);
+  // Runs one statement with parameters that may be binary: `binary[i]` tells which are sent in
+  // binary format (bytea needs no escaping; the rest are text). The parameters are views: a large
+  // value (a state file) is not copied on its way to libpq. With `binaryResult` every column of
+  // the result is in binary format (a bytea as its bytes, not twice as many hex digits).
+  Result execParamsBinary(std::string_view sql, const std::vector<std::optional<std::string_view>>& params,
+                          const std::vector<bool>& binary, bool binaryResult = false);
 
   // COPY ... FROM STDIN: start, send chunks, end. Throws on any failure.
   void copyStart(std::string_view copySql);
