@@ -34,8 +34,6 @@ wait_sql() {
 }
 verify() { PG_URL=$ADMIN_PG_URL "$ROOT/scripts/verify-warehouse" --wait "${1:-60}" || fail "the warehouse does not match the source"; }
 dlq_count() { q "SELECT count(*) FROM dlq_events"; }
-# live_with_kill JOB QUERY_NAME SEED: runs the job under the simulator, kills it (-9) mid-stream,
-# starts it again, waits for the simulator; the job keeps running (its pid in $job).
 # customer_order_stats against the SQL aggregation of the source: the customers that differ.
 STATS_ORACLE="WITH src AS (SELECT customer_id, count(*) AS n, sum(amount) AS total, avg(amount) AS av, max(amount) AS mx,
                                 min(created_at) AS f, max(created_at) AS l FROM orders GROUP BY customer_id),
@@ -64,17 +62,26 @@ group_member() {
   QUERY_NAME=$2 "$BUILD/jobs/$1" >> "$DATA/$3-$4.log" 2>&1 &
   member_pid=$!
 }
+# live_with_kill JOB QUERY_NAME SEED: runs the job under the simulator (seeded SEED) and kills it
+# (-9) three times while the simulator writes, at moments drawn from SEED (E2E_KILL_SEED overrides
+# it; the log names the seed), each time starting it again; waits for the simulator. The job keeps
+# running (its pid in $job).
 live_with_kill() {
-  local log="$DATA/$2-live.log" sim
-  QUERY_NAME=$2 "$BUILD/jobs/$1" > "$log" 2>&1 &
+  local log="$DATA/$2-live.log" sim kill seed=${E2E_KILL_SEED:-$3}
+  RANDOM=$seed
+  echo "live_with_kill $1: kills drawn from seed $seed (E2E_KILL_SEED)" > "$log"
+  QUERY_NAME=$2 "$BUILD/jobs/$1" >> "$log" 2>&1 &
   job=$!
   "$SIM" --ops 1500 --rate 500 --batch 2 --seed "$3" > "$DATA/$2-sim.log" 2>&1 &
   sim=$!
-  sleep 1.5
-  kill -9 "$job" 2>/dev/null || true
-  wait "$job" 2>/dev/null || true
-  QUERY_NAME=$2 "$BUILD/jobs/$1" >> "$log" 2>&1 &
-  job=$!
+  for kill in 1 2 3; do
+    sleep "0.$((2 + RANDOM % 8))"  # 0.2-0.9 s: before the first batch, mid-batch, mid-commit alike
+    kill -9 "$job" 2>/dev/null || true
+    wait "$job" 2>/dev/null || true
+    echo "live_with_kill $1: kill $kill" >> "$log"
+    QUERY_NAME=$2 "$BUILD/jobs/$1" >> "$log" 2>&1 &
+    job=$!
+  done
   wait "$sim" || fail "the simulator failed: $(tail -n 3 "$DATA/$2-sim.log")"
 }
 produce_file() {  # produce_file TOPIC KEY FILE
@@ -289,7 +296,8 @@ case "${1:-}" in
     # changed, a customer deleted with its orders by the cascade, one order updated 50 times in one
     # transaction), then
     # a run from the beginning of the topic must equal the SQL aggregation of the source; then
-    # the job runs live under the simulator, is killed (-9) and restarted, and must equal it again.
+    # the job runs live under the simulator, is killed (-9) and restarted three times at seeded
+    # moments (live_with_kill), and must equal it again.
     oracle=$STATS_ORACLE
     a=$(q "INSERT INTO customers (email, country) VALUES ('stats-a-$$@example.com', 'NL') RETURNING id")
     b=$(q "INSERT INTO customers (email, country) VALUES ('stats-b-$$@example.com', 'DE') RETURNING id")
@@ -322,8 +330,8 @@ case "${1:-}" in
     # orders_enriched: orders joined with their customers, both changelogs read as tables. A
     # customer's new email must reach all of its orders, an order moved to another customer must
     # carry the new one's columns, a customer deleted takes its orders (the cascade); a run from the
-    # beginning of the topics, then a live run under the simulator with a kill -9, must equal the
-    # SQL join of the source.
+    # beginning of the topics, then a live run under the simulator killed (-9) three times, must
+    # equal the SQL join of the source.
     oracle=$ENRICHED_ORACLE
     a=$(q "INSERT INTO customers (email, country) VALUES ('enriched-a-$$@example.com', 'NL') RETURNING id")
     b=$(q "INSERT INTO customers (email, country) VALUES ('enriched-b-$$@example.com', 'DE') RETURNING id")
