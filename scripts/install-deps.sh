@@ -32,7 +32,7 @@ sdk_packages=(
   prometheus-cpp-dev libcpp-httplib-dev
 )
 runtime_packages=(
-  libtbb12 libtbbmalloc2 libprometheus-cpp-core1.0 libcpp-httplib0.11 libboost-json1.81.0 libssl3 libsasl2-2 libzstd1 liblz4-1 zlib1g libpq5 librocksdb7.8 libspdlog1.10 libfmt9 ca-certificates
+  libtbb12 libtbbmalloc2 libabsl20220623 libprometheus-cpp-core1.0 libcpp-httplib0.11 libboost-json1.81.0 libssl3 libsasl2-2 libzstd1 liblz4-1 zlib1g libpq5 librocksdb7.8 libspdlog1.10 libfmt9 ca-certificates
 )
 
 packages=("${build_packages[@]}")

@@ -56,6 +56,10 @@ echo "docker-up: $((SECONDS - start)) s; runner image $(docker image inspect -f 
 for c in etl_postgres etl_kafka etl_connect etl_runner; do
   [[ $(docker inspect -f '{{.State.Health.Status}}' "$c") == healthy ]] || fail "$c is not healthy"
 done
+# Every binary of the runner finds its shared libraries (a library the build links but the runtime
+# packages lack shows up here by name, not as jobs restarting forever).
+missing=$(docker exec etl_runner sh -c 'for b in /opt/dataflow/bin/*; do ldd "$b" | sed -n "s|^\t*\(.*\) => not found|$b: \1|p"; done' | sort -u)
+[[ -z "$missing" ]] || fail "the runner image lacks shared libraries (scripts/install-deps.sh --runtime): $missing"
 [[ $(docker exec etl_runner id -u) != 0 ]] || fail "the runner runs as root"
 [[ $(docker exec etl_runner cat /proc/1/comm) == dataflow ]] || fail "PID 1 of the runner is not the supervisor"
 docker port etl_postgres | grep -v '127.0.0.1' && fail "a port is published beyond 127.0.0.1"
