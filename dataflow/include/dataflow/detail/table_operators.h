@@ -240,16 +240,13 @@ class TableEventSender {
   TableEventSender(ExchangeChannel& channel, uint64_t query, ExchangeRecordKind kind)
       : channel_(channel), query_(query), kind_(kind), partitions_(channel.partitions()) {}
 
-  int32_t partitions() const { return partitions_; }
-  // The partition of a routing key's bytes.
-  int32_t partitionOf(std::string_view bytes) const {
-    return static_cast<int32_t>(stableHash(bytes) % static_cast<uint64_t>(partitions_));
-  }
+  // The partition of a routing value (a group, a foreign key): by the stable hash of its encoding,
+  // so that every process routes it alike.
   template <class G>
   int32_t partitionOfValue(const G& g) {
     scratch_.clear();
     StateCodec<G>::encode(g, scratch_);
-    return partitionOf(scratch_);
+    return static_cast<int32_t>(stableHash(scratch_) % static_cast<uint64_t>(partitions_));
   }
 
   void send(const TableEvent<K, V>& e, int32_t from, int32_t to) {
