@@ -67,18 +67,18 @@ group_member() {
 # it; the log names the seed), each time starting it again; waits for the simulator. The job keeps
 # running (its pid in $job).
 live_with_kill() {
-  local log="$DATA/$2-live.log" sim kill seed=${E2E_KILL_SEED:-$3}
+  local log="$DATA/$2-live.log" sim round seed=${E2E_KILL_SEED:-$3}
   RANDOM=$seed
   echo "live_with_kill $1: kills drawn from seed $seed (E2E_KILL_SEED)" > "$log"
   QUERY_NAME=$2 "$BUILD/jobs/$1" >> "$log" 2>&1 &
   job=$!
   "$SIM" --ops 1500 --rate 500 --batch 2 --seed "$3" > "$DATA/$2-sim.log" 2>&1 &
   sim=$!
-  for kill in 1 2 3; do
+  for round in 1 2 3; do
     sleep "0.$((2 + RANDOM % 8))"  # 0.2-0.9 s: before the first batch, mid-batch, mid-commit alike
     kill -9 "$job" 2>/dev/null || true
     wait "$job" 2>/dev/null || true
-    echo "live_with_kill $1: kill $kill" >> "$log"
+    echo "live_with_kill $1: kill $round" >> "$log"
     QUERY_NAME=$2 "$BUILD/jobs/$1" >> "$log" 2>&1 &
     job=$!
   done
