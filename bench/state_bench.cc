@@ -175,7 +175,7 @@ void BM_Checkpoint(benchmark::State& state) {
   detail::ExecContext ctx;
   // Fill the state: every key once.
   Batch<Rec> fill;
-  fill.partitions().push_back({{"bench", 0}, {}});
+  fill.partitions().push_back({{"bench", 0}, {}, {}});
   for (int64_t k = 0; k < total; ++k) fill.partitions()[0].rows.push_back({k, 1.0, 0});
   in->next = std::move(fill);
   Batch<KeyValue<int64_t, double>> ignored;
@@ -195,7 +195,7 @@ void BM_Checkpoint(benchmark::State& state) {
   }
   std::shuffle(keys.begin(), keys.end(), rng);
   Batch<Rec> update;
-  update.partitions().push_back({{"bench", 0}, {}});
+  update.partitions().push_back({{"bench", 0}, {}, {}});
   for (int64_t k : keys) update.partitions()[0].rows.push_back({k, 2.0, 0});
   int64_t version = 1;
   double encodeMs = 0, writeMs = 0;

@@ -160,7 +160,7 @@ class KafkaChannel final : public ExchangeChannel {
     if (int failed = exchange_->failures.exchange(0); failed > 0) {
       std::lock_guard lock(exchange_->errorMu);
       // The records of this attempt may be partly in the topic: the batch is prepared again and
-      // sends them again, which the reader's versions make harmless.
+      // sends them again, which the reader's versions (tables) and origins (stream joins) make harmless.
       throw ConnectorError("Kafka exchange: " + std::to_string(failed) + " records to " + topic_ +
                                " were not delivered: " + exchange_->firstError, true);
     }

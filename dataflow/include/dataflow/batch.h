@@ -38,6 +38,11 @@ class Batch {
   struct Partition {
     PartitionId id;
     std::vector<T> rows;
+    // Where each row came from, when an operator downstream asked for it (a stream-stream join
+    // through an exchange tells a replayed row from a new one by it): the source offset of the
+    // record the row was made from, parallel to `rows`. Empty when nobody asked; rows of record
+    // types that carry their own offset (SourcePosition) leave it empty too.
+    std::vector<int64_t> origins;
   };
 
   std::vector<Partition>& partitions() { return partitions_; }

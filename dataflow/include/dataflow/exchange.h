@@ -7,8 +7,10 @@
 // A batch sends the rows it regroups and flushes them before it commits; a later batch reads
 // them. Nothing is transactional across the log and the checkpoint: a batch replayed after a
 // crash sends its rows again, and an instance fenced after a rebalance may still send some. The
-// reader must therefore be idempotent, and the table exchange (table.h) is: each row carries its
-// key's version, and a partition applies a version only once, so the duplicates change nothing.
+// reader must therefore be idempotent, and both readers are: a table's row carries its key's
+// version, and a partition applies a version only once (table.h); a joined stream's row carries
+// its origin (source partition and offset), and a partition keeps a row of an origin only once
+// (exchanged_join_operators.h). The duplicates change nothing.
 //
 // The core defines the interface; connectors implement it (kafka::KafkaExchange: internal
 // topics). memoryExchange() serves tests and one-process runs.

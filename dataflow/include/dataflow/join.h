@@ -13,6 +13,11 @@
 // any match (the combine function gets a null right side) at that moment, once. Output mode:
 // append, as Spark's.
 //
+// In one process the join's state is one partition. With an exchange (writeStream().exchange,
+// exchange.h) both streams go through one log by join key and each exchange partition keeps the
+// state of its keys, with its own event-time clock: the query can then run scaled out
+// (detail/exchanged_join_operators.h).
+//
 //   auto enriched = orders.join(payments, &Order::id, &Payment::orderId,
 //       [](const Order& o, const Payment* p) { return Paid{o.id, p ? p->amount : 0}; },
 //       dataflow::JoinType::kLeftOuter,

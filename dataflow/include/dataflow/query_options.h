@@ -56,10 +56,10 @@ struct QueryOptions {
   // Snapshots and retention of operator state. Options "state.minDeltasForSnapshot",
   // "state.minVersionsToRetain".
   StateOptions state;
-  // Where table aggregations regroup their rows (exchange.h): a log per regrouping, named after
-  // the query, so that each group's state lives with a partition of it and the query can run
-  // scaled out. Needs a query name. Default: none: the groups' state is one partition, kept by
-  // one process.
+  // Where table aggregations, table joins and stream-stream joins regroup their rows
+  // (exchange.h): a log per regrouping, named after the query, so that each group's state lives
+  // with a partition of it and the query can run scaled out. Needs a query name. Default: none:
+  // the groups' state is one partition, kept by one process.
   std::shared_ptr<Exchange> exchange;
   // How many progress records recentProgress() keeps. Option "progress.retained". Default: 100.
   int retainedProgress = 100;

@@ -44,6 +44,7 @@
 #include "dataflow/batch.h"
 #include "dataflow/checkpoint.h"
 #include "dataflow/detail/fusion.h"
+#include "dataflow/detail/exchanged_join_operators.h"
 #include "dataflow/detail/join_operators.h"
 #include "dataflow/detail/micro_batch_execution.h"
 #include "dataflow/detail/operators.h"
@@ -359,6 +360,8 @@ class Stream {
   // &right)` per match; for a left outer join `combine(left, nullptr)` once the watermark shows a
   // left row can no longer match. `range` bounds right.time - left.time and lets the watermark
   // evict state; a left outer join needs one, and withWatermark() upstream. Output mode: append.
+  // With the query's exchange both streams are regrouped by key through it (join.h), and the
+  // query can scale out.
   template <class R, class Q, class LK, class RK, class F, class TR = NoTimeRange>
     requires StateKeyFunction<LK, T> && StateKeyFunction<RK, R> && std::invocable<const F&, const T&, const R*> &&
              std::same_as<std::decay_t<std::invoke_result_t<const LK&, const T&>>,
@@ -385,21 +388,56 @@ class Stream {
     } else {
       label += ", no time bound: state is kept forever";
     }
-    label += "]";
+    label += "; through the query's exchange by key when it has one, else one partition]";
     auto node = std::make_shared<detail::LogicalNode>(detail::LogicalNode{
         detail::LogicalNode::Kind::kStateful, std::move(label), {}, {lin.node, rin.node}, false});
     detail::Producer<Out> out{
         node, [l = lin.build, r = rin.build, leftKey, rightKey, combine, type, range](detail::Planner& planner) {
-          auto lo = l(planner);
-          auto ro = r(planner);
           if (planner.outputMode != OutputMode::kAppend) {
             throw ConfigurationError("stream-stream joins support only the append output mode");
           }
-          if (type == JoinType::kLeftOuter && planner.watermarkDelaysMs.empty()) {
+          if (!planner.exchange) {
+            auto lo = l(planner);
+            auto ro = r(planner);
+            if (type == JoinType::kLeftOuter && planner.watermarkDelaysMs.empty()) {
+              throw ConfigurationError("a left outer stream-stream join needs withWatermark(...) upstream");
+            }
+            auto op = std::make_unique<detail::StreamJoinOperator<T, R, LK, RK, F, TR>>(
+                std::move(lo), std::move(ro), leftKey, rightKey, combine, type, range);
+            planner.stateful.push_back(op.get());
+            return std::unique_ptr<detail::BatchOperator<Out>>(op.release());
+          }
+          // Through the exchange (exchanged_join_operators.h): both sides by join key into one log.
+          auto channel = planner.exchangeChannel("join");
+          auto readBack = channel->source();
+          size_t index = planner.sourceIndex(readBack);
+          // Each side's watermark delay (the largest, if it has several watermarks upstream).
+          auto delayOf = [&](size_t from) -> std::optional<int64_t> {
+            const auto& d = planner.watermarkDelaysMs;
+            if (from == d.size()) return std::nullopt;
+            return *std::max_element(d.begin() + static_cast<std::ptrdiff_t>(from), d.end());
+          };
+          detail::ExchangedJoinClockOptions clock;
+          size_t before = planner.watermarkDelaysMs.size();
+          auto lo = l(planner);
+          clock.leftDelayMs = delayOf(before);
+          before = planner.watermarkDelaysMs.size();
+          auto ro = r(planner);
+          clock.rightDelayMs = delayOf(before);
+          if (type == JoinType::kLeftOuter && !clock.leftDelayMs && !clock.rightDelayMs) {
             throw ConfigurationError("a left outer stream-stream join needs withWatermark(...) upstream");
           }
-          auto op = std::make_unique<detail::StreamJoinOperator<T, R, LK, RK, F, TR>>(std::move(lo), std::move(ro), leftKey,
-                                                                                      rightKey, combine, type, range);
+          if (!lo->trackOrigins() || !ro->trackOrigins()) {
+            throw ConfigurationError(
+                "a stream-stream join through an exchange tells a row sent again from a new one by the source offset "
+                "it was made from: both sides must be made by stateless steps (parse, map, filter, flatMap, union, "
+                "withWatermark) from sources whose records carry offsets, not by an aggregation or latestByKey");
+          }
+          using Send = detail::StreamJoinExchangeOperator<T, R, LK, RK, TR>;
+          auto op = std::make_unique<detail::PartitionedStreamJoinOperator<T, R, LK, RK, F, TR>>(
+              std::make_unique<Send>(std::move(lo), std::move(ro), leftKey, rightKey, range, channel,
+                                     std::make_unique<detail::ScanOperator<LogRecord>>(readBack, index)),
+              leftKey, rightKey, combine, type, range, clock);
           planner.stateful.push_back(op.get());
           return std::unique_ptr<detail::BatchOperator<Out>>(op.release());
         }};
@@ -529,7 +567,8 @@ class DataStreamWriter {
     options_.state.backend = std::move(backend);
     return *this;
   }
-  // Table aggregations regroup their rows through `exchange` (QueryOptions::exchange).
+  // Table aggregations, table joins and stream-stream joins regroup their rows through
+  // `exchange` (QueryOptions::exchange).
   DataStreamWriter& exchange(std::shared_ptr<Exchange> exchange) {
     options_.exchange = std::move(exchange);
     return *this;

@@ -110,11 +110,11 @@ void MicroBatchExecution::initialize() {
             "query " + options_.name + ": the stateful operator " + op->operatorName() +
             " cannot run scaled out (sources assigned by a consumer group) yet: aggregations (windowed or not), "
             "dropDuplicates (with or without a watermark), transformWithState without processing-time timers and "
-            "asTable keep state that moves with its partition, and so do table aggregations regrouped through an "
-            "exchange (writeStream().exchange(...), REPARTITION=kafka in the jobs); stream-stream joins, table "
-            "aggregations without an exchange and table joins (which regroup rows across partitions), and "
-            "transformWithState with TimeMode::kProcessingTime (whose timers fire in batches without data), need a "
-            "single instance");
+            "asTable keep state that moves with its partition, and so do stream-stream joins, table aggregations and "
+            "table joins regrouped through an exchange (writeStream().exchange(...), REPARTITION=kafka in the jobs); "
+            "stream-stream joins, table aggregations and table joins without an exchange (which regroup rows across "
+            "partitions), and transformWithState with TimeMode::kProcessingTime (whose timers fire in batches without "
+            "data), need a single instance");
       }
     }
     initializeScaleOut({id_, descriptions});

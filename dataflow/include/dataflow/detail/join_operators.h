@@ -70,6 +70,32 @@ class StaticJoinOperator final
   std::unique_ptr<Index> index_;
 };
 
+// Drops a join side's rows whose deadline is before the watermark, calling onEvict for each.
+// `side` has `state` (key -> rows) and `byDeadline` (eviction time -> keys).
+template <class Side, class OnEvict, class Deadline>
+void evictJoinRows(Side& side, int64_t watermark, OnEvict&& onEvict, Deadline&& deadline) {
+  auto& index = side.byDeadline;
+  while (!index.empty() && index.begin()->first < watermark) {
+    for (const auto& k : index.begin()->second) {
+      auto it = side.state.map().find(k);
+      if (it == side.state.map().end()) continue;
+      auto& entries = it->second.value;
+      size_t before = entries.size();
+      std::erase_if(entries, [&](auto& e) {
+        if (deadline(e) >= watermark) return false;
+        onEvict(e);
+        return true;
+      });
+      if (entries.empty()) {
+        side.state.erase(it);
+      } else if (entries.size() != before) {
+        side.state.touch(it);
+      }
+    }
+    index.erase(index.begin());
+  }
+}
+
 // Symmetric hash join of two streams. Both sides' rows live in state by key (one state
 // partition: rows of a key may come from any partition of either source), each with its event
 // time and, on the left, whether it has matched. Per batch: the left side's new rows meet the
@@ -159,10 +185,10 @@ class StreamJoinOperator final
     }
     if constexpr (kTimed) {
       if (watermark != kNoWatermark) {
-        evict(left_side_, watermark, [&](LeftEntry& e) {
+        evictJoinRows(left_side_, watermark, [&](LeftEntry& e) {
           if (type_ == JoinType::kLeftOuter && !std::get<2>(e)) rows.push_back(std::invoke(combine_, std::as_const(std::get<0>(e)), static_cast<const R*>(nullptr)));
         }, [&](const LeftEntry& e) { return std::get<1>(e) + range_.upper.count(); });
-        evict(right_side_, watermark, [](RightEntry&) {}, [&](const RightEntry& e) { return std::get<1>(e) - range_.lower.count(); });
+        evictJoinRows(right_side_, watermark, [](RightEntry&) {}, [&](const RightEntry& e) { return std::get<1>(e) - range_.lower.count(); });
       }
     }
   }
@@ -242,31 +268,6 @@ class StreamJoinOperator final
     }
     return true;
   }
-  // Drops the entries whose deadline is before the watermark, calling onEvict for each.
-  template <class E, class OnEvict, class Deadline>
-  static void evict(Side<E>& side, int64_t watermark, OnEvict&& onEvict, Deadline&& deadline) {
-    auto& index = side.byDeadline;
-    while (!index.empty() && index.begin()->first < watermark) {
-      for (const Key& k : index.begin()->second) {
-        auto it = side.state.map().find(k);
-        if (it == side.state.map().end()) continue;
-        auto& entries = it->second.value;
-        size_t before = entries.size();
-        std::erase_if(entries, [&](E& e) {
-          if (deadline(e) >= watermark) return false;
-          onEvict(e);
-          return true;
-        });
-        if (entries.empty()) {
-          side.state.erase(it);
-        } else if (entries.size() != before) {
-          side.state.touch(it);
-        }
-      }
-      index.erase(index.begin());
-    }
-  }
-
   std::unique_ptr<BatchOperator<L>> left_;
   std::unique_ptr<BatchOperator<R>> right_;
   LK leftKey_;

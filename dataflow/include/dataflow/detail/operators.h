@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 #include "dataflow/batch.h"
@@ -79,7 +80,19 @@ class BatchOperator {
  public:
   virtual ~BatchOperator() = default;
   virtual void produce(ExecContext& ctx, Batch<T>& out) = 0;
+  // Asks the operator to give each output row its origin (Batch::Partition::origins, or the
+  // row's own offset for SourcePosition rows) and returns whether it can: rows made by stateless
+  // steps from a source's records can; rows an aggregation emits cannot. Called while planning.
+  virtual bool trackOrigins() { return false; }
 };
+
+// The source offset of row `i` of a partition whose origins are tracked.
+template <class T>
+int64_t originOf(const typename Batch<T>::Partition& part, size_t i) {
+  if (!part.origins.empty()) return part.origins[i];
+  if constexpr (SourcePosition<T>) return static_cast<int64_t>(part.rows[i].offset);
+  return -1;
+}
 
 // The root of a physical plan: produces the batch and hands it to the sink. The two steps are
 // separate so that the driver can produce the next batch while the sink writes this one.
@@ -111,6 +124,11 @@ class ScanOperator final : public BatchOperator<T> {
   ScanOperator(std::shared_ptr<TypedSource<T>> source, size_t index)
       : source_(std::move(source)), index_(index) {}
 
+  bool trackOrigins() override {
+    trackOrigins_ = true;
+    return SourcePosition<T> || source_->offsetsCountRecords();
+  }
+
   void produce(ExecContext& ctx, Batch<T>& out) override {
     const auto& ranges = ctx.ranges[index_];
     const auto started = std::chrono::steady_clock::now();
@@ -123,6 +141,12 @@ class ScanOperator final : public BatchOperator<T> {
       part.id = r.partition;
       if (source_->offsetsCountRecords()) part.rows.reserve(static_cast<size_t>(r.until - r.from));
       source_->read(r.partition, r.from, r.until, part.rows);
+      if constexpr (!SourcePosition<T>) {
+        if (trackOrigins_) {  // offsets count records (trackOrigins): the i-th record has offset from + i
+          part.origins.resize(part.rows.size());
+          std::iota(part.origins.begin(), part.origins.end(), r.from);
+        }
+      }
     });
     ctx.readMicros.fetch_add(
         std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count(),
@@ -135,6 +159,7 @@ class ScanOperator final : public BatchOperator<T> {
  private:
   std::shared_ptr<TypedSource<T>> source_;
   size_t index_;
+  bool trackOrigins_ = false;
 };
 
 // Runs a fused Pipe over every chunk of every partition in parallel.
@@ -146,6 +171,8 @@ class FusedOperator final : public BatchOperator<T> {
   FusedOperator(std::unique_ptr<BatchOperator<In>> input, P pipe)
       : input_(std::move(input)), pipe_(std::move(pipe)) {}
 
+  bool trackOrigins() override { return trackOrigins_ = input_->trackOrigins(); }
+
   void produce(ExecContext& ctx, Batch<T>& out) override {
     Batch<In> in;
     input_->produce(ctx, in);
@@ -156,19 +183,32 @@ class FusedOperator final : public BatchOperator<T> {
       size_t begin;
       size_t end;
       std::vector<T> rows;
+      std::vector<int64_t> origins;
       std::vector<DeadLetter> deadLetters;
     };
     const size_t chunkSize = ctx.chunkSize == 0 ? 1 : ctx.chunkSize;
     std::vector<Chunk> chunks;
     for (size_t p = 0; p < in.partitions().size(); ++p) {
       size_t n = in.partitions()[p].rows.size();
-      for (size_t b = 0; b < n; b += chunkSize) chunks.push_back({p, b, std::min(n, b + chunkSize), {}, {}});
+      for (size_t b = 0; b < n; b += chunkSize) chunks.push_back({p, b, std::min(n, b + chunkSize), {}, {}, {}});
     }
     tbb::parallel_for(size_t{0}, chunks.size(), [&](size_t i) {
       Chunk& c = chunks[i];
       const auto& part = in.partitions()[c.partition];
       ChunkContext cc{&part.id, &c.deadLetters};
       c.rows.reserve(c.end - c.begin);
+      if (trackOrigins_) {
+        int64_t origin = 0;
+        auto emit = [&c, &origin](auto&& row) {
+          c.rows.emplace_back(std::forward<decltype(row)>(row));
+          c.origins.push_back(origin);
+        };
+        for (size_t r = c.begin; r < c.end; ++r) {
+          origin = originOf<In>(part, r);
+          pipe_.run(part.rows[r], cc, emit);
+        }
+        return;
+      }
       auto emit = [&c](auto&& row) { c.rows.emplace_back(std::forward<decltype(row)>(row)); };
       for (size_t r = c.begin; r < c.end; ++r) pipe_.run(part.rows[r], cc, emit);
     });
@@ -188,11 +228,14 @@ class FusedOperator final : public BatchOperator<T> {
     }
     for (Chunk& c : chunks) {
       auto& rows = parts[c.partition].rows;
+      auto& origins = parts[c.partition].origins;
       if (counts[c.partition] == 1) {
         rows = std::move(c.rows);
+        origins = std::move(c.origins);
       } else {
         rows.insert(rows.end(), std::make_move_iterator(c.rows.begin()),
                     std::make_move_iterator(c.rows.end()));
+        origins.insert(origins.end(), c.origins.begin(), c.origins.end());
       }
       for (auto& d : c.deadLetters) out.deadLetters().push_back(std::move(d));
     }
@@ -201,6 +244,7 @@ class FusedOperator final : public BatchOperator<T> {
  private:
   std::unique_ptr<BatchOperator<In>> input_;
   P pipe_;
+  bool trackOrigins_ = false;
 };
 
 template <class T>
@@ -208,6 +252,12 @@ class UnionOperator final : public BatchOperator<T> {
  public:
   UnionOperator(std::unique_ptr<BatchOperator<T>> left, std::unique_ptr<BatchOperator<T>> right)
       : left_(std::move(left)), right_(std::move(right)) {}
+
+  bool trackOrigins() override {
+    bool l = left_->trackOrigins();
+    bool r = right_->trackOrigins();
+    return l && r;
+  }
 
   void produce(ExecContext& ctx, Batch<T>& out) override {
     Batch<T> right;

@@ -30,6 +30,8 @@ class WatermarkOperator final : public BatchOperator<T> {
   WatermarkOperator(std::unique_ptr<BatchOperator<T>> input, TimeFn time, size_t index)
       : input_(std::move(input)), time_(std::move(time)), index_(index) {}
 
+  bool trackOrigins() override { return input_->trackOrigins(); }  // rows pass through untouched
+
   void produce(ExecContext& ctx, Batch<T>& out) override {
     input_->produce(ctx, out);
     auto& parts = out.partitions();
