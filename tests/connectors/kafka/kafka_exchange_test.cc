@@ -1,5 +1,6 @@
 // KafkaExchange (label: kafka): a table regrouped through an internal topic equals the
-// recomputation from the final table, on librdkafka's mock cluster and on the real broker
+// recomputation from the final table, and two streams joined through one equal the join of the
+// whole input, on librdkafka's mock cluster and on the real broker
 // (RealBrokerExchange: the topic is created with the partitions asked for, a second exchange finds
 // it with the partitions it has, and what committed batches read is deleted from it).
 #include <dataflow/dataflow.h>
@@ -12,6 +13,7 @@
 #include <thread>
 
 #include "connectors/kafka/real_broker.h"
+#include "testing/join_workloads.h"
 #include "testing/table_workloads.h"
 
 namespace dataflow::kafka {
@@ -46,6 +48,28 @@ TEST(KafkaExchange, RegroupsATableExactlyAcrossCrashes) {
     EXPECT_EQ(runAggregation(changelog, store, &crashes, -1, nullptr, false, exchange), recompute(changelog));
     EXPECT_EQ(crashes, 1);
     EXPECT_EQ(exchange->channel("stats-groupBy-1")->partitions(), 3);
+  }
+  rd_kafka_mock_cluster_destroy(cluster);
+  rd_kafka_destroy(handle);
+}
+
+TEST(KafkaExchange, JoinsTwoStreamsExactlyAcrossCrashes) {
+  char err[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
+  rd_kafka_t* handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  rd_kafka_mock_cluster_t* cluster = rd_kafka_mock_cluster_new(handle, 1);
+  const std::string bootstrap = rd_kafka_mock_cluster_bootstraps(cluster);
+  ASSERT_EQ(rd_kafka_mock_topic_create(cluster, "clicks-buys-join-1", 3, 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+  {
+    auto w = join_testing::randomWorkload(5, 2, 2, 400);
+    for (JoinType type : {JoinType::kInner, JoinType::kLeftOuter}) {
+      auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
+      store->arm(CrashingStore::Step::kBeforeCommit, 6);
+      auto result = join_testing::runJoin(w, type, store, std::make_shared<KafkaExchange>(exchangeOptions(bootstrap, 1)));
+      EXPECT_EQ(result.rows, join_testing::oracle(w, type)) << toString(type);
+      EXPECT_EQ(result.crashes, 1);
+    }
   }
   rd_kafka_mock_cluster_destroy(cluster);
   rd_kafka_destroy(handle);
