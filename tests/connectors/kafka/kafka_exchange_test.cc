@@ -137,5 +137,18 @@ TEST(RealBrokerExchange, CreatesItsTopicRegroupsATableExactlyAndDeletesWhatWasCo
   source->close();
 }
 
+TEST(RealBrokerExchange, JoinsTwoStreamsExactlyThroughATopicItCreates) {
+  REQUIRE_REAL_KAFKA();
+  // runJoin names its query "clicks-buys" and the topic after it; what an earlier run left in the
+  // topic belongs to another query id and is skipped.
+  auto w = join_testing::randomWorkload(13, 3, 2, 500);
+  auto store = std::make_shared<CrashingStore>(memoryCheckpoint());
+  store->arm(CrashingStore::Step::kAfterState, 5);
+  auto result = join_testing::runJoin(w, JoinType::kLeftOuter, store,
+                                      std::make_shared<KafkaExchange>(exchangeOptions(realBroker(), 3)), /*overlap=*/true);
+  EXPECT_EQ(result.rows, join_testing::oracle(w, JoinType::kLeftOuter));
+  EXPECT_EQ(result.crashes, 1);
+}
+
 }  // namespace
 }  // namespace dataflow::kafka
