@@ -122,7 +122,8 @@ struct Avg {
 
 // Min or max under retraction (table aggregations, table.h): the group's values with their
 // multiplicities, sorted, so that retracting the current extreme reveals the next one exactly.
-// Memory grows with the distinct values of a group.
+// Memory grows with the distinct values of a group; a group with one value (many groups have one
+// row) keeps it inline, without an allocation.
 template <class F, bool kMax>
 struct RetractableExtreme {
   static constexpr const char* kName = kMax ? "max" : "min";
@@ -131,7 +132,7 @@ struct RetractableExtreme {
   auto init() const {
     using V = std::decay_t<std::invoke_result_t<const F&, const T&>>;
     static_assert(std::totally_ordered<V>, "min/max(fn): fn must return an ordered value");
-    return std::vector<std::pair<V, int64_t>>{};
+    return absl::InlinedVector<std::pair<V, int64_t>, 1>{};
   }
   template <class T, class Acc>
   void add(Acc& acc, const T& row) const {

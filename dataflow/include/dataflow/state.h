@@ -17,6 +17,8 @@
 // <version>.snapshot, where <version> is the batch id that produced it.
 #pragma once
 
+#include <absl/container/inlined_vector.h>
+
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -170,6 +172,22 @@ struct StateCodec<std::vector<T>> {
   static std::vector<T> decode(std::string_view& in) {
     auto n = state_detail::getVarint(in);
     std::vector<T> v;
+    v.reserve(std::min<uint64_t>(n, in.size()));
+    for (uint64_t i = 0; i < n; ++i) v.push_back(StateCodec<T>::decode(in));
+    return v;
+  }
+};
+
+// Written as a std::vector of the same elements is: the inline capacity is not part of the bytes.
+template <class T, size_t N>
+struct StateCodec<absl::InlinedVector<T, N>> {
+  static void encode(const absl::InlinedVector<T, N>& v, std::string& out) {
+    state_detail::putVarint(v.size(), out);
+    for (const auto& x : v) StateCodec<T>::encode(x, out);
+  }
+  static absl::InlinedVector<T, N> decode(std::string_view& in) {
+    auto n = state_detail::getVarint(in);
+    absl::InlinedVector<T, N> v;
     v.reserve(std::min<uint64_t>(n, in.size()));
     for (uint64_t i = 0; i < n; ++i) v.push_back(StateCodec<T>::decode(in));
     return v;
