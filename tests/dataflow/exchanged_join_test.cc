@@ -83,6 +83,57 @@ TEST(StreamJoinThroughAnExchange, RowsWithoutASourceOffsetAreRefusedAndExplainSh
   EXPECT_NE(writer.explain().find("through the query's exchange by key"), std::string::npos) << writer.explain();
 }
 
+// A row behind its own source partition's watermark is late at the exchange partition: dropped,
+// counted, and a dead letter when asked; a process running ahead on another partition does not
+// make a slower partition's rows late.
+TEST(StreamJoinThroughAnExchange, ARowBehindItsPartitionsWatermarkIsLateAndAnotherPartitionsPaceIsNot) {
+  Session session;
+  auto clicks = std::make_shared<MemoryStream<Click>>("clicks", MemoryStreamOptions{.partitions = 2});
+  auto buys = std::make_shared<MemoryStream<Buy>>("buys");
+  std::vector<DeadLetter> dead;
+  auto sink = std::make_shared<BatchLogSink<Joined>>();
+  auto query = session.readStream(clicks)
+                   .withWatermark(&Click::ts, kDelay)
+                   .join(session.readStream(buys).withWatermark(&Buy::ts, kDelay), &Click::user, &Buy::user,
+                         [](const Click& c, const Buy* b) { return Joined{c.id, b ? b->id : -1}; }, JoinType::kInner,
+                         timeRange(&Click::ts, &Buy::ts, kLower, kUpper))
+                   .deadLetters([&](std::span<const DeadLetter> d, const BatchInfo&) { dead.insert(dead.end(), d.begin(), d.end()); })
+                   .writeStream()
+                   .queryName("late-join")
+                   .exchange(memoryExchange(1))
+                   .lateRecordsToDeadLetters()
+                   .sink(sink)
+                   .start();
+  clicks->addData({{1, 10'000, 1}}, 0);
+  clicks->addData({{1, 10'000, 2}}, 1);
+  buys->addData({{1, 10'100, 3}});
+  query.processAllAvailable();
+  // Partition 0 runs 50 s ahead; partition 1's next click is within the delay of its own newest
+  // event, so it still meets its buy, however far partition 0 has come.
+  clicks->addData({{1, 60'000, 4}}, 0);
+  buys->addData({{1, 60'000, 5}});
+  query.processAllAvailable();
+  clicks->addData({{1, 10'050, 6}}, 1);
+  query.processAllAvailable();
+  // Now partition 1 moves on too, and a click of it 10 s behind is late.
+  clicks->addData({{1, 60'000, 7}}, 1);
+  query.processAllAvailable();
+  clicks->addData({{1, 50'000, 8}}, 1);
+  query.processAllAvailable();
+  query.stop();
+  auto rows = sink->all();
+  std::sort(rows.begin(), rows.end());
+  EXPECT_EQ(rows, (std::vector<Joined>{{1, 3}, {2, 3}, {4, 5}, {6, 3}, {7, 5}}));
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].errorKind, "late_event");
+  EXPECT_NE(dead[0].errorMessage.find("event time 50000 ms"), std::string::npos) << dead[0].errorMessage;
+  int64_t dropped = 0;
+  for (const auto& p : query.recentProgress()) {
+    for (const auto& op : p.stateOperators) dropped += op.numRowsDroppedByWatermark;
+  }
+  EXPECT_EQ(dropped, 1);
+}
+
 // ---- Scaled out: the test stands in for the consumer group that assigns partitions.
 
 // A partitioned log shared by the instances, and who owns each of its partitions.
