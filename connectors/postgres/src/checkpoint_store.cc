@@ -365,8 +365,66 @@ void PostgresCheckpointStore::commitWithin(Connection& tx, const BatchInfo& batc
   stateWrittenWithin_ = batch.stateChanges ? batchId : -1;
 }
 
+namespace {
+
+// State files are sent and read in pieces of this size at most: libpq keeps a connection's
+// buffers at the largest message they ever held, so a snapshot of a large state sent as one
+// parameter (or read as one value) would stay in memory as long as the connection.
+constexpr size_t kStateChunkBytes = size_t{1} << 20;
+
+void appendBigEndian(uint64_t v, int bytes, std::string& out) {
+  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+void appendCopyField(std::string_view value, std::string& out) {
+  appendBigEndian(value.size(), 4, out);
+  out.append(value);
+}
+
+// Writes a large state file with a binary COPY, the file in pieces (the row it replaces, if
+// any, deleted first: a replayed batch writes its files again). Inside the caller's transaction.
+void copyStateFile(Connection& tx, const std::string& checkpoint, const StateChanges::File& f) {
+  const std::string operatorId = std::to_string(f.id.operatorId), partition = std::to_string(f.id.partition.partition),
+                    version = std::to_string(f.id.version);
+  tx.execParams(
+      "DELETE FROM public.dataflow_state WHERE checkpoint_name = $1 AND operator_id = $2 AND partition_topic = $3 "
+      "AND partition_id = $4 AND version = $5 AND is_snapshot = $6",
+      {checkpoint, operatorId, f.id.partition.topic, partition, version, f.id.snapshot ? "t" : "f"});
+  tx.copyStart(
+      "COPY public.dataflow_state (checkpoint_name, operator_id, partition_topic, partition_id, version, is_snapshot, "
+      "data) FROM STDIN (FORMAT binary)");
+  std::string head("PGCOPY\n\xff\r\n\0", 11);
+  appendBigEndian(0, 4, head);  // flags
+  appendBigEndian(0, 4, head);  // header extension length
+  appendBigEndian(7, 2, head);  // fields of the row
+  appendCopyField(checkpoint, head);
+  appendBigEndian(4, 4, head);
+  appendBigEndian(static_cast<uint32_t>(f.id.operatorId), 4, head);
+  appendCopyField(f.id.partition.topic, head);
+  appendBigEndian(4, 4, head);
+  appendBigEndian(static_cast<uint32_t>(f.id.partition.partition), 4, head);
+  appendBigEndian(8, 4, head);
+  appendBigEndian(static_cast<uint64_t>(f.id.version), 8, head);
+  appendBigEndian(1, 4, head);
+  head.push_back(f.id.snapshot ? 1 : 0);
+  appendBigEndian(f.bytes.size(), 4, head);
+  tx.copyData(head);
+  for (size_t at = 0; at < f.bytes.size(); at += kStateChunkBytes) {
+    tx.copyData(std::string_view(f.bytes).substr(at, kStateChunkBytes));
+  }
+  std::string trailer;
+  appendBigEndian(0xFFFF, 2, trailer);
+  tx.copyData(trailer);
+  tx.copyEnd();
+}
+
+}  // namespace
+
 void PostgresCheckpointStore::writeStateWithin(Connection& tx, const StateChanges& changes) {
   for (const auto& f : changes.files) {
+    if (f.bytes.size() > kStateChunkBytes) {
+      copyStateFile(tx, options_.name, f);
+      continue;
+    }
     tx.execParamsBinary(
         "INSERT INTO public.dataflow_state (checkpoint_name, operator_id, partition_topic, partition_id, version, "
         "is_snapshot, data) VALUES ($1, $2, $3, $4, $5, $6, $7) "
@@ -406,16 +464,39 @@ std::vector<StateFileId> PostgresCheckpointStore::listStateFiles(int operatorId)
 
 std::string PostgresCheckpointStore::readStateFile(const StateFileId& id) {
   return withConnection([&](Connection& c) {
-    // The bytes in binary format: in hex, libpq would hold twice the file (state files of large
-    // states are tens of megabytes, and the connection keeps its buffer grown).
-    auto r = c.execParamsBinary(
-        "SELECT data FROM public.dataflow_state WHERE checkpoint_name = $1 AND operator_id = $2 "
-        "AND partition_topic = $3 AND partition_id = $4 AND version = $5 AND is_snapshot = $6",
-        {options_.name, std::to_string(id.operatorId), id.partition.topic, std::to_string(id.partition.partition),
-         std::to_string(id.version), id.snapshot ? "t" : "f"},
-        {}, /*binaryResult=*/true);
-    if (r.rows() != 1) throw CheckpointError("state file " + describe() + "/" + id.path() + " is missing");
-    return std::string(r.value(0, 0));
+    // The bytes in binary format (in hex, libpq would hold twice the file), in pieces of at most
+    // kStateChunkBytes: state files of large states are tens of megabytes, and the connection
+    // keeps its buffer at the largest piece it read. The column is stored uncompressed (sql/005),
+    // so a piece reads only its own part of the value.
+    const std::string where =
+        " FROM public.dataflow_state WHERE checkpoint_name = $1 AND operator_id = $2 AND partition_topic = $3 AND "
+        "partition_id = $4 AND version = $5 AND is_snapshot = $6";
+    std::vector<std::optional<std::string_view>> params;
+    const std::string operatorId = std::to_string(id.operatorId), partition = std::to_string(id.partition.partition),
+                      version = std::to_string(id.version);
+    for (std::string_view p : {std::string_view(options_.name), std::string_view(operatorId),
+                               std::string_view(id.partition.topic), std::string_view(partition),
+                               std::string_view(version), std::string_view(id.snapshot ? "t" : "f")}) {
+      params.emplace_back(p);
+    }
+    auto size = c.execParamsBinary("SELECT octet_length(data)::text" + where, params, {}, /*binaryResult=*/false);
+    if (size.rows() != 1) throw CheckpointError("state file " + describe() + "/" + id.path() + " is missing");
+    const size_t total = std::stoull(std::string(size.value(0, 0)));
+    std::string out;
+    out.reserve(total);
+    const std::string piece = std::to_string(kStateChunkBytes);
+    for (size_t at = 0; at < total; at += kStateChunkBytes) {
+      const std::string from = std::to_string(at + 1);
+      auto r = c.execParamsBinary("SELECT substring(data FROM $7::int FOR $8::int)" + where,
+                                  {params[0], params[1], params[2], params[3], params[4], params[5], from, piece}, {},
+                                  /*binaryResult=*/true);
+      if (r.rows() != 1) throw CheckpointError("state file " + describe() + "/" + id.path() + " is missing");
+      out.append(r.value(0, 0));
+    }
+    if (out.size() != total) {
+      throw CheckpointError("state file " + describe() + "/" + id.path() + " changed while it was read");
+    }
+    return out;
   });
 }
 
