@@ -1,6 +1,7 @@
 #include "state/state_manager.h"
 
-#include <absl/container/flat_hash_map.h>
+#include <absl/container/flat_hash_set.h>
+#include <absl/hash/hash.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -11,6 +12,66 @@
 #include "dataflow/error.h"
 
 namespace dataflow::detail {
+
+namespace {
+
+// The newest put of each key over a chain of state files, kept as references into the files'
+// bytes (which must not move): a key is found by the bytes it refers to, and its value follows
+// it in the file.
+class FoldIndex {
+ public:
+  explicit FoldIndex(const std::vector<std::string>& files) : set_(0, Hash{&files}, Eq{&files}), files_(&files) {}
+
+  bool empty() const { return set_.empty(); }
+  void reserve(size_t n) { set_.reserve(n); }
+  void clear() { set_ = {}; }
+  // `key` views the bytes of file `file` (a put's key).
+  void put(uint32_t file, std::string_view key) {
+    Ref ref{file, static_cast<uint32_t>(key.size()),
+            static_cast<uint64_t>(key.data() - (*files_)[file].data())};
+    auto [it, inserted] = set_.insert(ref);
+    // The same key bytes, so the same hash and equality: the newer put replaces the reference.
+    if (!inserted) const_cast<Ref&>(*it) = ref;
+  }
+  void remove(std::string_view key) { set_.erase(key); }
+  template <class F>
+  void forEach(F&& fn) const {
+    for (const Ref& r : set_) {
+      std::string_view after = std::string_view((*files_)[r.file]).substr(r.offset + r.keyLength);
+      auto length = state_detail::getVarint(after);
+      fn(keyOf(*files_, r), after.substr(0, length));
+    }
+  }
+
+ private:
+  struct Ref {
+    uint32_t file;
+    uint32_t keyLength;
+    uint64_t offset;
+  };
+  static std::string_view keyOf(const std::vector<std::string>& files, const Ref& r) {
+    return std::string_view(files[r.file]).substr(r.offset, r.keyLength);
+  }
+  struct Hash {
+    using is_transparent = void;
+    const std::vector<std::string>* files;
+    size_t operator()(std::string_view k) const { return absl::Hash<std::string_view>{}(k); }
+    size_t operator()(const Ref& r) const { return (*this)(keyOf(*files, r)); }
+  };
+  struct Eq {
+    using is_transparent = void;
+    const std::vector<std::string>* files;
+    std::string_view view(std::string_view k) const { return k; }
+    std::string_view view(const Ref& r) const { return keyOf(*files, r); }
+    template <class A, class B>
+    bool operator()(const A& a, const B& b) const { return view(a) == view(b); }
+  };
+
+  absl::flat_hash_set<Ref, Hash, Eq> set_;
+  const std::vector<std::string>* files_;
+};
+
+}  // namespace
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -220,26 +281,28 @@ void StateManager::maintain(int operatorId, PartitionId partition, int64_t versi
   for (auto& f : store_->listStateFiles(operatorId)) {
     if (f.partition == partition) files.push_back(f);
   }
-  // The entries as views into the files' bytes: a copy of each key and value in a node of a
-  // sorted map took twice the state's size again, next to the state itself (the snapshot of a
-  // large state runs while the next batch runs).
+  // The newest entry of each key, as a reference into the files' bytes: the snapshot of a large
+  // state is made while the next batch runs, next to the state itself, so the fold holds the
+  // files once and an index of 16 bytes a key (a copy of each entry in a sorted map took twice
+  // the state's size again; views of key and value, 32 bytes a key).
   const auto chain = restoreChain(files, version);
   std::vector<std::string> bytes;
-  bytes.reserve(chain.size());  // the views must not move
-  absl::flat_hash_map<std::string_view, std::string_view> entries;
+  bytes.reserve(chain.size());  // the references must not move
+  FoldIndex entries(bytes);
   for (const StateFileId& id : chain) {
     bytes.push_back(store_->readStateFile(id));
     StateFileReader reader(bytes.back(), store_->describe() + "/" + id.path());
     if (entries.empty()) entries.reserve(reader.count());
-    reader.forEach([&](std::string_view k, std::string_view v) { entries.insert_or_assign(k, v); },
-                   [&](std::string_view k) { entries.erase(k); });
+    const auto file = static_cast<uint32_t>(bytes.size() - 1);
+    reader.forEach([&](std::string_view k, std::string_view) { entries.put(file, k); },
+                   [&](std::string_view k) { entries.remove(k); });
   }
   size_t size = 0;
-  for (const auto& [k, v] : entries) size += StateFileWriter::putSize(k, v);
+  entries.forEach([&](std::string_view k, std::string_view v) { size += StateFileWriter::putSize(k, v); });
   StateFileWriter w(StateFileWriter::Kind::kSnapshot);
   w.reserve(size);
-  for (const auto& [k, v] : entries) w.put(k, v);
-  entries = {};
+  entries.forEach([&](std::string_view k, std::string_view v) { w.put(k, v); });
+  entries.clear();
   bytes = {};
   StateChanges snapshot;
   snapshot.files.push_back({StateFileId{operatorId, partition, version, true}, w.finish()});
