@@ -95,6 +95,21 @@ auto PostgresCheckpointStore::withConnection(F&& fn) {
   }
 }
 
+template <class F>
+auto PostgresCheckpointStore::withStateConnection(F&& fn) {
+  std::lock_guard lock(stateMu_);
+  if (!stateConn_ || !stateConn_->isOpen()) {
+    stateConn_.reset();
+    stateConn_.emplace(Connection::open(options_.connection));
+  }
+  try {
+    return fn(*stateConn_);
+  } catch (const ConnectorError&) {
+    if (!stateConn_->isOpen()) stateConn_.reset();
+    throw;
+  }
+}
+
 std::optional<QueryMetadata> PostgresCheckpointStore::readMetadata() {
   return withConnection([&](Connection& c) -> std::optional<QueryMetadata> {
     auto r = c.execParams("SELECT sources FROM public.dataflow_checkpoints WHERE checkpoint_name = $1", {options_.name});
@@ -180,11 +195,30 @@ void PostgresCheckpointStore::scaleIn(Connection& c, const QueryMetadata& metada
 }
 
 void PostgresCheckpointStore::writeOffsets(const OffsetLogEntry& entry) {
+  bool sinkCommitsWithin;
+  {
+    std::lock_guard lock(mu_);
+    sinkCommitsWithin = committedWithin_ >= 0;
+  }
+  const std::string sql =
+      "INSERT INTO public.dataflow_offsets (checkpoint_name, batch_id, entry) VALUES ($1, $2, $3) "
+      "ON CONFLICT (checkpoint_name, batch_id) DO UPDATE SET entry = EXCLUDED.entry, created_at = now()";
+  const std::vector<std::optional<std::string>> params{options_.name, std::to_string(entry.batchId),
+                                                       serializeOffsetLogEntry(entry)};
   withConnection([&](Connection& c) {
-    c.execParams(
-        "INSERT INTO public.dataflow_offsets (checkpoint_name, batch_id, entry) VALUES ($1, $2, $3) "
-        "ON CONFLICT (checkpoint_name, batch_id) DO UPDATE SET entry = EXCLUDED.entry, created_at = now()",
-        {options_.name, std::to_string(entry.batchId), serializeOffsetLogEntry(entry)});
+    if (!sinkCommitsWithin) {
+      c.execParams(sql, params);
+      return;
+    }
+    // The query's batches commit inside the sink's transaction, which writes this entry again
+    // (commitWithin): the batch cannot commit without it. So the entry need not wait for its own
+    // flush to disk, one fsync per batch off the latency path. A server crash that loses it loses
+    // the batch's uncommitted output with it, and the batch is planned afresh; WAL is written in
+    // order, so the sink's commit flushes it too.
+    inTransaction(c, [&](Connection& tx) {
+      tx.exec("SET LOCAL synchronous_commit TO off");
+      tx.execParams(sql, params);
+    });
   });
 }
 
@@ -357,6 +391,14 @@ void PostgresCheckpointStore::commitWithin(Connection& tx, const BatchInfo& batc
     // DLQ uniqueness), so this attempt is a no-op and may commit.
     spdlog::warn("checkpoint {}: batch {} was already committed (lost COMMIT reply); nothing to redo", describe(), batchId);
   }
+  // The batch's offsets entry, again: it was written ahead of the batch without waiting for its
+  // flush (writeOffsets), and a batch must never commit without it (a restart would otherwise
+  // plan another batch under this id).
+  OffsetLogEntry entry{batchId, batch.batchTimestampMs, batch.sources, batch.batchWatermarkMs};
+  tx.execParams(
+      "INSERT INTO public.dataflow_offsets (checkpoint_name, batch_id, entry) VALUES ($1, $2, $3) "
+      "ON CONFLICT (checkpoint_name, batch_id) DO NOTHING",
+      {options_.name, std::to_string(batchId), serializeOffsetLogEntry(entry)});
   // The state a batch produced is written in the same transaction (after the epoch check above:
   // a fenced instance fails before writing any).
   if (batch.stateChanges && !batch.stateChanges->empty()) writeStateWithin(tx, *batch.stateChanges);
@@ -444,11 +486,11 @@ void PostgresCheckpointStore::writeStateFiles(const StateChanges& changes) {
     for (const auto& f : changes.files) allWithin = allWithin && !f.id.snapshot && f.id.version == stateWrittenWithin_;
     if (allWithin) return;
   }
-  withConnection([&](Connection& c) { inTransaction(c, [&](Connection& tx) { writeStateWithin(tx, changes); }); });
+  withStateConnection([&](Connection& c) { inTransaction(c, [&](Connection& tx) { writeStateWithin(tx, changes); }); });
 }
 
 std::vector<StateFileId> PostgresCheckpointStore::listStateFiles(int operatorId) {
-  return withConnection([&](Connection& c) {
+  return withStateConnection([&](Connection& c) {
     auto r = c.execParams(
         "SELECT partition_topic, partition_id, version, is_snapshot FROM public.dataflow_state "
         "WHERE checkpoint_name = $1 AND operator_id = $2",
@@ -463,7 +505,7 @@ std::vector<StateFileId> PostgresCheckpointStore::listStateFiles(int operatorId)
 }
 
 std::string PostgresCheckpointStore::readStateFile(const StateFileId& id) {
-  return withConnection([&](Connection& c) {
+  return withStateConnection([&](Connection& c) {
     // The bytes in binary format (in hex, libpq would hold twice the file), in pieces of at most
     // kStateChunkBytes: state files of large states are tens of megabytes, and the connection
     // keeps its buffer at the largest piece it read. The column is stored uncompressed (sql/005),
@@ -502,7 +544,7 @@ std::string PostgresCheckpointStore::readStateFile(const StateFileId& id) {
 
 void PostgresCheckpointStore::deleteStateFiles(const std::vector<StateFileId>& ids) {
   if (ids.empty()) return;
-  withConnection([&](Connection& c) {
+  withStateConnection([&](Connection& c) {
     inTransaction(c, [&](Connection& tx) {
       for (const auto& id : ids) {
         tx.execParams(
@@ -531,10 +573,15 @@ void PostgresCheckpointStore::writeCommit(const CommitLogEntry& entry) {
     });
   }
   if (entry.batchId % 50 == 0 && entry.batchId > options_.retainBatches) {
+    // Old log entries: a purge lost in a server crash is only done again later, so it does not
+    // wait for its flush (two fsyncs every 50 batches off the latency path).
     withConnection([&](Connection& c) {
-      std::string threshold = std::to_string(entry.batchId - options_.retainBatches);
-      c.execParams("DELETE FROM public.dataflow_offsets WHERE checkpoint_name = $1 AND batch_id < $2", {options_.name, threshold});
-      c.execParams("DELETE FROM public.dataflow_commits WHERE checkpoint_name = $1 AND batch_id < $2", {options_.name, threshold});
+      inTransaction(c, [&](Connection& tx) {
+        std::string threshold = std::to_string(entry.batchId - options_.retainBatches);
+        tx.exec("SET LOCAL synchronous_commit TO off");
+        tx.execParams("DELETE FROM public.dataflow_offsets WHERE checkpoint_name = $1 AND batch_id < $2", {options_.name, threshold});
+        tx.execParams("DELETE FROM public.dataflow_commits WHERE checkpoint_name = $1 AND batch_id < $2", {options_.name, threshold});
+      });
     });
   }
 }

@@ -805,6 +805,39 @@ TEST_F(ExactlyOnceTest, AZombieInstanceCannotCommit) {
   conn.exec("COMMIT");
 }
 
+// The offsets entry written ahead of a batch does not wait for its flush once batches commit in
+// the sink's transaction; that transaction writes the entry too, so a batch is never committed
+// without it (here: the write-ahead entry lost, as in a server crash before its flush).
+TEST_F(ExactlyOnceTest, ABatchCommittedInTheSinksTransactionCarriesItsOffsetsEntry) {
+  auto s = store();
+  QueryMetadata meta{"id-1", {"MemoryStream[x]"}};
+  s->writeMetadata(meta);
+  s->acquire(meta);
+  auto batch = [](int64_t id) {
+    BatchInfo b = info(id);
+    b.batchTimestampMs = 1000 + id;
+    b.sources.push_back({"MemoryStream[x]", Offsets({{{"x", 0}, id * 10}}), Offsets({{{"x", 0}, id * 10 + 10}})});
+    return b;
+  };
+  auto commit = [&](int64_t id) {
+    auto conn = Connection::open(configFor(url_));
+    conn.exec("BEGIN");
+    s->commitWithin(conn, batch(id));
+    conn.exec("COMMIT");
+  };
+  auto entryOf = [&](const BatchInfo& b) { return OffsetLogEntry{b.batchId, b.batchTimestampMs, b.sources, b.batchWatermarkMs}; };
+  s->writeOffsets(entryOf(batch(0)));  // before any batch committed within: flushed as it is written
+  commit(0);
+  s->writeOffsets(entryOf(batch(1)));  // now without waiting for the flush
+  check_->exec("DELETE FROM public.dataflow_offsets WHERE batch_id = 1");
+  commit(1);
+  auto latest = s->latestOffsets();
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->batchId, 1);
+  EXPECT_EQ(latest->sources.at(0).end.get({"x", 0}, -1), 20);
+  EXPECT_EQ(s->latestCommit()->batchId, 1);
+}
+
 // A batch of a scaled-out query: ranges per partition of source 0, with this instance's leases.
 BatchInfo scaledBatch(int64_t batchId, std::map<int32_t, std::pair<int64_t, int64_t>> ranges,
                       const PartitionLeases& leases) {

@@ -87,6 +87,11 @@ class PostgresCheckpointStore final : public CheckpointStore {
  private:
   template <class F>
   auto withConnection(F&& fn);
+  // State files outside a batch's transaction (the background snapshot fold, a restore) go
+  // through a connection of their own: a fold reading and writing megabytes must not hold up the
+  // next batch's offsets entry and commit on the query's connection.
+  template <class F>
+  auto withStateConnection(F&& fn);
   void lockAndBump();
   void lockShared();
   void scaleIn(Connection& c, const QueryMetadata& metadata);
@@ -97,6 +102,8 @@ class PostgresCheckpointStore final : public CheckpointStore {
   std::string owner_;  // host:pid, recorded with each lease
   std::mutex mu_;
   std::optional<Connection> conn_;
+  std::mutex stateMu_;  // guards stateConn_; never held with mu_
+  std::optional<Connection> stateConn_;
   bool acquired_ = false;
   bool shared_ = false;  // joined as one of several instances (scale-out)
   int64_t epoch_ = -1;
