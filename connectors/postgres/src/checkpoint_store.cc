@@ -521,13 +521,20 @@ std::string PostgresCheckpointStore::readStateFile(const StateFileId& id) {
                                std::string_view(version), std::string_view(id.snapshot ? "t" : "f")}) {
       params.emplace_back(p);
     }
-    auto size = c.execParamsBinary("SELECT octet_length(data)::text" + where, params, {}, /*binaryResult=*/false);
-    if (size.rows() != 1) throw CheckpointError("state file " + describe() + "/" + id.path() + " is missing");
-    const size_t total = std::stoull(std::string(size.value(0, 0)));
+    // The first piece comes with the file's size.
+    const std::string piece = std::to_string(kStateChunkBytes);
+    params.emplace_back(piece);
+    auto first = c.execParamsBinary("SELECT octet_length(data)::int8, substring(data FROM 1 FOR $7::int)" + where,
+                                    params, {}, /*binaryResult=*/true);
+    if (first.rows() != 1) throw CheckpointError("state file " + describe() + "/" + id.path() + " is missing");
+    std::string_view sizeBytes = first.value(0, 0);
+    uint64_t total = 0;
+    for (unsigned char b : sizeBytes) total = total << 8 | b;  // int8, big-endian
     std::string out;
     out.reserve(total);
-    const std::string piece = std::to_string(kStateChunkBytes);
-    for (size_t at = 0; at < total; at += kStateChunkBytes) {
+    out.append(first.value(0, 1));
+    params.pop_back();
+    for (size_t at = out.size(); at < total; at += kStateChunkBytes) {
       const std::string from = std::to_string(at + 1);
       auto r = c.execParamsBinary("SELECT substring(data FROM $7::int FOR $8::int)" + where,
                                   {params[0], params[1], params[2], params[3], params[4], params[5], from, piece}, {},

@@ -125,8 +125,9 @@ class ScanOperator final : public BatchOperator<T> {
       : source_(std::move(source)), index_(index) {}
 
   bool trackOrigins() override {
-    trackOrigins_ = true;
-    return SourcePosition<T> || source_->offsetsCountRecords();
+    if constexpr (SourcePosition<T>) return true;  // each record carries its offset
+    trackOrigins_ = source_->offsetsCountRecords();
+    return trackOrigins_;
   }
 
   void produce(ExecContext& ctx, Batch<T>& out) override {
@@ -142,7 +143,7 @@ class ScanOperator final : public BatchOperator<T> {
       if (source_->offsetsCountRecords()) part.rows.reserve(static_cast<size_t>(r.until - r.from));
       source_->read(r.partition, r.from, r.until, part.rows);
       if constexpr (!SourcePosition<T>) {
-        if (trackOrigins_) {  // offsets count records (trackOrigins): the i-th record has offset from + i
+        if (trackOrigins_) {  // offsets count records: the i-th record has offset from + i
           part.origins.resize(part.rows.size());
           std::iota(part.origins.begin(), part.origins.end(), r.from);
         }
