@@ -1,5 +1,7 @@
 #include "dataflow/postgres/checkpoint_store.h"
 
+#include "copy_binary.h"
+
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -414,14 +416,6 @@ namespace {
 // parameter (or read as one value) would stay in memory as long as the connection.
 constexpr size_t kStateChunkBytes = size_t{1} << 20;
 
-void appendBigEndian(uint64_t v, int bytes, std::string& out) {
-  for (int i = bytes - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
-}
-void appendCopyField(std::string_view value, std::string& out) {
-  appendBigEndian(value.size(), 4, out);
-  out.append(value);
-}
-
 // Writes a large state file with a binary COPY, the file in pieces (the row it replaces, if
 // any, deleted first: a replayed batch writes its files again). Inside the caller's transaction.
 void copyStateFile(Connection& tx, const std::string& checkpoint, const StateChanges::File& f) {
@@ -434,27 +428,24 @@ void copyStateFile(Connection& tx, const std::string& checkpoint, const StateCha
   tx.copyStart(
       "COPY public.dataflow_state (checkpoint_name, operator_id, partition_topic, partition_id, version, is_snapshot, "
       "data) FROM STDIN (FORMAT binary)");
-  std::string head("PGCOPY\n\xff\r\n\0", 11);
-  appendBigEndian(0, 4, head);  // flags
-  appendBigEndian(0, 4, head);  // header extension length
-  appendBigEndian(7, 2, head);  // fields of the row
-  appendCopyField(checkpoint, head);
-  appendBigEndian(4, 4, head);
-  appendBigEndian(static_cast<uint32_t>(f.id.operatorId), 4, head);
-  appendCopyField(f.id.partition.topic, head);
-  appendBigEndian(4, 4, head);
-  appendBigEndian(static_cast<uint32_t>(f.id.partition.partition), 4, head);
-  appendBigEndian(8, 4, head);
-  appendBigEndian(static_cast<uint64_t>(f.id.version), 8, head);
-  appendBigEndian(1, 4, head);
-  head.push_back(f.id.snapshot ? 1 : 0);
-  appendBigEndian(f.bytes.size(), 4, head);
+  using detail::BinaryType;
+  std::string head;
+  detail::appendBinaryCopyHeader(head);
+  detail::appendBinaryRowStart(head, 7);
+  bool encoded = detail::appendBinaryField(head, BinaryType::kText, checkpoint) &&
+                 detail::appendBinaryField(head, BinaryType::kInt4, operatorId) &&
+                 detail::appendBinaryField(head, BinaryType::kText, f.id.partition.topic) &&
+                 detail::appendBinaryField(head, BinaryType::kInt4, partition) &&
+                 detail::appendBinaryField(head, BinaryType::kInt8, version) &&
+                 detail::appendBinaryField(head, BinaryType::kBool, f.id.snapshot ? "t" : "f");
+  if (!encoded) throw InternalError("state file " + f.id.path() + ": its row could not be encoded for COPY");
+  detail::appendBinaryFieldLength(head, f.bytes.size());  // bytea: the bytes themselves, in pieces
   tx.copyData(head);
   for (size_t at = 0; at < f.bytes.size(); at += kStateChunkBytes) {
     tx.copyData(std::string_view(f.bytes).substr(at, kStateChunkBytes));
   }
   std::string trailer;
-  appendBigEndian(0xFFFF, 2, trailer);
+  detail::appendBinaryCopyTrailer(trailer);
   tx.copyData(trailer);
   tx.copyEnd();
 }

@@ -236,6 +236,8 @@ void appendBinaryRowStart(std::string& out, int16_t fields) { appendBig(out, fie
 
 void appendBinaryNull(std::string& out) { appendBig<int32_t>(out, -1); }
 
+void appendBinaryFieldLength(std::string& out, size_t bytes) { appendLength(out, bytes); }
+
 void appendBinaryCopyTrailer(std::string& out) { appendBig<int16_t>(out, -1); }
 
 bool appendBinaryField(std::string& out, BinaryType type, std::string_view s) {

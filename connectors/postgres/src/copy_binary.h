@@ -39,6 +39,9 @@ void appendBinaryCopyHeader(std::string& out);
 void appendBinaryRowStart(std::string& out, int16_t fields);
 // A NULL field.
 void appendBinaryNull(std::string& out);
+// The length that starts a field of `bytes` bytes, for a field whose bytes are sent in pieces
+// after it (bytea: the bytes themselves).
+void appendBinaryFieldLength(std::string& out, size_t bytes);
 // A field from its text form; false (and `out` unchanged) when the text is not one this encoder
 // takes for the type.
 bool appendBinaryField(std::string& out, BinaryType type, std::string_view text);
