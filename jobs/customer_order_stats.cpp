@@ -11,29 +11,39 @@
 #include "lib/cdc_job.h"
 #include "lib/cdc_tables.h"
 
-#include <cstdio>
+#include <charconv>
 
 namespace {
 
 using Stats = std::tuple<int64_t, int64_t, double, int64_t, int64_t, int64_t, int64_t>;
 using StatsChange = dataflow::TableChange<int64_t, Stats>;
 
+// Cents as numeric text ("-12.05"); to_chars, not printf: this runs for every changed customer.
 std::string money(int64_t cents) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%s%lld.%02lld", cents < 0 ? "-" : "", static_cast<long long>(std::llabs(cents) / 100),
-                static_cast<long long>(std::llabs(cents) % 100));
-  return buf;
+  char* p = buf;
+  if (cents < 0) *p++ = '-';
+  const uint64_t magnitude = cents < 0 ? uint64_t{0} - static_cast<uint64_t>(cents) : static_cast<uint64_t>(cents);
+  p = std::to_chars(p, buf + sizeof buf, magnitude / 100).ptr;
+  *p++ = '.';
+  *p++ = static_cast<char>('0' + magnitude % 100 / 10);
+  *p++ = static_cast<char>('0' + magnitude % 10);
+  return std::string(buf, p);
 }
 
 dataflow::postgres::UpsertRow toUpsert(const StatsChange& c, int64_t version) {
-  if (!c.after) return {{std::to_string(c.key), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt,
-                         std::nullopt, std::nullopt}, version, true};
+  if (!c.after) {
+    return {cdc::upsertValues(std::to_string(c.key), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt,
+                              std::nullopt, std::nullopt),
+            version, true};
+  }
   const auto& [count, total, avgCents, maxCents, first, last, lsn] = *c.after;
-  char avg[48];
-  std::snprintf(avg, sizeof avg, "%.6f", avgCents / 100.0);
+  char avg[64];
+  const auto written = std::to_chars(avg, avg + sizeof avg, avgCents / 100.0, std::chars_format::fixed, 6);
   namespace dbz = dataflow::debezium;
-  return {{std::to_string(c.key), std::to_string(count), money(total), std::string(avg), money(maxCents),
-           dbz::Timestamp{first}.toString(), dbz::Timestamp{last}.toString(), std::to_string(lsn)},
+  return {cdc::upsertValues(std::to_string(c.key), std::to_string(count), money(total), std::string(avg, written.ptr),
+                            money(maxCents), dbz::Timestamp{first}.toString(), dbz::Timestamp{last}.toString(),
+                            std::to_string(lsn)),
           version, false};
 }
 

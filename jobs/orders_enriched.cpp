@@ -38,9 +38,12 @@ Enriched enrich(const OrderRow& o, const CustomerRow* c) {
 }
 
 dataflow::postgres::UpsertRow toUpsert(const dataflow::TableChange<int64_t, Enriched>& c, int64_t version) {
-  if (!c.after) return {{std::to_string(c.key), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt}, version, true};
+  if (!c.after) {
+    return {cdc::upsertValues(std::to_string(c.key), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt),
+            version, true};
+  }
   const auto& [customer, email, country, amount, status] = *c.after;
-  return {{std::to_string(c.key), std::to_string(customer), email, country, amount, status}, version, false};
+  return {cdc::upsertValues(std::to_string(c.key), std::to_string(customer), email, country, amount, status), version, false};
 }
 
 }  // namespace

@@ -131,13 +131,14 @@ Result<dbz::ChangeEvent<Customer>> customerEvent(const KafkaRecord& record) {
 Result<UpsertRow> customerChange(const KafkaRecord& record) {
   auto event = customerEvent(record);
   if (!event) return std::move(event).error();
-  const auto& e = event.value();
-  const Customer& c = e.row;
+  auto& e = event.value();
+  Customer& c = e.row;
   if (e.isDelete()) {
-    return UpsertRow{{std::to_string(c.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)},
+    return UpsertRow{upsertValues(std::to_string(c.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)),
                      *e.source.lsn, true};
   }
-  return UpsertRow{{std::to_string(c.id), c.email, c.country, text(c.createdAt), text(c.updatedAt), eventTime(e.source)},
+  return UpsertRow{upsertValues(std::to_string(c.id), std::move(c.email), std::move(c.country), text(c.createdAt),
+                                text(c.updatedAt), eventTime(e.source)),
                    *e.source.lsn, false, e.unavailable};
 }
 
@@ -163,14 +164,15 @@ Result<dbz::ChangeEvent<Order>> orderEvent(const KafkaRecord& record) {
 Result<UpsertRow> orderChange(const KafkaRecord& record) {
   auto event = orderEvent(record);
   if (!event) return std::move(event).error();
-  const auto& e = event.value();
-  const Order& o = e.row;
+  auto& e = event.value();
+  Order& o = e.row;
   if (e.isDelete()) {
-    return UpsertRow{{std::to_string(o.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt, eventTime(e.source)},
+    return UpsertRow{upsertValues(std::to_string(o.id), std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt,
+                                  eventTime(e.source)),
                      *e.source.lsn, true};
   }
-  return UpsertRow{{std::to_string(o.id), std::to_string(o.customerId), o.amount.text, o.status, text(o.createdAt),
-                    text(o.updatedAt), eventTime(e.source)},
+  return UpsertRow{upsertValues(std::to_string(o.id), std::to_string(o.customerId), std::move(o.amount.text),
+                                std::move(o.status), text(o.createdAt), text(o.updatedAt), eventTime(e.source)),
                    *e.source.lsn, false, e.unavailable};
 }
 

@@ -18,6 +18,7 @@ namespace cdc {
 using dataflow::Result;
 using dataflow::kafka::KafkaRecord;
 using dataflow::postgres::UpsertRow;
+using dataflow::postgres::upsertValues;
 using dataflow::postgres::UpsertTableOptions;
 
 // A change ready for the warehouse.

@@ -240,6 +240,14 @@ void appendBinaryFieldLength(std::string& out, size_t bytes) { appendLength(out,
 
 void appendBinaryCopyTrailer(std::string& out) { appendBig<int16_t>(out, -1); }
 
+void appendBinaryArrayHeader(std::string& out, uint32_t elementOid, size_t count) {
+  appendBig<int32_t>(out, 1);  // dimensions
+  appendBig<int32_t>(out, 0);  // no NULLs
+  appendBig<uint32_t>(out, elementOid);
+  appendBig<int32_t>(out, static_cast<int32_t>(count));
+  appendBig<int32_t>(out, 1);  // lower bound
+}
+
 bool appendBinaryField(std::string& out, BinaryType type, std::string_view s) {
   switch (type) {
     case BinaryType::kBool:

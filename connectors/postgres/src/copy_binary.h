@@ -48,4 +48,10 @@ bool appendBinaryField(std::string& out, BinaryType type, std::string_view text)
 // The trailer that ends the stream.
 void appendBinaryCopyTrailer(std::string& out);
 
+// The start of a one-dimensional array without NULLs of `count` elements of type `elementOid`,
+// in the binary form a parameter takes (array_recv's); each element follows as a field
+// (appendBinaryField). The server then parses no array literal: for the keys of a large batch,
+// that was most of the probe's bind time.
+void appendBinaryArrayHeader(std::string& out, uint32_t elementOid, size_t count);
+
 }  // namespace dataflow::postgres::detail

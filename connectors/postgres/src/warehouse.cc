@@ -475,17 +475,38 @@ std::optional<std::string> WarehouseTransaction::noKeyStored(const UpsertTable& 
     for (int i = 0; i < r.rows(); ++i) list.emplace_back(r.value(i, 0));
     types = keyTypes_.emplace(target, std::move(list)).first;
   }
-  std::vector<std::optional<std::string>> params;
-  for (size_t k = 0; k < o.keyColumns.size(); ++k) params.emplace_back(arrayLiteral(rows, k));
+  // Each key column's values as an array parameter: in binary form where the column's type has
+  // one (no literal for the server to parse), else as a literal.
+  const auto keyBinary = binaryColumns(table, target, o.keyColumns);
+  std::vector<std::string> arrays;
+  std::vector<bool> binary;
+  for (size_t k = 0; k < o.keyColumns.size(); ++k) {
+    std::string array;
+    bool encoded = !keyBinary.empty();
+    if (encoded) {
+      detail::appendBinaryArrayHeader(array, columnTypes_.at(target)->at(o.keyColumns[k]), rows.size());
+      const auto type = static_cast<detail::BinaryType>(keyBinary[k]);
+      for (const UpsertRow* r : rows) {
+        if (!(encoded = detail::appendBinaryField(array, type, *r->values[k]))) break;
+      }
+    }
+    if (!encoded) array = arrayLiteral(rows, k);  // the server parses it, and names a bad value
+    arrays.push_back(std::move(array));
+    binary.push_back(encoded);
+  }
   std::string sql;
   if (o.keyColumns.size() == 1) {
     // First the range probe: every new key past the greatest stored one (one step down the key's
     // index; new ids past the stored ones, the common case, end there), else a probe of each key.
+    // The probe's array comes through a scalar subquery, so that the planner sees a parameter:
+    // given the array itself it estimates the selectivity of each element (7 ms for 13 000 keys,
+    // more than the probe), for the same index scan.
     const std::string k = conn_.quoteIdentifier(o.keyColumns[0]);
-    const std::string array = "$1::" + types->second[0] + "[]";
+    const std::string arrayType = types->second[0] + "[]";
+    const std::string array = "$1::" + arrayType;
     sql = "SELECT CASE WHEN COALESCE((SELECT " + k + " FROM " + target + " ORDER BY " + k + " DESC LIMIT 1) < ALL(" +
-          array + "), true) THEN true ELSE NOT EXISTS (SELECT 1 FROM " + target + " WHERE " + k + " = ANY(" + array +
-          ")) END, now()";
+          array + "), true) THEN true ELSE NOT EXISTS (SELECT 1 FROM " + target + " WHERE " + k + " = ANY((SELECT " +
+          array + ")::" + arrayType + ")) END, now()";
   } else {
     std::string arrays, names, match;
     for (size_t k = 0; k < o.keyColumns.size(); ++k) {
@@ -497,7 +518,8 @@ std::optional<std::string> WarehouseTransaction::noKeyStored(const UpsertTable& 
     sql = "SELECT NOT EXISTS (SELECT 1 FROM " + target + " t JOIN unnest(" + arrays + ") AS u(" + names + ") ON " +
           match + "), now()";
   }
-  auto r = conn_.execParams(sql, params);
+  std::vector<std::optional<std::string_view>> params(arrays.begin(), arrays.end());
+  auto r = conn_.execParamsBinary(sql, params, binary);
   if (r.value(0, 0) != "t") return std::nullopt;
   return std::string(r.value(0, 1));
 }

@@ -104,6 +104,16 @@ struct UpsertRow {
   uint64_t keepStored = 0;
 };
 
+// The values of an UpsertRow, each moved into place: a braced list would copy every string once
+// more (its elements are const), which a drain pays for each column of each event.
+template <class... Values>
+std::vector<std::optional<std::string>> upsertValues(Values&&... values) {
+  std::vector<std::optional<std::string>> out;
+  out.reserve(sizeof...(Values));
+  (out.emplace_back(std::forward<Values>(values)), ...);
+  return out;
+}
+
 // A validated upsert target; the SQL is built once, from configuration only (never from data),
 // with every identifier quoted.
 class UpsertTable {
