@@ -418,6 +418,31 @@ TEST(MicroBatchExecution, OverlappedBatchesAreTheBatchesOfASequentialRun) {
   }
 }
 
+// A query that has caught up plans its next batch after the commit: what arrived while a batch
+// was processed and what arrived while it was written go in the next batch together. (Prepared
+// ahead, that batch would hold only the first, and the second would wait for the batch after.)
+TEST(MicroBatchExecution, ACaughtUpQueryPlansItsNextBatchAfterTheCommit) {
+  Session session({.workerThreads = 2});
+  auto in = std::make_shared<MemoryStream<int>>("in");
+  in->addData({1});
+  auto sink = std::make_shared<RecordingSink>();
+  sink->onBatch = [&](const Attempt& a) {
+    if (a.batchId == 0) in->addData({3});  // arrives during the write
+  };
+  auto q = session.readStream(in)
+               .map([in](int x) {
+                 if (x == 1) in->addData({2});  // arrives while the batch is processed
+                 return x;
+               })
+               .writeStream().option("overlapBatches", "true").sink(sink).start();
+  q.processAllAvailable();
+  q.stop();
+  auto batches = sink->snapshot();
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_EQ(batches[0].rows, std::vector<int>{1});
+  EXPECT_EQ(batches[1].rows, (std::vector<int>{2, 3}));
+}
+
 TEST(MicroBatchExecution, AFailureWithABatchPreparedAheadReplaysTheLoggedBatch) {
   auto dir = freshDir("overlap-replay");
   std::vector<int> committed;

@@ -216,11 +216,13 @@ void PostgresCheckpointStore::writeOffsets(const OffsetLogEntry& entry) {
     // (commitWithin): the batch cannot commit without it. So the entry need not wait for its own
     // flush to disk, one fsync per batch off the latency path. A server crash that loses it loses
     // the batch's uncommitted output with it, and the batch is planned afresh; WAL is written in
-    // order, so the sink's commit flushes it too.
-    inTransaction(c, [&](Connection& tx) {
-      tx.exec("SET LOCAL synchronous_commit TO off");
-      tx.execParams(sql, params);
-    });
+    // order, so the sink's commit flushes it too. The setting is local to the statement's own
+    // transaction (set_config's third argument): one round trip, not BEGIN, SET, INSERT, COMMIT.
+    c.execParams(
+        "WITH async AS (SELECT set_config('synchronous_commit', 'off', true)) "
+        "INSERT INTO public.dataflow_offsets (checkpoint_name, batch_id, entry) SELECT $1, $2, $3 FROM async "
+        "ON CONFLICT (checkpoint_name, batch_id) DO UPDATE SET entry = EXCLUDED.entry, created_at = now()",
+        params);
   });
 }
 

@@ -548,11 +548,12 @@ std::optional<int64_t> WarehouseTransaction::copyDirect(const UpsertTable& table
   }
   const auto binary = binaryColumns(table, target, columnNames);
   // A key stored by another writer since the probe (a fenced zombie's late commit) makes the COPY
-  // fail with a unique violation: undone to the savepoint, and the caller merges instead.
-  conn_.exec("SAVEPOINT dataflow_direct_insert");
+  // fail with a unique violation: undone to the savepoint, and the caller merges instead. The
+  // savepoint goes in the COPY's own query string, and is not released after it (the commit ends
+  // it): the live job's batches are a few ms, and every round trip is a part of them.
   int64_t written = 0;
   try {
-    CopyWriter copy(conn_, "COPY " + target + " (" + columns + ") FROM STDIN", binary);
+    CopyWriter copy(conn_, "SAVEPOINT dataflow_direct_insert; COPY " + target + " (" + columns + ") FROM STDIN", binary);
     for (const UpsertRow* row : rows) {
       const UpsertRow& r = *row;
       if (r.deleted && o.hardDelete) continue;  // deletes a row that is not there
@@ -575,11 +576,9 @@ std::optional<int64_t> WarehouseTransaction::copyDirect(const UpsertTable& table
   } catch (const PostgresError& e) {
     if (e.connectionLost() || e.sqlState() != "23505") throw;
     spdlog::info("upsert into {}: a key was stored since the probe; merging instead", o.table);
-    conn_.exec("ROLLBACK TO SAVEPOINT dataflow_direct_insert");
-    conn_.exec("RELEASE SAVEPOINT dataflow_direct_insert");
+    conn_.exec("ROLLBACK TO SAVEPOINT dataflow_direct_insert; RELEASE SAVEPOINT dataflow_direct_insert");
     return std::nullopt;
   }
-  conn_.exec("RELEASE SAVEPOINT dataflow_direct_insert");
   return written;
 }
 

@@ -38,8 +38,10 @@ struct QueryOptions {
   // operators take part when each can (StatefulOperator::runsAhead: not transformWithState, whose
   // timers follow the batch's time); a batch processed ahead that does not run next has its state
   // changes undone by a restore. It costs memory for a second batch in flight; with a scaled-out
-  // source it is not used (partitions may move between batches). Option "overlapBatches".
-  // Default: false.
+  // source it is not used (partitions may move between batches). Only a batch that left records
+  // behind (cut by a per-batch limit: a backlog) has the next one prepared during its write: a
+  // query that has caught up plans its next batch after the commit, with all that arrived
+  // meanwhile, which is sooner for each record. Option "overlapBatches". Default: false.
   bool overlapBatches = false;
   // The first batches of a run with a backlog are smaller: under a record limit
   // (Source::maxRecordsPerBatch), batch k < rampUpBatches takes limit / 2^(rampUpBatches - k).
