@@ -13,65 +13,22 @@
 #include <set>
 #include <tuple>
 
+#include "testing/group_log.h"
+
 namespace dataflow {
 namespace {
 
 using namespace std::chrono_literals;
+using group_testing::GroupLog;
+using group_testing::Member;
 
 // A partitioned log and who owns each partition, like a consumer group's assignment.
-struct SharedLog {
-  std::mutex mu;
-  std::vector<std::vector<int>> partitions;
-  std::map<int32_t, int> owner;  // partition -> instance; absent: unassigned
-
-  void append(int32_t partition, int from, int until) {
-    std::lock_guard lock(mu);
-    for (int v = from; v < until; ++v) partitions.at(static_cast<size_t>(partition)).push_back(v);
-  }
-  void assign(int32_t partition, int instance) {
-    std::lock_guard lock(mu);
-    owner[partition] = instance;
-  }
-};
-
-class GroupMember final : public TypedSource<int> {
- public:
-  GroupMember(std::shared_ptr<SharedLog> log, int instance) : log_(std::move(log)), instance_(instance) {}
-  std::string description() const override { return "GroupMember[log]"; }
-  bool isCoordinated() const override { return true; }
-  Offsets initialOffsets() override {
-    Offsets o = latestOffsets();
-    for (auto& [p, offset] : o.partitions()) offset = 0;
-    return o;
-  }
-  Offsets latestOffsets() override {
-    std::lock_guard lock(log_->mu);
-    Offsets o;
-    for (const auto& [p, who] : log_->owner) {
-      if (who == instance_) o.set({"log", p}, static_cast<int64_t>(log_->partitions[static_cast<size_t>(p)].size()));
-    }
-    return o;
-  }
-  void read(const PartitionId& p, int64_t from, int64_t until, std::vector<int>& out) override {
-    std::lock_guard lock(log_->mu);
-    const auto& v = log_->partitions.at(static_cast<size_t>(p.partition));
-    out.insert(out.end(), v.begin() + from, v.begin() + until);
-  }
-  void onPartitionsFenced(const std::vector<PartitionId>& partitions) override {
-    std::lock_guard lock(mu_);
-    fenced_.insert(fenced_.end(), partitions.begin(), partitions.end());
-  }
-  std::vector<PartitionId> fenced() {
-    std::lock_guard lock(mu_);
-    return fenced_;
-  }
-
- private:
-  std::shared_ptr<SharedLog> log_;
-  int instance_;
-  std::mutex mu_;
-  std::vector<PartitionId> fenced_;
-};
+// Values from..until-1, for a partition of the log.
+std::vector<int> range(int from, int until) {
+  std::vector<int> v;
+  for (int i = from; i < until; ++i) v.push_back(i);
+  return v;
+}
 
 // Like the warehouse sink: a batch's rows become visible only when its partition offsets (and
 // state changes) commit, in the same step; `publish` puts them into `Table` under its mutex.
@@ -141,20 +98,20 @@ struct PauseFirstBatch {
 };
 
 struct Fixture {
-  std::shared_ptr<SharedLog> log = std::make_shared<SharedLog>();
+  std::shared_ptr<GroupLog<int>> log;
   std::shared_ptr<CheckpointStore> store = memoryCheckpoint();
   std::shared_ptr<TransactionalOutput> out = std::make_shared<TransactionalOutput>();
   Session session;
 
-  explicit Fixture(int partitions) { log->partitions.resize(static_cast<size_t>(partitions)); }
+  explicit Fixture(int partitions) : log(std::make_shared<GroupLog<int>>("log", partitions)) {}
 
   struct Instance {
-    std::shared_ptr<GroupMember> source;
+    std::shared_ptr<Member<int>> source;
     std::shared_ptr<TransactionalSink<int, TransactionalOutput>> sink;
     StreamingQuery query;
   };
   Instance start(int instance, std::function<void(const BatchInfo&)> gate = {}) {
-    auto source = std::make_shared<GroupMember>(log, instance);
+    auto source = std::make_shared<Member<int>>(log, instance);
     auto sink = std::make_shared<TransactionalSink<int, TransactionalOutput>>(
         store, out, [](const Batch<int>& batch, TransactionalOutput& o) {
           for (int v : batch.rows()) o.rows.push_back(v);
@@ -172,14 +129,14 @@ struct Fixture {
 TEST(ScaleOut, InstancesSharePartitionsAndEachRecordIsWrittenOnce) {
   Fixture f(4);
   for (int32_t p = 0; p < 4; ++p) {
-    f.log->append(p, p * 1000, p * 1000 + 250);
+    f.log->append(p, range(p * 1000, p * 1000 + 250));
     f.log->assign(p, p % 2);
   }
   auto a = f.start(0);
   auto b = f.start(1);
   a.query.processAllAvailable();
   b.query.processAllAvailable();
-  for (int32_t p = 0; p < 4; ++p) f.log->append(p, p * 1000 + 250, p * 1000 + 500);
+  for (int32_t p = 0; p < 4; ++p) f.log->append(p, range(p * 1000 + 250, p * 1000 + 500));
   a.query.processAllAvailable();
   b.query.processAllAvailable();
   a.query.stop();
@@ -195,8 +152,8 @@ TEST(ScaleOut, InstancesSharePartitionsAndEachRecordIsWrittenOnce) {
 
 TEST(ScaleOut, AReassignedPartitionResumesFromItsCommittedOffset) {
   Fixture f(2);
-  f.log->append(0, 0, 100);
-  f.log->append(1, 1000, 1100);
+  f.log->append(0, range(0, 100));
+  f.log->append(1, range(1000, 1100));
   f.log->assign(0, 0);
   f.log->assign(1, 0);
   auto a = f.start(0);
@@ -205,12 +162,12 @@ TEST(ScaleOut, AReassignedPartitionResumesFromItsCommittedOffset) {
   auto b = f.start(1);
   f.log->assign(1, 1);
   a.query.processAllAvailable();  // A drops partition 1 between batches
-  f.log->append(1, 1100, 1200);
+  f.log->append(1, range(1100, 1200));
   b.query.processAllAvailable();
   // The first instance goes away: everything moves to the second.
   a.query.stop();
   f.log->assign(0, 1);
-  f.log->append(0, 100, 200);
+  f.log->append(0, range(100, 200));
   b.query.processAllAvailable();
   b.query.stop();
   std::vector<int> expected = iota(200);
@@ -220,7 +177,7 @@ TEST(ScaleOut, AReassignedPartitionResumesFromItsCommittedOffset) {
 
 TEST(ScaleOut, AnInstanceThatLostItsPartitionCannotCommitForIt) {
   Fixture f(1);
-  f.log->append(0, 0, 10);
+  f.log->append(0, range(0, 10));
   f.log->assign(0, 0);
   // The zombie: its first batch stops before committing, as if the process were paused.
   PauseFirstBatch pause;
@@ -229,7 +186,7 @@ TEST(ScaleOut, AnInstanceThatLostItsPartitionCannotCommitForIt) {
   // Meanwhile the group gives the partition to another instance, which leases it and commits.
   f.log->assign(0, 1);
   auto successor = f.start(1);
-  f.log->append(0, 10, 20);
+  f.log->append(0, range(10, 20));
   successor.query.processAllAvailable();
   pause.resume();
   // The zombie's batch is refused and abandoned; the zombie keeps running without the partition.
@@ -249,17 +206,17 @@ struct CountTable {
 };
 
 struct StatefulFixture {
-  std::shared_ptr<SharedLog> log = std::make_shared<SharedLog>();
+  std::shared_ptr<GroupLog<int>> log;
   std::shared_ptr<CheckpointStore> store = memoryCheckpoint();
   std::shared_ptr<CountTable> table = std::make_shared<CountTable>();
   Session session;
-  explicit StatefulFixture(int partitions) { log->partitions.resize(static_cast<size_t>(partitions)); }
+  explicit StatefulFixture(int partitions) : log(std::make_shared<GroupLog<int>>("log", partitions)) {}
   struct Instance {
-    std::shared_ptr<GroupMember> source;
+    std::shared_ptr<Member<int>> source;
     StreamingQuery query;
   };
   Instance start(int instance, std::function<void(const BatchInfo&)> gate = {}) {
-    auto source = std::make_shared<GroupMember>(log, instance);
+    auto source = std::make_shared<Member<int>>(log, instance);
     auto sink = std::make_shared<TransactionalSink<KeyValue<int, int64_t>, CountTable>>(
         store, table, [](const Batch<KeyValue<int, int64_t>>& batch, CountTable& t) {
           for (const auto& part : batch.partitions()) {
@@ -295,8 +252,8 @@ struct StatefulFixture {
 
 TEST(ScaleOut, StateMovesWithItsPartition) {
   StatefulFixture f(2);
-  f.log->append(0, 0, 100);
-  f.log->append(1, 1000, 1100);
+  f.log->append(0, range(0, 100));
+  f.log->append(1, range(1000, 1100));
   f.log->assign(0, 0);
   f.log->assign(1, 0);
   auto a = f.start(0);
@@ -305,14 +262,14 @@ TEST(ScaleOut, StateMovesWithItsPartition) {
   auto b = f.start(1);
   f.log->assign(1, 1);
   a.query.processAllAvailable();
-  f.log->append(1, 1100, 1250);
-  f.log->append(0, 100, 130);
+  f.log->append(1, range(1100, 1250));
+  f.log->append(0, range(100, 130));
   b.query.processAllAvailable();
   a.query.processAllAvailable();
   // The first process goes away: partition 0 (and its state) moves too.
   a.query.stop();
   f.log->assign(0, 1);
-  f.log->append(0, 130, 260);
+  f.log->append(0, range(130, 260));
   b.query.processAllAvailable();
   b.query.stop();
   EXPECT_EQ(f.counts(), f.expected());
@@ -320,14 +277,14 @@ TEST(ScaleOut, StateMovesWithItsPartition) {
 
 TEST(ScaleOut, AFencedProcessCommitsNeitherOutputNorState) {
   StatefulFixture f(1);
-  f.log->append(0, 0, 50);
+  f.log->append(0, range(0, 50));
   f.log->assign(0, 0);
   PauseFirstBatch pause;
   auto zombie = f.start(0, pause.gate());
   pause.awaitPaused();
   f.log->assign(0, 1);
   auto successor = f.start(1);
-  f.log->append(0, 50, 80);
+  f.log->append(0, range(50, 80));
   successor.query.processAllAvailable();
   pause.resume();
   for (int i = 0; i < 500 && zombie.source->fenced().empty(); ++i) std::this_thread::sleep_for(10ms);
@@ -336,7 +293,7 @@ TEST(ScaleOut, AFencedProcessCommitsNeitherOutputNorState) {
   // not its own abandoned batch's.
   successor.query.stop();
   f.log->assign(0, 0);
-  f.log->append(0, 80, 120);
+  f.log->append(0, range(80, 120));
   zombie.query.processAllAvailable();
   zombie.query.stop();
   EXPECT_EQ(f.counts(), f.expected());
@@ -357,10 +314,9 @@ struct CountingProcessor {
 
 TEST(ScaleOut, StateThatCannotFollowItsPartitionIsRefused) {
   Session session;
-  auto log = std::make_shared<SharedLog>();
-  log->partitions.resize(1);
+  auto log = std::make_shared<GroupLog<int>>("log", 1);
   try {
-    session.readStream(std::make_shared<GroupMember>(log, 0))
+    session.readStream(std::make_shared<Member<int>>(log, 0))
         .withWatermark([](int v) { return static_cast<int64_t>(v); }, 1s)
         .groupByKey([](int v) { return v % 3; })
         .transformWithState([] { return CountingProcessor{}; }, TimeMode::kProcessingTime)
@@ -372,7 +328,7 @@ TEST(ScaleOut, StateThatCannotFollowItsPartitionIsRefused) {
   }
   // A table aggregation regroups rows across partitions: refused too, by name.
   try {
-    session.readStream(std::make_shared<GroupMember>(log, 0))
+    session.readStream(std::make_shared<Member<int>>(log, 0))
         .asTable([](int v) { return v; }, [](int v) { return v; }, [](int v) { return std::optional<int>(v); })
         .groupBy([](int v) { return v % 3; })
         .count()
@@ -386,22 +342,21 @@ TEST(ScaleOut, StateThatCannotFollowItsPartitionIsRefused) {
 
 TEST(ScaleOut, StoresWithoutPerPartitionOffsetsAreRefused) {
   Session session;
-  auto log = std::make_shared<SharedLog>();
-  log->partitions.resize(1);
+  auto log = std::make_shared<GroupLog<int>>("log", 1);
   auto dir = std::filesystem::temp_directory_path() / ("dataflow-scale-out-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   auto sink = std::make_shared<MemorySink<int>>();
   try {
-    session.readStream(std::make_shared<GroupMember>(log, 0)).writeStream().checkpoint(directoryCheckpoint(dir)).sink(sink).start();
+    session.readStream(std::make_shared<Member<int>>(log, 0)).writeStream().checkpoint(directoryCheckpoint(dir)).sink(sink).start();
     FAIL() << "a directory checkpoint was accepted for a scaled-out query";
   } catch (const ConfigurationError& e) {
     EXPECT_NE(std::string(e.what()).find("cannot be shared by several instances"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(session.readStream(std::make_shared<GroupMember>(log, 0))
+  EXPECT_THROW(session.readStream(std::make_shared<Member<int>>(log, 0))
                    .writeStream().trigger(Trigger::availableNow()).checkpoint(memoryCheckpoint()).sink(sink).start(),
                ConfigurationError);
   auto plain = std::make_shared<MemoryStream<int>>("plain");
-  EXPECT_THROW(session.readStream(std::make_shared<GroupMember>(log, 0))
+  EXPECT_THROW(session.readStream(std::make_shared<Member<int>>(log, 0))
                    .unionWith(session.readStream(plain))
                    .writeStream().checkpoint(memoryCheckpoint()).sink(sink).start(),
                ConfigurationError);
@@ -426,15 +381,14 @@ struct ExpiringCounter {
 // entries alone, and partition 1's next records find them gone.
 TEST(ScaleOut, TransformWithStateExpiresAPartitionsStateWithItsRecords) {
   Session session;
-  auto log = std::make_shared<SharedLog>();
-  log->partitions.resize(2);
+  auto log = std::make_shared<GroupLog<int>>("log", 2);
   log->assign(0, 0);
   log->assign(1, 0);
-  log->append(0, 0, 3);  // keys 0, 1, 2
-  log->append(1, 0, 3);
+  log->append(0, range(0, 3));  // keys 0, 1, 2
+  log->append(1, range(0, 3));
   std::mutex mu;
   std::vector<std::tuple<int32_t, int, int64_t>> out;  // partition, key, count
-  auto query = session.readStream(std::make_shared<GroupMember>(log, 0))
+  auto query = session.readStream(std::make_shared<Member<int>>(log, 0))
                    .groupByKey([](int v) { return v % 3; })
                    .transformWithState([] { return ExpiringCounter{}; })
                    .writeStream().outputMode(OutputMode::kUpdate).checkpoint(memoryCheckpoint())
@@ -447,9 +401,9 @@ TEST(ScaleOut, TransformWithStateExpiresAPartitionsStateWithItsRecords) {
                    .start();
   query.processAllAvailable();
   std::this_thread::sleep_for(20ms);  // every count expires
-  log->append(0, 3, 6);  // a batch of partition 0 only
+  log->append(0, range(3, 6));  // a batch of partition 0 only
   query.processAllAvailable();
-  log->append(1, 3, 6);
+  log->append(1, range(3, 6));
   query.processAllAvailable();
   if (auto e = query.exception()) {
     try {
@@ -512,19 +466,19 @@ struct HandMadeWindows {
 
 struct EventTimeFixture {
   static constexpr int64_t kWindowMs = 100, kDelayMs = 50, kGapMs = 30;
-  std::shared_ptr<SharedLog> log = std::make_shared<SharedLog>();
+  std::shared_ptr<GroupLog<int>> log;
   std::shared_ptr<CheckpointStore> store = memoryCheckpoint();
   std::shared_ptr<WindowTable> table = std::make_shared<WindowTable>();
   EventWindowKind kind;
   Session session;
-  EventTimeFixture(int partitions, EventWindowKind k) : kind(k) { log->partitions.resize(static_cast<size_t>(partitions)); }
+  EventTimeFixture(int partitions, EventWindowKind k) : log(std::make_shared<GroupLog<int>>("log", partitions)), kind(k) {}
 
   struct Instance {
-    std::shared_ptr<GroupMember> source;
+    std::shared_ptr<Member<int>> source;
     StreamingQuery query;
   };
   Instance start(int instance, std::function<void(const BatchInfo&)> gate = {}) {
-    auto source = std::make_shared<GroupMember>(log, instance);
+    auto source = std::make_shared<Member<int>>(log, instance);
     auto sink = std::make_shared<TransactionalSink<WindowRow, WindowTable>>(
         store, table, [](const Batch<WindowRow>& batch, WindowTable& t) {
           for (const auto& part : batch.partitions()) {
@@ -566,7 +520,7 @@ struct EventTimeFixture {
     }
   }
   // Appends one event far ahead: every window before it closes.
-  void closeWindows(int32_t partition) { log->append(partition, 1'000'000, 1'000'001); }
+  void closeWindows(int32_t partition) { log->append(partition, range(1'000'000, 1'000'001)); }
 
   // The windows each partition's events make, computed from the whole log, without the windows
   // still open at the end; `excluded` are events (partition, position) the query must drop as late.
@@ -630,7 +584,7 @@ TEST_P(ScaleOutEventTime, WindowsAndWatermarksMoveWithTheirPartitions) {
     late = f.log->partitions[1].front() + 1;
     latePosition = f.log->partitions[1].size();
   }
-  f.log->append(1, late, late + 1);
+  f.log->append(1, range(late, late + 1));
   for (int32_t p = 0; p < 3; ++p) f.appendEvents(p, 120, 101 + p);
   b.query.processAllAvailable();
   a.query.processAllAvailable();
