@@ -392,6 +392,36 @@ struct KafkaSource::Impl {
     return {low, high};
   }
 
+  // The newest offset of each of `partitions` (the end a read stops at, as watermarks() gives
+  // it) in one ListOffsets request per leader: planning a topic of 50 partitions took 50 round
+  // trips to the broker, one after the other, every batch. A partition the lookup names an error
+  // for is asked alone, so that its error is reported as watermarks() reports it.
+  Offsets latestOf(const std::vector<PartitionId>& partitions) {
+    Offsets out;
+    if (partitions.empty()) return out;
+    PartitionList list(rd_kafka_topic_partition_list_new(static_cast<int>(partitions.size())));
+    for (const auto& p : partitions) rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), p.partition);
+    auto err = detail::untilAnsweredOrRefused(
+        meta.get(), timeoutMs(),
+        [&](int ms) {
+          // Timestamp "latest" in, offset out: set again for each attempt.
+          for (int i = 0; i < list->cnt; ++i) list->elems[i].offset = RD_KAFKA_OFFSET_END;
+          return rd_kafka_offsets_for_times(meta.get(), list.get(), ms);
+        },
+        &interrupted);
+    throwIfInterrupted("latest offsets");
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      for (const auto& p : partitions) out.set(p, watermarks(p).second);
+      return out;
+    }
+    for (int i = 0; i < list->cnt; ++i) {
+      const auto& e = list->elems[i];
+      PartitionId p{e.topic, e.partition};
+      out.set(p, e.err == RD_KAFKA_RESP_ERR_NO_ERROR && e.offset >= 0 ? e.offset : watermarks(p).second);
+    }
+    return out;
+  }
+
   Reader& reader(const PartitionId& p) {
     std::lock_guard lock(mu);
     auto& slot = readers[p];
@@ -551,14 +581,11 @@ Offsets KafkaSource::initialOffsets() {
 }
 
 Offsets KafkaSource::latestOffsets() {
-  Offsets out;
   if (impl_->member) {
     impl_->followGroup();
-    for (const auto& p : impl_->assignedNow()) out.set(p, impl_->watermarks(p).second);
-    return out;
+    return impl_->latestOf(impl_->assignedNow());
   }
-  for (const auto& p : impl_->discover()) out.set(p, impl_->watermarks(p).second);
-  return out;
+  return impl_->latestOf(impl_->discover());
 }
 
 bool KafkaSource::isCoordinated() const { return !impl_->options.consumerGroup.empty(); }
