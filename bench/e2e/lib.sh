@@ -82,6 +82,21 @@ load_append_times() {
   psql -X -q -c "\\copy bench_append FROM '$WORK/append.tsv'" > /dev/null
 }
 
+# quiesce: what earlier phases left to the co-located server is done before a latency
+# measurement starts: their dirty pages flushed (a checkpoint), and every WAL sender caught up
+# (Debezium decodes all WAL, the warehouse's own writes too: after a drain, for seconds). Waits at
+# most 60 s for the senders.
+quiesce() {
+  q "CHECKPOINT" > /dev/null
+  local behind
+  for _ in $(seq 1 600); do
+    behind=$(q "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), sent_lsn)), 0) FROM pg_stat_replication")
+    awk -v b="$behind" 'BEGIN {exit !(b < 1048576)}' && return 0
+    sleep 0.1
+  done
+  echo "quiesce: a WAL sender is still $behind bytes behind after 60 s" >&2
+}
+
 # phase_breakdown LOG: where the batches' time went, summed over a job's batch log lines
 # ("... 38 ms (read=0 process=3 stage=6 merge=8 commit=3)"): "read 120 / process 300 / ... ms".
 phase_breakdown() {

@@ -119,7 +119,7 @@ latency() {
   local rate=$1 duration=$2 batch=$3
   scripts/jobs stop stream_orders > /dev/null 2>&1 || true
   q "TRUNCATE fact_orders" > /dev/null  # the drain's generated ids overlap the real ones
-  q "CHECKPOINT" > /dev/null
+  quiesce
   local o0 job t_start ops s0  # a new query each time: a checkpoint of an earlier run would start with its backlog
   o0=$(kcat -b "$KAFKA_BOOTSTRAP" -Q -t "dbserver1.public.orders:0:-1" 2>/dev/null | awk '{print $NF}') || true
   [[ "$o0" =~ ^[0-9]+$ ]] || o0=0
@@ -167,7 +167,7 @@ produced_latency() {
   n=$((rate * (duration + WARMUP)))
   ptopic=bench.live.$(date +%s)
   q "TRUNCATE fact_orders" > /dev/null
-  q "CHECKPOINT" > /dev/null  # the drains' dirty pages flushed before, not during, the measurement
+  quiesce  # what the drains left to the server is done before, not during, the measurement
   generate_events "$n" "$WORK/live.tsv"
   "$BUILD/bench/kafka_produce_at_rate" "$KAFKA_BOOTSTRAP" "$ptopic" --create-log-append-time  # before the job
   ORDERS_TOPIC=$ptopic QUERY_NAME=bench-produced-$rate-$(date +%s) STARTING_OFFSETS=latest \

@@ -82,9 +82,9 @@ check_groups "through Kafka"
 # that aggregated the order: its updated_at (the writing transaction's start, as fact_orders'
 # last_seen_at in run.sh) minus the record's Kafka timestamp, the broker's append time (the topic
 # is made with LogAppendTime: a producer starved of CPU by the job would otherwise count).
-# The drains above leave the server with dirty pages to flush: a checkpoint first, so that its
-# writes do not land in the middle of the measurement (as run.sh does).
-q "CHECKPOINT" > /dev/null
+# The drains above leave the server with dirty pages to flush and WAL for Debezium to decode:
+# both done first, so that they do not land in the middle of the measurement (as run.sh does).
+quiesce
 ltopic=bench.tables.live.$(date +%s)
 table_events $((RATE * (SECONDS_LIVE + WARMUP))) 0 "$WORK/live.tsv"
 # The topic exists before the job, and its records carry the broker's append time.
