@@ -27,6 +27,7 @@ using namespace std::chrono_literals;
 using exchange_testing::LaggingExchange;
 using group_testing::GroupLog;
 using group_testing::Member;
+using group_testing::PauseFirstBatch;
 using exchange_testing::StaleCopiesExchange;
 using stateful_testing::CrashingStore;
 using namespace join_testing;
@@ -187,12 +188,12 @@ class CommittingSink final : public Sink<Joined> {
       : store_(std::move(store)), table_(std::move(table)) {}
   std::string description() const override { return "CommittingSink"; }
   void addBatch(const Batch<Joined>& batch, const BatchInfo& info) override {
-    if (gate) gate();
+    if (gate) gate(info);
     std::lock_guard lock(table_->mu);
     store_->commitPartitions(info);
     for (const Joined& j : batch.rows()) table_->rows.push_back(j);
   }
-  std::function<void()> gate;
+  std::function<void(const BatchInfo&)> gate;
 
  private:
   std::shared_ptr<CheckpointStore> store_;
@@ -211,7 +212,7 @@ struct ScaledJoin {
     std::shared_ptr<Member<Click>> clicks;
     StreamingQuery query;
   };
-  Instance start(int instance, JoinType type, std::function<void()> gate = {}) {
+  Instance start(int instance, JoinType type, std::function<void(const BatchInfo&)> gate = {}) {
     auto clickSource = std::make_shared<Member<Click>>(clicks, instance);
     auto sink = std::make_shared<CommittingSink>(store, table);
     sink->gate = std::move(gate);
@@ -254,33 +255,6 @@ struct ScaledJoin {
   }
 };
 
-// Holds an instance's first batch before its commit, as a paused process would be, until resumed.
-struct Pause {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool paused = false, resumed = false;
-  std::function<void()> gate() {
-    return [this] {
-      std::unique_lock lock(mu);
-      if (paused) return;
-      paused = true;
-      cv.notify_all();
-      cv.wait(lock, [&] { return resumed; });
-    };
-  }
-  void awaitPaused() {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return paused; });
-  }
-  void resume() {
-    {
-      std::lock_guard lock(mu);
-      resumed = true;
-    }
-    cv.notify_all();
-  }
-};
-
 // Exchange partitions (with their rows of both sides and their clocks) and source partitions
 // move between two processes, and a process fenced mid-batch has already sent its rows into the
 // exchange: every joined row is written exactly once, as the join of the whole input.
@@ -310,7 +284,7 @@ TEST(StreamJoinThroughAnExchange, ScaledOutPartitionsMoveWithTheirStateAndAFence
     // exchange; the group gives everything it had to B, which restores it at A's last commit.
     a.query.stop();
     f.append(w, 160, 240);
-    Pause pause;
+    PauseFirstBatch pause;
     auto zombie = f.start(0, type, pause.gate());
     pause.awaitPaused();
     f.assignAll(1);

@@ -21,6 +21,7 @@ namespace {
 using namespace std::chrono_literals;
 using group_testing::GroupLog;
 using group_testing::Member;
+using group_testing::PauseFirstBatch;
 
 // A partitioned log and who owns each partition, like a consumer group's assignment.
 // Values from..until-1, for a partition of the log.
@@ -69,33 +70,6 @@ std::vector<int> iota(int n) {
   std::iota(v.begin(), v.end(), 0);
   return v;
 }
-
-// Holds an instance's first batch before its commit, as a paused process would be, until resumed.
-struct PauseFirstBatch {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool paused = false, resumed = false;
-  std::function<void(const BatchInfo&)> gate() {
-    return [this](const BatchInfo&) {
-      std::unique_lock lock(mu);
-      if (paused) return;  // only the first batch
-      paused = true;
-      cv.notify_all();
-      cv.wait(lock, [&] { return resumed; });
-    };
-  }
-  void awaitPaused() {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return paused; });
-  }
-  void resume() {
-    {
-      std::lock_guard lock(mu);
-      resumed = true;
-    }
-    cv.notify_all();
-  }
-};
 
 struct Fixture {
   std::shared_ptr<GroupLog<int>> log;

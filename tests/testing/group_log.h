@@ -1,9 +1,12 @@
-// A partitioned log shared by the instances of a scaled-out query, and who owns each of its
-// partitions: the test stands in for the consumer group that assigns them (as Kafka's does).
+// For tests of scaled-out queries: a partitioned log shared by the instances and who owns each of
+// its partitions (the test stands in for the consumer group that assigns them, as Kafka's does),
+// and a pause that holds an instance's first batch as a stopped process would be held.
 #pragma once
 
 #include <dataflow/dataflow.h>
 
+#include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -73,6 +76,33 @@ class Member final : public TypedSource<T> {
   bool fedByQuery_;
   std::mutex mu_;
   std::vector<PartitionId> fenced_;
+};
+
+// Holds an instance's first batch before its commit, as a paused process would be, until resumed.
+struct PauseFirstBatch {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool paused = false, resumed = false;
+  std::function<void(const BatchInfo&)> gate() {
+    return [this](const BatchInfo&) {
+      std::unique_lock lock(mu);
+      if (paused) return;  // only the first batch
+      paused = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return resumed; });
+    };
+  }
+  void awaitPaused() {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return paused; });
+  }
+  void resume() {
+    {
+      std::lock_guard lock(mu);
+      resumed = true;
+    }
+    cv.notify_all();
+  }
 };
 
 }  // namespace dataflow::group_testing
