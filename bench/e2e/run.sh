@@ -5,7 +5,8 @@
 #      event with id, LSN and amount varied) drained into fact_orders by stream_orders
 #      --available-now with default settings: events/s, time from process start to the first
 #      committed batch, peak RSS; and, side by side, a plain COPY of the same N rows into a copy
-#      of fact_orders. The same for an update-heavy stream (N events over N/10 orders) and for
+#      of fact_orders, BENCH_REPEAT pairs in turn (default 3; the median pair is reported). The
+#      same, once, for an update-heavy stream (N events over N/10 orders) and for
 #      N/4 events with schemas (~3.8 KB each: memory must not grow with event size). Each drain
 #      checks every order holds its last event;
 #   2. latency: the simulator inserts at a fixed rate (RATE, and 10 x RATE in transactions of 10)

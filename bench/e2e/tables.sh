@@ -5,7 +5,8 @@
 # then by customer_order_stats (asTable -> groupBy(customer) -> 7 aggregates, into
 # customer_order_stats) with --available-now, once as one partition of groups in the process and
 # once regrouped through an internal Kafka topic (REPARTITION=kafka, what scale-out uses): events/s
-# from process start, first committed batch, peak RSS. Writes bench/results/tables-latest.md.
+# from process start, first committed batch, peak RSS; the first two BENCH_REPEAT times in turn
+# (default 3), the pair with the median ratio reported. Writes bench/results/tables-latest.md.
 # Then the latency of customer_order_stats live at RATE events/s for SECONDS, produced straight
 # into a topic of their own (kafka_produce_at_rate): Kafka append -> the customer's row written,
 # after a warm-up of BENCH_WARMUP_S seconds (default 3) at the same rate that is not measured.
