@@ -54,6 +54,24 @@ void inTransaction(Connection& c, F&& fn) {
   }
 }
 
+// Runs fn(*conn) with `conn` open: opened (and `opened` run on it) when it is closed or was lost.
+// A connection found lost after a failure is dropped, to be opened again by the next call. The
+// caller holds the mutex that guards `conn`.
+template <class Opened, class F>
+auto onOpenConnection(std::optional<Connection>& conn, const ConnectionConfig& config, Opened&& opened, F&& fn) {
+  if (!conn || !conn->isOpen()) {
+    conn.reset();
+    conn.emplace(Connection::open(config));
+    opened();
+  }
+  try {
+    return fn(*conn);
+  } catch (const ConnectorError&) {
+    if (!conn->isOpen()) conn.reset();
+    throw;
+  }
+}
+
 // The watermark column: NULL for "no watermark yet".
 std::optional<std::string> watermarkParam(int64_t watermarkMs) {
   if (watermarkMs == INT64_MIN) return std::nullopt;
@@ -84,32 +102,14 @@ std::string PostgresCheckpointStore::describe() const {
 template <class F>
 auto PostgresCheckpointStore::withConnection(F&& fn) {
   std::lock_guard lock(mu_);
-  if (!conn_ || !conn_->isOpen()) {
-    conn_.reset();
-    conn_.emplace(Connection::open(options_.connection));
-    if (acquired_) shared_ ? lockShared() : lockAndBump();
-  }
-  try {
-    return fn(*conn_);
-  } catch (const ConnectorError&) {
-    if (!conn_->isOpen()) conn_.reset();
-    throw;
-  }
+  return onOpenConnection(
+      conn_, options_.connection, [&] { if (acquired_) shared_ ? lockShared() : lockAndBump(); }, std::forward<F>(fn));
 }
 
 template <class F>
 auto PostgresCheckpointStore::withStateConnection(F&& fn) {
   std::lock_guard lock(stateMu_);
-  if (!stateConn_ || !stateConn_->isOpen()) {
-    stateConn_.reset();
-    stateConn_.emplace(Connection::open(options_.connection));
-  }
-  try {
-    return fn(*stateConn_);
-  } catch (const ConnectorError&) {
-    if (!stateConn_->isOpen()) stateConn_.reset();
-    throw;
-  }
+  return onOpenConnection(stateConn_, options_.connection, [] {}, std::forward<F>(fn));
 }
 
 std::optional<QueryMetadata> PostgresCheckpointStore::readMetadata() {
