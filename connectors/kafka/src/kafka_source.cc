@@ -165,13 +165,25 @@ struct KafkaSource::Impl {
     std::optional<KafkaRecord> lookahead;
   };
 
+  // The handle for metadata, watermarks, latest offsets and DeleteRecords, with the queue where
+  // DeleteRecords answers arrive. Shared: partition readers ask for watermarks on their threads
+  // while the driver plans the next batch, and a handle replaced by renewMeta() lives on until
+  // the last request on it has returned.
+  struct MetaConnection {
+    Handle rk;
+    rd_kafka_queue_t* deletions = nullptr;
+    explicit MetaConnection(Handle handle) : rk(std::move(handle)), deletions(rd_kafka_queue_new(rk.get())) {}
+    ~MetaConnection() { rd_kafka_queue_destroy(deletions); }  // before the handle it belongs to
+    MetaConnection(const MetaConnection&) = delete;
+    MetaConnection& operator=(const MetaConnection&) = delete;
+  };
+
   KafkaSourceOptions options;
   std::optional<std::regex> pattern;
-  Handle meta;
+  std::mutex metaMu;  // guards meta (the pointer; the connection itself is thread-safe)
+  std::shared_ptr<MetaConnection> meta;
   Handle committer;
-  // deleteCommittedRecords: where the answers of DeleteRecords arrive, and when it last ran.
-  rd_kafka_queue_t* deletions = nullptr;
-  Clock::time_point lastDeletion{};
+  Clock::time_point lastDeletion{};  // deleteCommittedRecords: when it last ran
   std::mutex mu;  // guards everything below
   std::map<PartitionId, std::unique_ptr<Reader>> readers;
   std::set<std::string, std::less<>> topicNames;  // interned: KafkaRecord::topic points here
@@ -183,9 +195,9 @@ struct KafkaSource::Impl {
   // Deletes the records before `end` (the committed offsets), asynchronously: a failure is only
   // logged (the next commit tries again), and the answer is collected by the next call.
   void deleteBefore(const Offsets& end) {
-    if (!meta || end.empty()) return;
-    if (!deletions) deletions = rd_kafka_queue_new(meta.get());
-    while (rd_kafka_event_t* answer = rd_kafka_queue_poll(deletions, 0)) {
+    auto conn = metaConnection();
+    if (!conn || end.empty()) return;
+    while (rd_kafka_event_t* answer = rd_kafka_queue_poll(conn->deletions, 0)) {
       if (rd_kafka_event_error(answer)) {
         spdlog::warn("Kafka: deleting committed records failed: {}", rd_kafka_event_error_string(answer));
       }
@@ -200,8 +212,46 @@ struct KafkaSource::Impl {
     if (list->cnt == 0) return;
     lastDeletion = now;
     rd_kafka_DeleteRecords_t* request = rd_kafka_DeleteRecords_new(list.get());
-    rd_kafka_DeleteRecords(meta.get(), &request, 1, nullptr, deletions);
+    rd_kafka_DeleteRecords(conn->rk.get(), &request, 1, nullptr, conn->deletions);
     rd_kafka_DeleteRecords_destroy(request);
+  }
+
+  void openMeta() {
+    auto conn = std::make_shared<MetaConnection>(
+        detail::createHandle(RD_KAFKA_CONSUMER, consumerProperties("dataflow-meta-" + randomSuffix())));
+    std::lock_guard lock(metaMu);
+    meta = std::move(conn);
+  }
+
+  std::shared_ptr<MetaConnection> metaConnection() {
+    std::lock_guard lock(metaMu);
+    return meta;
+  }
+
+  // Throws for a failed request on `conn`, first replacing the metadata connection when the
+  // failure is the connection's: after a broker stall librdkafka can keep a connection whose
+  // requests all fail (as a reader's can, see renew()), and the query's retries then failed for
+  // minutes, until the process was restarted (tests/chaos, pause_kafka). Only the first of the
+  // requests that failed on `conn` replaces it.
+  void checkMeta(rd_kafka_resp_err_t err, const std::string& what, const std::shared_ptr<MetaConnection>& conn) {
+    if (err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__TIMED_OUT ||
+        err == RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE || err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+      if (!detail::refusal(conn->rk.get())) {  // a refused login stays refused on any connection
+        bool replace;
+        {
+          std::lock_guard lock(metaMu);
+          replace = meta == conn;
+        }
+        if (replace) {
+          spdlog::warn("Kafka: {}: {}; the next attempt uses a new connection", what, rd_kafka_err2str(err));
+          auto fresh = std::make_shared<MetaConnection>(
+              detail::createHandle(RD_KAFKA_CONSUMER, consumerProperties("dataflow-meta-" + randomSuffix())));
+          std::lock_guard lock(metaMu);
+          if (meta == conn) meta = std::move(fresh);
+        }
+      }
+    }
+    detail::check(err, what, conn->rk.get());
   }
 
   void throwIfInterrupted(const std::string& what) const {
@@ -359,11 +409,12 @@ struct KafkaSource::Impl {
       found = options.assign;
     } else {
       const rd_kafka_metadata_t* md = nullptr;
+      auto conn = metaConnection();
+      rd_kafka_t* rk = conn->rk.get();
       auto err = detail::untilAnsweredOrRefused(
-          meta.get(), timeoutMs(), [&](int ms) { return rd_kafka_metadata(meta.get(), 1, nullptr, &md, ms); },
-          &interrupted);
+          rk, timeoutMs(), [&](int ms) { return rd_kafka_metadata(rk, 1, nullptr, &md, ms); }, &interrupted);
       throwIfInterrupted("metadata request");
-      detail::check(err, "metadata request", meta.get());
+      checkMeta(err, "metadata request", conn);
       for (int t = 0; t < md->topic_cnt; ++t) {
         const auto& topic = md->topics[t];
         if (topic.err != RD_KAFKA_RESP_ERR_NO_ERROR) continue;
@@ -383,12 +434,14 @@ struct KafkaSource::Impl {
 
   std::pair<int64_t, int64_t> watermarks(const PartitionId& p) {
     int64_t low = 0, high = 0;
+    auto conn = metaConnection();
+    rd_kafka_t* rk = conn->rk.get();
     auto err = detail::untilAnsweredOrRefused(
-        meta.get(), timeoutMs(),
-        [&](int ms) { return rd_kafka_query_watermark_offsets(meta.get(), p.topic.c_str(), p.partition, &low, &high, ms); },
+        rk, timeoutMs(),
+        [&](int ms) { return rd_kafka_query_watermark_offsets(rk, p.topic.c_str(), p.partition, &low, &high, ms); },
         &interrupted);
     throwIfInterrupted("watermarks of " + p.toString());
-    detail::check(err, "watermarks of " + p.toString(), meta.get());
+    checkMeta(err, "watermarks of " + p.toString(), conn);
     return {low, high};
   }
 
@@ -401,12 +454,14 @@ struct KafkaSource::Impl {
     if (partitions.empty()) return out;
     PartitionList list(rd_kafka_topic_partition_list_new(static_cast<int>(partitions.size())));
     for (const auto& p : partitions) rd_kafka_topic_partition_list_add(list.get(), p.topic.c_str(), p.partition);
+    auto conn = metaConnection();
+    rd_kafka_t* rk = conn->rk.get();
     auto err = detail::untilAnsweredOrRefused(
-        meta.get(), timeoutMs(),
+        rk, timeoutMs(),
         [&](int ms) {
           // Timestamp "latest" in, offset out: set again for each attempt.
           for (int i = 0; i < list->cnt; ++i) list->elems[i].offset = RD_KAFKA_OFFSET_END;
-          return rd_kafka_offsets_for_times(meta.get(), list.get(), ms);
+          return rd_kafka_offsets_for_times(rk, list.get(), ms);
         },
         &interrupted);
     throwIfInterrupted("latest offsets");
@@ -523,7 +578,7 @@ void KafkaSource::interrupt() { impl_->interrupted.store(true, std::memory_order
 
 void KafkaSource::open() {
   impl_->interrupted.store(false, std::memory_order_relaxed);
-  impl_->meta = detail::createHandle(RD_KAFKA_CONSUMER, impl_->consumerProperties("dataflow-meta-" + randomSuffix()));
+  impl_->openMeta();
   if (!impl_->options.consumerGroup.empty()) {
     auto props = impl_->consumerProperties(impl_->options.consumerGroup);
     if (!impl_->options.kafka.contains("partition.assignment.strategy")) props["partition.assignment.strategy"] = "cooperative-sticky";
@@ -541,10 +596,6 @@ void KafkaSource::open() {
 }
 
 void KafkaSource::close() {
-  if (impl_->deletions) {
-    rd_kafka_queue_destroy(impl_->deletions);
-    impl_->deletions = nullptr;
-  }
   if (impl_->member) {
     // Leave the group now, so that the others get this member's partitions at once instead of
     // after the session timeout. The revocation callback runs inside the close.
@@ -555,6 +606,7 @@ void KafkaSource::close() {
   std::lock_guard lock(impl_->mu);
   impl_->readers.clear();
   impl_->committer.reset();
+  std::lock_guard metaLock(impl_->metaMu);
   impl_->meta.reset();
 }
 

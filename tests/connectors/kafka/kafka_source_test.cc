@@ -295,6 +295,58 @@ TEST(KafkaSource, InterruptEndsAReadWaitingOnAnUnreachableBroker) {
   source.close();
 }
 
+// Metadata requests that fail for the connection's sake replace the source's metadata
+// connection, while other threads (partition readers asking for watermarks, the driver planning)
+// may still be using it: each failure is retriable, none crashes, and once the broker is back
+// every kind of request answers.
+TEST(KafkaSource, MetadataRequestsRecoverOnANewConnectionWhileOthersUseTheOldOne) {
+  MockKafka kafka;
+  kafka.createTopic("events", 2);
+  for (int i = 0; i < 10; ++i) kafka.produce("events", i % 2, "k", "v" + std::to_string(i));
+  kafka.flush();
+  auto options = optionsFor(kafka, {"events"});
+  options.requestTimeout = 300ms;
+  options.partitionDiscoveryInterval = 0ms;  // every latestOffsets() asks for metadata
+  KafkaSource source(options);
+  source.open();
+  ASSERT_EQ(source.latestOffsets().get({"events", 0}, -1), 5);
+  kafka.brokerDown();
+  std::atomic<int> failures{0}, unexpected{0};
+  auto hammer = [&](auto request) {
+    for (int i = 0; i < 4; ++i) {
+      try {
+        request();
+      } catch (const ConnectorError& e) {
+        (e.retriable() ? failures : unexpected)++;
+      }
+    }
+  };
+  std::thread planner([&] { hammer([&] { source.latestOffsets(); }); });
+  std::thread reader0([&] { hammer([&] { source.startOfNewPartition({"events", 0}); }); });
+  std::thread reader1([&] { hammer([&] { source.startOfNewPartition({"events", 1}); }); });
+  planner.join();
+  reader0.join();
+  reader1.join();
+  EXPECT_GT(failures.load(), 0) << "the broker was down";
+  EXPECT_EQ(unexpected.load(), 0) << "a broker away is retriable";
+  kafka.brokerUp();
+  Offsets latest;
+  for (int attempt = 0; attempt < 50 && latest.get({"events", 1}, -1) != 5; ++attempt) {
+    try {
+      latest = source.latestOffsets();
+    } catch (const ConnectorError&) {
+      std::this_thread::sleep_for(100ms);
+    }
+  }
+  EXPECT_EQ(latest.get({"events", 0}, -1), 5);
+  EXPECT_EQ(latest.get({"events", 1}, -1), 5);
+  EXPECT_EQ(source.startOfNewPartition({"events", 1}), 0);
+  std::vector<KafkaRecord> out;
+  source.read({"events", 1}, 0, 5, out);
+  EXPECT_EQ(out.size(), 5u);
+  source.close();
+}
+
 TEST(KafkaSource, SubscribePatternPicksUpTopicsCreatedLater) {
   MockKafka kafka;
   kafka.createTopic("dbserver1.public.customers", 1);
