@@ -41,7 +41,8 @@ class StateTable {
   // Applies the puts and removes of a state file (a batch's delta, or a snapshot on restore)
   // as one atomic write.
   virtual void apply(const StateFileReader& changes) = 0;
-  // Calls fn(key, value) for every entry, in key byte order.
+  // Calls fn(key, value) for every entry, in no particular order (a backend may keep its keys
+  // by hash).
   virtual void scan(const std::function<void(std::string_view, std::string_view)>& fn) = 0;
   // Bytes the backend holds in memory for this table's data (approximate; may be shared).
   virtual int64_t memoryBytes() const { return 0; }

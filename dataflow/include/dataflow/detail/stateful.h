@@ -349,6 +349,9 @@ class PartitionState {
       views[i] = encoded[i];
     }
     const size_t capacity = map_.capacity();
+    // Grown once for all of them, not doubling step by step while they arrive (the cache was
+    // emptied after the last batch when it outgrew its budget).
+    map_.reserve(map_.size() + missing.size());
     table_->multiGet(views, [&](size_t i, std::string_view value) {
       map_.try_emplace(std::move(missing[i]), Slot{StateCodec<V>::decode(value), 0});
     });

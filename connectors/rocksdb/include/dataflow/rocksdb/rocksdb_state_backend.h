@@ -30,9 +30,16 @@ struct RocksDbStateOptions {
   size_t writeBufferBytes = size_t{32} << 20;
   // LZ4 compression of the files (less disk and I/O for a little CPU). Default: true.
   bool compress = true;
+  // Into how many RocksDB values a table groups its keys (by hash; a power of two). RocksDB
+  // costs per key read or written, so a batch that changes many keys of a large state costs per
+  // bucket instead; a batch that changes one key rewrites that key's bucket, which holds
+  // keys / bucketsPerTable entries (values of 1 KiB and more are kept apart from it). Default:
+  // 16 384, some 60 entries a bucket at 1 M keys.
+  uint32_t bucketsPerTable = 16384;
 };
 
-// Opens a backend; throws ConnectorError naming the directory when RocksDB cannot open it.
+// Opens a backend; throws ConnectorError naming the directory when RocksDB cannot open it, and
+// ConfigurationError naming a bad option.
 std::shared_ptr<StateBackend> stateBackend(RocksDbStateOptions options = {});
 
 }  // namespace dataflow::rocksdb
