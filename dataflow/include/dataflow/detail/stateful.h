@@ -8,8 +8,6 @@
 #include <absl/container/flat_hash_set.h>
 #include <oneapi/tbb/parallel_for.h>
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <new>
@@ -26,6 +24,7 @@
 #include "dataflow/state.h"
 #include "dataflow/state_backend.h"
 #include "dataflow/window.h"
+#include "dataflow/detail/state_map.h"
 
 namespace dataflow::detail {
 
@@ -137,40 +136,6 @@ DeadLetter lateDeadLetter(const T& row, int64_t eventMs, int64_t watermarkMs, co
   return d;
 }
 
-// Allocates large blocks (the backing arrays of big state tables) on 2 MiB pages where the
-// kernel allows it (transparent huge pages in "madvise" mode, Debian's default): a lookup of a
-// random key in a table of hundreds of megabytes otherwise pays a TLB miss on top of the cache
-// miss. Small blocks come from the ordinary allocator.
-template <class T>
-struct LargePageAllocator {
-  using value_type = T;
-  static constexpr size_t kHugePage = size_t{2} << 20;
-  static constexpr size_t kThreshold = size_t{4} << 20;
-
-  LargePageAllocator() = default;
-  template <class U>
-  LargePageAllocator(const LargePageAllocator<U>&) noexcept {}  // NOLINT: rebinding
-
-  T* allocate(size_t n) {
-    size_t bytes = n * sizeof(T);
-    if (bytes < kThreshold) return std::allocator<T>{}.allocate(n);
-    size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* p = std::aligned_alloc(kHugePage, rounded);
-    if (!p) throw std::bad_alloc();
-    ::madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without huge pages it still works
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, size_t n) noexcept {
-    if (n * sizeof(T) < kThreshold) {
-      std::allocator<T>{}.deallocate(p, n);
-    } else {
-      std::free(p);
-    }
-  }
-  template <class U>
-  bool operator==(const LargePageAllocator<U>&) const noexcept { return true; }
-};
-
 // The state of one operator in one partition: keys K to values V in a flat hash map, with the
 // keys changed and removed since the last collectChanges(). Used by one task at a time.
 //
@@ -183,10 +148,9 @@ class PartitionState {
  public:
   struct Slot {
     V value;
-    uint32_t touched = 0;  // the epoch in which the value last changed (0: not since encoded)
   };
-  using Map = absl::flat_hash_map<K, Slot, absl::Hash<K>, std::equal_to<K>,
-                                  LargePageAllocator<std::pair<const K, Slot>>>;
+  // Whether a key changed in this batch is the map's mark on its entry (state_map.h).
+  using Map = StateMap<K, Slot>;
 
   Map& map() { return map_; }
   const Map& map() const { return map_; }
@@ -195,31 +159,28 @@ class PartitionState {
   // says whether it was absent.
   template <class Init>
   V& upsert(const K& key, Init&& init, bool& created) {
-    created = false;
-    auto it = map_.lazy_emplace(key, [&](const typename Map::constructor& ctor) {
-      created = true;
-      ctor(key, Slot{init(), 0});
-    });
+    auto it = map_.findOrMake(key, [&](void* where) { ::new (where) typename Map::value_type(key, Slot{init()}); }, created);
     rows_ += created;
     touch(it);
     return it->second.value;
   }
   void touch(typename Map::iterator it) {
-    if (it->second.touched != epoch_) {
-      it->second.touched = epoch_;
-      // A slot's address holds until the map grows (or loses an element): remember it, and
-      // from which change on the remembered addresses are still good.
-      if (map_.capacity() != capacityAtLastChange_) {
-        capacityAtLastChange_ = map_.capacity();
-        pointersValidFrom_ = changed_.size();
+    const size_t slot = it.slot();
+    if (!map_.marked(slot)) {
+      map_.mark(slot);
+      // A slot holds its key until the map is rehashed (or loses an element): remember it, and
+      // from which change on the remembered slots are still good.
+      if (map_.layout() != layoutAtLastChange_) {
+        layoutAtLastChange_ = map_.layout();
+        slotsValidFrom_ = changed_.size();
       }
       changed_.push_back(it->first);
-      changedSlots_.push_back(&*it);
+      changedSlots_.push_back(slot);
     }
   }
   // Inserts `key` with `value` unless present; returns whether it was inserted.
   bool insertNew(const K& key, V value) {
-    auto [it, inserted] = map_.try_emplace(key, Slot{std::move(value), 0});
+    auto [it, inserted] = map_.try_emplace(key, Slot{std::move(value)});
     if (inserted) {
       ++rows_;
       touch(it);
@@ -231,7 +192,7 @@ class PartitionState {
     map_.erase(it);
     --rows_;
     ++removedCount_;
-    pointersValidFrom_ = std::numeric_limits<size_t>::max();  // a remembered slot may be gone
+    slotsValidFrom_ = std::numeric_limits<size_t>::max();  // a remembered slot may hold another key
   }
   bool erase(const K& key) {
     auto it = map_.find(key);
@@ -249,7 +210,10 @@ class PartitionState {
   // when they are a large part of the map (a sequential scan then beats random lookups).
   template <class F>
   void forEachChanged(F&& fn) const {
-    visitChanged(*this, [&](const K& k, const Slot& slot) { fn(k, slot.value); });
+    visitChanged(*this, [&](size_t slot) {
+      const auto& entry = map_.at(slot);
+      fn(entry.first, entry.second.value);
+    });
   }
   // How many records ahead lookups in a large map are prefetched: far enough to cover a memory
   // access at ~3 ns of work per record (8 and 16 measured slower, bench/README.md).
@@ -257,25 +221,26 @@ class PartitionState {
   size_t changedCount() const { return changed_.size(); }
   int64_t removedCount() const { return removedCount_; }
 
-  // Encodes this batch's changes (the final state of every key touched) and starts a new epoch.
+  // Encodes this batch's changes (the final state of every key touched) and clears the marks.
   std::string encodeDelta(size_t& entries, size_t& puts) {
     StateFileWriter w(StateFileWriter::Kind::kDelta);
     puts = writeDelta(w, {});
     entries = w.count();
     return entries ? w.finish() : std::string();
   }
-  // Writes this epoch's changes into `w`, every key preceded by `keyPrefix` (operators that keep
-  // several maps in one file tell them apart by it), and starts a new epoch. Returns the puts.
+  // Writes this batch's changes into `w`, every key preceded by `keyPrefix` (operators that keep
+  // several maps in one file tell them apart by it), and clears their marks. Returns the puts.
   size_t writeDelta(StateFileWriter& w, std::string_view keyPrefix) {
     auto& kb = w.keyBuffer();
     auto& vb = w.valueBuffer();
     size_t puts = 0;
-    auto put = [&](const K& k, Slot& slot) {
-      slot.touched = 0;  // a key changed, removed and re-added appears twice in changed_
+    auto put = [&](size_t slot) {
+      map_.unmark(slot);  // a key changed, removed and re-added appears twice in changed_
+      const auto& [k, entry] = map_.at(slot);
       kb.assign(keyPrefix);
       vb.clear();
       StateCodec<K>::encode(k, kb);
-      StateCodec<V>::encode(slot.value, vb);
+      StateCodec<V>::encode(entry.value, vb);
       w.put(kb, vb);
       ++puts;
     };
@@ -288,11 +253,10 @@ class PartitionState {
     }
     changed_.clear();
     changedSlots_.clear();
-    pointersValidFrom_ = 0;
-    capacityAtLastChange_ = map_.capacity();
+    slotsValidFrom_ = 0;
+    layoutAtLastChange_ = map_.layout();
     removed_.clear();
     removedCount_ = 0;
-    if (++epoch_ == 0) epoch_ = 1;
     return puts;
   }
   bool hasChanges() const { return !changed_.empty() || !removed_.empty(); }
@@ -309,7 +273,7 @@ class PartitionState {
   void applyPut(std::string_view key, std::string_view value) {
     K k = StateCodec<K>::decode(key);
     V v = StateCodec<V>::decode(value);
-    map_.insert_or_assign(std::move(k), Slot{std::move(v), 0});
+    map_.insert_or_assign(std::move(k), Slot{std::move(v)});
   }
   void applyRemove(std::string_view key) { map_.erase(StateCodec<K>::decode(key)); }
   // After the last file of a restore: the row count, from the map or a scan of the table.
@@ -348,26 +312,26 @@ class PartitionState {
       StateCodec<K>::encode(missing[i], encoded[i]);
       views[i] = encoded[i];
     }
-    const size_t capacity = map_.capacity();
+    const uint64_t layout = map_.layout();
     // Grown once for all of them, not doubling step by step while they arrive (the cache was
     // emptied after the last batch when it outgrew its budget).
     map_.reserve(map_.size() + missing.size());
     table_->multiGet(views, [&](size_t i, std::string_view value) {
-      map_.try_emplace(std::move(missing[i]), Slot{StateCodec<V>::decode(value), 0});
+      map_.try_emplace(std::move(missing[i]), Slot{StateCodec<V>::decode(value)});
     });
-    if (map_.capacity() != capacity) pointersValidFrom_ = std::numeric_limits<size_t>::max();  // slots moved
+    if (map_.layout() != layout) slotsValidFrom_ = std::numeric_limits<size_t>::max();  // slots moved
   }
   // Caches every stored key (complete output mode reads them all).
   void loadAll() {
     if (!table_) return;
     absl::flat_hash_set<K> gone(removed_.begin(), removed_.end());
-    const size_t capacity = map_.capacity();
+    const uint64_t layout = map_.layout();
     table_->scan([&](std::string_view key, std::string_view value) {
       K k = StateCodec<K>::decode(key);
       if (gone.contains(k) || map_.contains(k)) return;
-      map_.try_emplace(std::move(k), Slot{StateCodec<V>::decode(value), 0});
+      map_.try_emplace(std::move(k), Slot{StateCodec<V>::decode(value)});
     });
-    if (map_.capacity() != capacity) pointersValidFrom_ = std::numeric_limits<size_t>::max();
+    if (map_.layout() != layout) slotsValidFrom_ = std::numeric_limits<size_t>::max();
   }
   // Calls fn(key, value) for every stored key (from the table when there is one: what is
   // derived from the whole state, such as eviction indexes, is rebuilt from it after a restore).
@@ -390,7 +354,6 @@ class PartitionState {
     if (!bytes.empty()) table_->apply(StateFileReader(bytes, "the batch's state delta"));
     if (map_.size() > cacheKeys_) {
       map_ = Map();
-      capacityAtLastChange_ = 0;
     }
   }
   // Rows in the state (stored, not only cached).
@@ -400,50 +363,49 @@ class PartitionState {
   // e.g. long strings, is not counted).
   int64_t memoryBytes() const {
     return static_cast<int64_t>(map_.capacity() * (sizeof(typename Map::value_type) + 1) +
-                                changed_.capacity() * (sizeof(K) + sizeof(void*))) +
+                                changed_.capacity() * (sizeof(K) + sizeof(size_t))) +
            (table_ ? table_->memoryBytes() : 0);
   }
 
  private:
   bool scanInstead() const { return changed_.size() * 4 > map_.capacity(); }
 
-  // Calls fn(key, slot) once for every key changed in this epoch and still present: by a scan
-  // of the map when the changes are a large part of it, else through the remembered slot
-  // addresses where they still hold, else by lookup (prefetched a few keys ahead either way).
+  // Calls fn(slot) once for every key changed in this batch and still present (marked): by a
+  // scan of the map when the changes are a large part of it, else through the remembered slots
+  // where they still hold, else by lookup (prefetched a few keys ahead either way).
   template <class Self, class F>
   static void visitChanged(Self& self, F&& fn) {
     auto& map = self.map_;
     if (self.scanInstead()) {
-      for (auto& [k, slot] : map) {
-        if (slot.touched == self.epoch_) fn(k, slot);
+      for (auto it = map.begin(); it != map.end(); ++it) {
+        if (map.marked(it.slot())) fn(it.slot());
       }
       return;
     }
     const size_t n = self.changed_.size();
     const bool ahead = self.large();
-    const size_t direct = std::min(self.pointersValidFrom_, n);
+    const size_t direct = std::min(self.slotsValidFrom_, n);
     for (size_t i = 0; i < direct; ++i) {
       if (ahead && i + kLookahead < direct) map.prefetch(self.changed_[i + kLookahead]);
       auto it = map.find(self.changed_[i]);
-      if (it == map.end() || it->second.touched != self.epoch_) continue;  // removed, or seen
-      fn(it->first, it->second);
+      if (it == map.end() || !map.marked(it.slot())) continue;  // removed, or seen
+      fn(it.slot());
     }
     for (size_t i = direct; i < n; ++i) {
-      if (ahead && i + kLookahead < n) __builtin_prefetch(self.changedSlots_[i + kLookahead]);
-      auto* entry = self.changedSlots_[i];
-      if (entry->second.touched != self.epoch_) continue;  // seen
-      fn(entry->first, entry->second);
+      if (ahead && i + kLookahead < n) __builtin_prefetch(&map.at(self.changedSlots_[i + kLookahead]));
+      const size_t slot = self.changedSlots_[i];
+      if (!map.marked(slot)) continue;  // seen
+      fn(slot);
     }
   }
 
   Map map_;
   std::vector<K> changed_;
-  std::vector<typename Map::value_type*> changedSlots_;  // by change, where the map kept it
-  size_t pointersValidFrom_ = 0;      // changedSlots_ from here on are current addresses
-  size_t capacityAtLastChange_ = 0;
+  std::vector<size_t> changedSlots_;  // by change, where the map kept it
+  size_t slotsValidFrom_ = 0;         // changedSlots_ from here on hold their keys
+  uint64_t layoutAtLastChange_ = 0;
   std::vector<K> removed_;
   int64_t removedCount_ = 0;
-  uint32_t epoch_ = 1;
   int64_t rows_ = 0;                  // stored rows, when the map is a cache of table_
   std::unique_ptr<StateTable> table_;  // null: the map is the state
   size_t cacheKeys_ = 0;
