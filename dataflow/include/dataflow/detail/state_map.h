@@ -1,17 +1,19 @@
 // The hash map that holds a partition's keyed state, and the allocator behind its arrays.
 //
 // An open-addressing table in the SwissTable design (Abseil's flat_hash_map): a control byte per
-// slot holds 6 bits of the key's hash, and lookups compare 16 control bytes at once (SSE2) before
-// touching a slot. What it adds is one bit per entry, the "changed in this batch" mark, kept in
-// the control byte that a lookup reads anyway: the state knows which keys a batch changed (the
-// delta it checkpoints) without a field in each entry. With a field, an int64 -> {count, sum}
-// entry took 32 bytes instead of 24, and a million of them 69 bytes each (slots at load 0.48
-// right after the table doubled, plus control bytes) where 52 now do (bench/state_bench.cc,
-// BM_Restore).
+// slot holds 6 bits of the key's hash, and lookups compare 16 control bytes at once (SSE2; byte
+// by byte where there is none) before touching a slot. What it adds is one bit per entry, the
+// "changed in this batch" mark, kept in the control byte that a lookup reads anyway: the state
+// knows which keys a batch changed (the delta it checkpoints) without a field in each entry.
+// With a field, an int64 -> {count, sum} entry took 32 bytes instead of 24, and a million of them
+// 69 bytes each (slots at load 0.48 right after the table doubled, plus control bytes) where 52
+// now do (bench/state_bench.cc, BM_Restore).
 #pragma once
 
 #include <absl/hash/hash.h>
-#include <emmintrin.h>  // SSE2, part of x86-64
+#if defined(__SSE2__)
+#include <emmintrin.h>  // part of x86-64
+#endif
 #include <sys/mman.h>
 
 #include <atomic>
@@ -257,24 +259,42 @@ class StateMap {
     }
   };
   Probe probe(size_t hash) const { return {(hash >> 7) & (capacity_ - 1), 0, capacity_ - 1}; }
-  __m128i group(size_t at) const { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(ctrl_ + at)); }
-  // The bits of a group's slots whose hash bits are `h` (marks ignored), and that are empty.
-  static uint32_t matching(__m128i g, int8_t h) {
+  // A group's 16 control bytes, and bit i set for each of them that: holds hash bits `h` (marks
+  // ignored); is empty; is empty or deleted (the bytes below -1).
+#if defined(__SSE2__)
+  using Group = __m128i;
+  Group group(size_t at) const { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(ctrl_ + at)); }
+  static uint32_t matching(Group g, int8_t h) {
     const __m128i unmarked = _mm_and_si128(g, _mm_set1_epi8(static_cast<char>(~kMark)));
     return static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(unmarked, _mm_set1_epi8(h))));
   }
-  static uint32_t emptyOnes(__m128i g) {
+  static uint32_t emptyOnes(Group g) {
     return static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(g, _mm_set1_epi8(kEmpty))));
   }
-  static uint32_t emptyOrDeleted(__m128i g) {  // the control bytes below -1: kEmpty and kDeleted
+  static uint32_t emptyOrDeleted(Group g) {
     return static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpgt_epi8(_mm_set1_epi8(-1), g)));
   }
+#else  // one byte at a time: the same answers, for targets without SSE2
+  using Group = const int8_t*;
+  Group group(size_t at) const { return ctrl_ + at; }
+  template <class Test>
+  static uint32_t bits(Group g, Test&& test) {
+    uint32_t out = 0;
+    for (size_t i = 0; i < kGroup; ++i) out |= static_cast<uint32_t>(test(g[i]) ? 1 : 0) << i;
+    return out;
+  }
+  static uint32_t matching(Group g, int8_t h) {
+    return bits(g, [h](int8_t c) { return static_cast<int8_t>(c & ~kMark) == h; });
+  }
+  static uint32_t emptyOnes(Group g) { return bits(g, [](int8_t c) { return c == kEmpty; }); }
+  static uint32_t emptyOrDeleted(Group g) { return bits(g, [](int8_t c) { return c < -1; }); }
+#endif
 
   size_t findSlot(const K& key, size_t hash) const {
     if (capacity_ == 0) return 0;
     const int8_t h = h2(hash);
     for (Probe p = probe(hash);; p.next()) {
-      const __m128i g = group(p.at);
+      const Group g = group(p.at);
       for (uint32_t m = matching(g, h); m != 0; m &= m - 1) {
         const size_t slot = (p.at + static_cast<size_t>(std::countr_zero(m))) & p.mask;
         if (Eq{}(slots_[slot].first, key)) return slot;
