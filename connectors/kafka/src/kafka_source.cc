@@ -216,9 +216,13 @@ struct KafkaSource::Impl {
     rd_kafka_DeleteRecords_destroy(request);
   }
 
-  void openMeta() {
-    auto conn = std::make_shared<MetaConnection>(
+  std::shared_ptr<MetaConnection> newMetaConnection() const {
+    return std::make_shared<MetaConnection>(
         detail::createHandle(RD_KAFKA_CONSUMER, consumerProperties("dataflow-meta-" + randomSuffix())));
+  }
+
+  void openMeta() {
+    auto conn = newMetaConnection();
     std::lock_guard lock(metaMu);
     meta = std::move(conn);
   }
@@ -244,8 +248,7 @@ struct KafkaSource::Impl {
         }
         if (replace) {
           spdlog::warn("Kafka: {}: {}; the next attempt uses a new connection", what, rd_kafka_err2str(err));
-          auto fresh = std::make_shared<MetaConnection>(
-              detail::createHandle(RD_KAFKA_CONSUMER, consumerProperties("dataflow-meta-" + randomSuffix())));
+          auto fresh = newMetaConnection();
           std::lock_guard lock(metaMu);
           if (meta == conn) meta = std::move(fresh);
         }
