@@ -50,10 +50,11 @@ class RocksDbBackend;
 //
 // The state's keys are grouped into buckets by a hash of their bytes (its top bits), and a bucket
 // is one RocksDB value: its entries, in hash order (then key order, for equal hashes), so that
-// batches sort and merge their keys by one integer comparison instead of comparing bytes. A batch of a large state changes keys all over it, and
-// RocksDB's cost is per key it reads or writes (a skip-list search in each memtable, a bloom
-// probe and an index search in each file): 650 k changed keys of 1 M cost 3.8 s per batch one
-// RocksDB key each, and 0.3-0.4 s as 16 384 buckets (bench/README.md). A value of
+// batches sort and merge their keys by one integer comparison instead of comparing bytes. A
+// batch of a large state changes keys all over it, and RocksDB's cost is per key it reads or
+// writes (a skip-list search in each memtable, a bloom probe and an index search in each file):
+// 650 k changed keys of 1 M cost 3.8 s per batch one RocksDB key each, and 0.3-0.4 s as 16 384
+// buckets (bench/README.md). A value of
 // kApartValueBytes or more stays under a key of its own (the bucket keeps a marker), so that a
 // bucket stays small however large some values are (a join's buffered rows, a list state).
 //
@@ -266,8 +267,8 @@ void RocksDbTable::multiGet(const std::vector<std::string_view>& keys,
                             const std::function<void(size_t, std::string_view)>& found) {
   const size_t n = keys.size();
   if (n == 0) return;
-  // The keys by bucket, then by key: each bucket read once, its entries walked beside the keys
-  // wanted from it.
+  // The keys in bucket order (by hash, then key): each bucket read once, its entries walked
+  // beside the keys wanted from it.
   struct Wanted {
     uint64_t hash;
     uint32_t index;
