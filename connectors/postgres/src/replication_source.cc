@@ -112,6 +112,9 @@ void ReplicationSourceOptions::validate() const {
   if (statusInterval.count() <= 0 || readTimeout.count() <= 0 || idleAdvanceInterval.count() < 0) {
     throw ConfigurationError("ReplicationSource: statusInterval and readTimeout must be > 0, idleAdvanceInterval >= 0");
   }
+  if (receiveCoalesce.count() < 0 || receiveCoalesce > std::chrono::milliseconds(100)) {
+    throw ConfigurationError("ReplicationSource: receiveCoalesce must be between 0 and 100 ms");
+  }
 }
 
 struct ReplicationSource::Impl {
@@ -201,6 +204,8 @@ struct ReplicationSource::Impl {
   uint64_t lastChangeLsn = 0;
   int32_t sameLsnIndex = 0;
   std::optional<Clock::time_point> pausedSince;  // reading paused: the buffer is full
+  int64_t processedMs = 0;    // the events' ts_ms: when their burst of frames was read
+  bool bufferFilled = false;  // a transaction just filled the buffer: look before reading on
 
   // The snapshot (driver and reading threads, under snapshotMu).
   std::mutex snapshotMu;
@@ -624,11 +629,17 @@ struct ReplicationSource::Impl {
     }
   }
 
+  // Frames handled between two looks at the shared state: enough to spread the lock and the
+  // clock over many changes, few enough that a stop is seen within a fraction of a millisecond.
+  static constexpr int kFramesPerBurst = 256;
+
   void pump(Connection& repl) {
     pg_conn* conn = repl.raw();
     auto nextStatus = Clock::now();
+    bool received = false;  // the last burst handled frames: changes are streaming in
     while (true) {
       bool sendNow = false;
+      bool full = false;
       {
         std::unique_lock lock(mu);
         // Only between transactions: a transaction is held whole, however large.
@@ -659,23 +670,35 @@ struct ReplicationSource::Impl {
           throw Rewind{};
         }
         sendNow = confirmPending;
+        full = !open && bufferedBytes > options.maxBufferedBytes;
       }
-      if (sendNow || Clock::now() >= nextStatus) {
+      auto now = Clock::now();
+      if (sendNow || now >= nextStatus) {
         sendStatus(repl);
-        nextStatus = Clock::now() + options.statusInterval;
+        nextStatus = now + options.statusInterval;
       }
-      {
-        std::lock_guard lock(mu);
-        if (!open && bufferedBytes > options.maxBufferedBytes) continue;
-      }
-      char* buffer = nullptr;
-      int n = PQgetCopyData(conn, &buffer, 1);
-      if (n > 0) {
+      if (full) continue;
+      // A burst of frames: the events' processing time is read once for all of them.
+      processedMs = nowUnixMicros() / 1000;
+      bufferFilled = false;
+      bool statusSent = false;
+      int n = 0;
+      for (int frames = 0; frames < kFramesPerBurst && !bufferFilled; ++frames) {
+        char* buffer = nullptr;
+        n = PQgetCopyData(conn, &buffer, 1);
+        if (n <= 0) break;
         std::unique_ptr<char, decltype(&PQfreemem)> owned(buffer, &PQfreemem);
-        if (handleFrame(repl, std::string_view(buffer, static_cast<size_t>(n)))) nextStatus = Clock::now() + options.statusInterval;
-        continue;
+        statusSent |= handleFrame(repl, std::string_view(buffer, static_cast<size_t>(n)));
+        received = true;
       }
+      if (statusSent) nextStatus = Clock::now() + options.statusInterval;
+      if (n > 0) continue;
       if (n == 0) {
+        // While changes stream in, a short wait lets the next ones gather in the socket: one
+        // wake-up and one read for many messages instead of one each (the server sends every
+        // message on its own).
+        if (received && options.receiveCoalesce.count() > 0) std::this_thread::sleep_for(options.receiveCoalesce);
+        received = false;
         pollfd fd{PQsocket(conn), POLLIN, 0};
         auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(nextStatus - Clock::now()).count();
         // Wake up often enough to see a commit confirmed by the driver.
@@ -766,6 +789,7 @@ struct ReplicationSource::Impl {
           bufferedBytes += tx.bytes;
           transactions.push_back(std::move(tx));
         }
+        bufferFilled = bufferedBytes > options.maxBufferedBytes;
         dataFrontier = std::max(dataFrontier, message.endLsn);
         changed.notify_all();
         break;
@@ -785,7 +809,7 @@ struct ReplicationSource::Impl {
   }
 
   detail::EventSource eventSource(uint64_t lsn) const {
-    return {options.topicPrefix, database, openCommitMs, openXid, lsn, openFinalLsn, "false", nowUnixMicros() / 1000};
+    return {options.topicPrefix, database, openCommitMs, openXid, lsn, openFinalLsn, "false", processedMs};
   }
 
   LogRecord& newRecord(const TableShape& shape, uint64_t lsn) {

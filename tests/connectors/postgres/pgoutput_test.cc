@@ -346,6 +346,16 @@ TEST(ReplicationSourceOptions, BadSettingsAreNamed) {
   } catch (const ConfigurationError& e) {
     EXPECT_NE(std::string(e.what()).find("slot name 'Bad-Slot'"), std::string::npos);
   }
+  o.slotName = "ok_slot";
+  o.receiveCoalesce = std::chrono::seconds(1);  // a wait that long is a mistake, not a trade
+  try {
+    o.validate();
+    FAIL();
+  } catch (const ConfigurationError& e) {
+    EXPECT_NE(std::string(e.what()).find("receiveCoalesce"), std::string::npos);
+  }
+  o.receiveCoalesce = std::chrono::microseconds(0);
+  o.validate();
   EXPECT_EQ(parseLsn("16/B374D848"), 0x16B374D848u);
   EXPECT_EQ(formatLsn(0x16B374D848u), "16/B374D848");
   EXPECT_THROW(parseLsn("16B374D848"), ConfigurationError);

@@ -74,6 +74,12 @@ struct ReplicationSourceOptions {
   // How often the source reports its position to the server (standby status update). The server
   // disconnects a client silent for wal_sender_timeout (60 s by default). Default: 1 s.
   std::chrono::milliseconds statusInterval{1000};
+  // While changes stream in, how long the source waits after reading what had arrived before it
+  // reads again, so that the next ones arrive as one burst: PostgreSQL sends each message on its
+  // own, and waking up for every one costs both processes more than the messages themselves
+  // (what Kafka's fetch.wait.max.ms trades). At most this much latency is added; an idle stream
+  // is read as soon as something arrives. 0: read each message as it comes. Default: 200 us.
+  std::chrono::microseconds receiveCoalesce{200};
   // An idle source moves its offset this often to the server's position (an empty batch), so
   // that the slot advances and the server recycles WAL written by other tables and databases.
   // Default: 10 s.
