@@ -163,6 +163,12 @@ class StateMap {
     __builtin_prefetch(slots_ + at);
   }
 
+  // The same for a visit of a known slot: its control byte (the mark) and its entry.
+  void prefetchSlot(size_t slot) const {
+    __builtin_prefetch(ctrl_ + slot);
+    __builtin_prefetch(slots_ + slot);
+  }
+
   // The entry of `key`; when absent, one made by make(where), which constructs a value_type at
   // `where`. `created` says which.
   template <class Make>

@@ -241,6 +241,9 @@ class PartitionState {
       vb.clear();
       StateCodec<K>::encode(k, kb);
       StateCodec<V>::encode(entry.value, vb);
+      // Room for all of them at the first one's size: the file is written without the buffer
+      // doubling (and copying, and faulting in fresh pages) its way up.
+      if (puts == 0) w.reserve(changed_.size() * StateFileWriter::putSize(kb, vb));
       w.put(kb, vb);
       ++puts;
     };
@@ -392,7 +395,7 @@ class PartitionState {
       fn(it.slot());
     }
     for (size_t i = direct; i < n; ++i) {
-      if (ahead && i + kLookahead < n) __builtin_prefetch(&map.at(self.changedSlots_[i + kLookahead]));
+      if (ahead && i + kLookahead < n) map.prefetchSlot(self.changedSlots_[i + kLookahead]);
       const size_t slot = self.changedSlots_[i];
       if (!map.marked(slot)) continue;  // seen
       fn(slot);
