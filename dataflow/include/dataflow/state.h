@@ -19,6 +19,7 @@
 
 #include <absl/container/inlined_vector.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -214,22 +215,23 @@ class StateFileWriter {
   explicit StateFileWriter(Kind kind);
 
   void put(std::string_view key, std::string_view value) {
-    body_.push_back(kPut);
-    state_detail::putVarint(key.size(), body_);
-    body_.append(key);
-    state_detail::putVarint(value.size(), body_);
-    body_.append(value);
+    char* p = room(putSize(key, value));
+    *p++ = kPut;
+    p = putBytes(key, p);
+    putBytes(value, p);
     ++count_;
   }
   void remove(std::string_view key) {
-    body_.push_back(kRemove);
-    state_detail::putVarint(key.size(), body_);
-    body_.append(key);
+    char* p = room(1 + state_detail::varintSize(key.size()) + key.size());
+    *p++ = kRemove;
+    putBytes(key, p);
     ++count_;
   }
-  // Room for `bytes` more bytes of entries, so that a file of known size (a snapshot) is written
-  // without the buffer doubling past it.
-  void reserve(size_t bytes) { body_.reserve(body_.size() + bytes + 8); }
+  // Room for `bytes` more bytes of entries, so that a file of known size (a snapshot, a delta of
+  // known entries) is written without the buffer doubling past it.
+  void reserve(size_t bytes) {
+    if (body_.size() - used_ < bytes) body_.resize(used_ + bytes);
+  }
   // The bytes put(key, value) appends.
   static size_t putSize(std::string_view key, std::string_view value) {
     return 1 + state_detail::varintSize(key.size()) + key.size() + state_detail::varintSize(value.size()) + value.size();
@@ -246,7 +248,29 @@ class StateFileWriter {
   static constexpr char kRemove = 2;
 
  private:
-  std::string body_;  // header placeholder, then the entries
+  // `n` bytes at the end of the entries. The buffer grows ahead of the entries (its size is the
+  // room, `used_` what is written), so that an entry is one bounds check and plain copies rather
+  // than an append per part.
+  char* room(size_t n) {
+    if (body_.size() - used_ < n) body_.resize(std::max(used_ + n, body_.size() * 2));
+    char* p = body_.data() + used_;
+    used_ += n;
+    return p;
+  }
+  // A varint length, then the bytes; returns the end.
+  static char* putBytes(std::string_view bytes, char* p) {
+    uint64_t v = bytes.size();
+    while (v >= 0x80) {
+      *p++ = static_cast<char>((v & 0x7F) | 0x80);
+      v >>= 7;
+    }
+    *p++ = static_cast<char>(v);
+    if (!bytes.empty()) std::memcpy(p, bytes.data(), bytes.size());
+    return p + bytes.size();
+  }
+
+  std::string body_;  // header placeholder, then the entries, then room for more
+  size_t used_ = 0;   // bytes of body_ written
   std::string key_, value_;
   size_t count_ = 0;
 };

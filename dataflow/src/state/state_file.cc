@@ -97,9 +97,11 @@ StateFileWriter::StateFileWriter(Kind kind) {
   body_.push_back(kFormatVersion);
   body_.push_back(static_cast<char>(kind));
   body_.append(8, '\0');  // the entry count, set by finish()
+  used_ = body_.size();
 }
 
 std::string StateFileWriter::finish() {
+  body_.resize(used_);
   uint64_t count = count_;
   std::memcpy(body_.data() + kMagic.size() + 2, &count, sizeof count);
   uint64_t sum = checksum(body_);

@@ -234,10 +234,11 @@ class PartitionState {
     auto& kb = w.keyBuffer();
     auto& vb = w.valueBuffer();
     size_t puts = 0;
+    kb.assign(keyPrefix);  // every key starts with it: only what follows is rewritten per entry
     auto put = [&](size_t slot) {
       map_.unmark(slot);  // a key changed, removed and re-added appears twice in changed_
       const auto& [k, entry] = map_.at(slot);
-      kb.assign(keyPrefix);
+      kb.resize(keyPrefix.size());
       vb.clear();
       StateCodec<K>::encode(k, kb);
       StateCodec<V>::encode(entry.value, vb);
@@ -250,7 +251,7 @@ class PartitionState {
     visitChanged(*this, put);
     for (const K& k : removed_) {
       if (map_.contains(k)) continue;  // re-added: written above
-      kb.assign(keyPrefix);
+      kb.resize(keyPrefix.size());
       StateCodec<K>::encode(k, kb);
       w.remove(kb);
     }
