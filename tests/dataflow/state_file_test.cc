@@ -45,7 +45,9 @@ void expectSame(const std::vector<Entry>& a, const std::vector<Entry>& b) {
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(a[i].put, b[i].put) << i;
     EXPECT_EQ(a[i].key, b[i].key) << i;
-    if (a[i].put) EXPECT_EQ(a[i].value, b[i].value) << i;
+    if (a[i].put) {
+      EXPECT_EQ(a[i].value, b[i].value) << i;
+    }
   }
 }
 
