@@ -4,6 +4,7 @@
 #include <dataflow/dataflow.h>
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -77,6 +78,12 @@ TEST(StateFile, EntriesComeBackInOrderHoweverTheBufferGrew) {
     EXPECT_EQ(file, grown) << "reserve " << reserve;
   }
 }
+
+// What a delta may be sized by from its first entry.
+static_assert(kFixedSizeState<int64_t> && kFixedSizeState<std::pair<int64_t, double>> &&
+              kFixedSizeState<std::tuple<int64_t, double, int32_t>>);
+static_assert(!kFixedSizeState<std::string> && !kFixedSizeState<std::tuple<int64_t, std::string>> &&
+              !kFixedSizeState<std::optional<int64_t>> && !kFixedSizeState<std::vector<int64_t>>);
 
 TEST(StateFile, AnEmptyFileAndADamagedOne) {
   StateFileWriter empty(StateFileWriter::Kind::kSnapshot);

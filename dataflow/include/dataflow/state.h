@@ -104,6 +104,15 @@ inline constexpr bool kBytewiseState =
     std::is_arithmetic_v<T> || std::is_enum_v<T> ||
     (std::is_trivially_copyable_v<T> && std::has_unique_object_representations_v<T>);
 
+// Types whose every value encodes to the same number of bytes: bytewise ones, and pairs and
+// tuples of them (a writer can size a file of them from its first entry).
+template <class T>
+inline constexpr bool kFixedSizeState = kBytewiseState<T>;
+template <class A, class B>
+inline constexpr bool kFixedSizeState<std::pair<A, B>> = kFixedSizeState<A> && kFixedSizeState<B>;
+template <class... Ts>
+inline constexpr bool kFixedSizeState<std::tuple<Ts...>> = (kFixedSizeState<Ts> && ...);
+
 template <class T>
 struct StateCodec<T, std::enable_if_t<kBytewiseState<T>>> {
   static void encode(const T& v, std::string& out) {
@@ -228,10 +237,9 @@ class StateFileWriter {
     ++count_;
   }
   // Room for `bytes` more bytes of entries, so that a file of known size (a snapshot, a delta of
-  // known entries) is written without the buffer doubling past it.
-  void reserve(size_t bytes) {
-    if (body_.size() - used_ < bytes) body_.resize(used_ + bytes);
-  }
+  // known entries) is written without the buffer doubling past it. Capacity only: an estimate too
+  // large costs address space, not pages.
+  void reserve(size_t bytes) { body_.reserve(used_ + bytes); }
   // The bytes put(key, value) appends.
   static size_t putSize(std::string_view key, std::string_view value) {
     return 1 + state_detail::varintSize(key.size()) + key.size() + state_detail::varintSize(value.size()) + value.size();
@@ -252,10 +260,17 @@ class StateFileWriter {
   // room, `used_` what is written), so that an entry is one bounds check and plain copies rather
   // than an append per part.
   char* room(size_t n) {
-    if (body_.size() - used_ < n) body_.resize(std::max(used_ + n, body_.size() * 2));
+    if (body_.size() - used_ < n) grow(n);
     char* p = body_.data() + used_;
     used_ += n;
     return p;
+  }
+  // Doubles the room (zero-filled, which touches the pages as they come into use), within the
+  // reserved capacity while it lasts.
+  void grow(size_t n) {
+    size_t size = std::max(used_ + n, body_.size() * 2);
+    if (used_ + n <= body_.capacity()) size = std::min(size, body_.capacity());
+    body_.resize(size);
   }
   // A varint length, then the bytes; returns the end.
   static char* putBytes(std::string_view bytes, char* p) {

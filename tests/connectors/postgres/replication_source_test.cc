@@ -59,7 +59,9 @@ void expectEnvelopeOfItsJson(const LogRecord& r, const std::string& json) {
   EXPECT_EQ(compact.value().source.lsn, parsed.value().source.lsn);
   EXPECT_EQ(compact.value().source.table, parsed.value().source.table);
   ASSERT_EQ(compact.value().after == nullptr, parsed.value().after == nullptr);
-  if (compact.value().after) EXPECT_EQ(compact.value().after->fields.size(), parsed.value().after->fields.size());
+  if (compact.value().after) {
+    EXPECT_EQ(compact.value().after->fields.size(), parsed.value().after->fields.size());
+  }
 }
 
 class ReplicationSourceTest : public ::testing::Test {

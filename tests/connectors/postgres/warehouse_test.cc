@@ -771,7 +771,9 @@ TEST_F(ExactlyOnceTest, CrashesAtEveryPointEndWithTheModelState) {
   for (const auto& [id, m] : model) {
     EXPECT_EQ(actual[id].deleted, m.deleted) << id;
     EXPECT_EQ(actual[id].lsn, m.lsn) << id;
-    if (!m.deleted) EXPECT_EQ(actual[id].country, m.country) << id;
+    if (!m.deleted) {
+      EXPECT_EQ(actual[id].country, m.country) << id;
+    }
   }
   auto commits = check_->exec("SELECT count(*), count(DISTINCT batch_id) FROM dataflow_commits");
   EXPECT_EQ(commits.int64(0, 0), commits.int64(0, 1));

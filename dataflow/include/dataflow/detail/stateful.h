@@ -242,9 +242,12 @@ class PartitionState {
       vb.clear();
       StateCodec<K>::encode(k, kb);
       StateCodec<V>::encode(entry.value, vb);
-      // Room for all of them at the first one's size: the file is written without the buffer
-      // doubling (and copying, and faulting in fresh pages) its way up.
-      if (puts == 0) w.reserve(changed_.size() * StateFileWriter::putSize(kb, vb));
+      // Keys and values of one size (numbers, tuples of numbers): room for all of them at the
+      // first one's size, so that the file is written without the buffer doubling, and copying,
+      // its way up. Entries of varying size grow it as they come.
+      if constexpr (kFixedSizeState<K> && kFixedSizeState<V>) {
+        if (puts == 0) w.reserve(changed_.size() * StateFileWriter::putSize(kb, vb));
+      }
       w.put(kb, vb);
       ++puts;
     };
