@@ -237,9 +237,9 @@ class StateFileWriter {
     ++count_;
   }
   // Room for `bytes` more bytes of entries, so that a file of known size (a snapshot, a delta of
-  // known entries) is written without the buffer doubling past it. Capacity only: an estimate too
-  // large costs address space, not pages.
-  void reserve(size_t bytes) { body_.reserve(used_ + bytes); }
+  // known entries) is written without the buffer doubling past it, checksum included. Capacity
+  // only: an estimate too large costs address space, not pages.
+  void reserve(size_t bytes) { body_.reserve(used_ + bytes + sizeof(uint64_t)); }
   // The bytes put(key, value) appends.
   static size_t putSize(std::string_view key, std::string_view value) {
     return 1 + state_detail::varintSize(key.size()) + key.size() + state_detail::varintSize(value.size()) + value.size();
