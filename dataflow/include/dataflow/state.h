@@ -70,6 +70,15 @@ inline void putVarint(uint64_t v, std::string& out) {
   }
   out.push_back(static_cast<char>(v));
 }
+// The same into memory with room for it (varintSize); returns the end.
+inline char* putVarint(uint64_t v, char* out) {
+  while (v >= 0x80) {
+    *out++ = static_cast<char>((v & 0x7F) | 0x80);
+    v >>= 7;
+  }
+  *out++ = static_cast<char>(v);
+  return out;
+}
 inline size_t varintSize(uint64_t v) {
   size_t n = 1;
   while (v >= 0x80) {
@@ -274,12 +283,7 @@ class StateFileWriter {
   }
   // A varint length, then the bytes; returns the end.
   static char* putBytes(std::string_view bytes, char* p) {
-    uint64_t v = bytes.size();
-    while (v >= 0x80) {
-      *p++ = static_cast<char>((v & 0x7F) | 0x80);
-      v >>= 7;
-    }
-    *p++ = static_cast<char>(v);
+    p = state_detail::putVarint(bytes.size(), p);
     if (!bytes.empty()) std::memcpy(p, bytes.data(), bytes.size());
     return p + bytes.size();
   }
